@@ -1,0 +1,82 @@
+"""The event catalogue: canonical types, their Segment names, touch points,
+and the fields the rules read (domain.md section 2)."""
+
+from __future__ import annotations
+
+PRODUCT, HUMAN, SYSTEM = "product", "human", "system"
+TOUCH_KINDS = (PRODUCT, HUMAN, SYSTEM)
+
+# Field kinds for the properties the rules read. Other properties are ignored
+# (and never stored: they may carry personal data).
+ID, MONEY, TIME, STR, SCORE = "id", "money", "time", "str", "score"
+
+# canonical type -> (Segment event name, touch point, {prop: kind})
+TYPES: dict[str, tuple[str | None, str, dict[str, str]]] = {
+    "page.viewed": ("Page Viewed", SYSTEM, {}),
+    "product.viewed": ("Product Viewed", PRODUCT, {"product_id": ID}),
+    "cart.product_added": ("Product Added", PRODUCT, {"product_id": ID, "price": MONEY}),
+    "checkout.started": ("Checkout Started", SYSTEM, {"checkout_id": ID, "value": MONEY}),
+    "app.error": ("Error Occurred", SYSTEM, {"code": ID}),
+    "order.completed": ("Order Completed", PRODUCT,
+                        {"order_id": ID, "revenue": MONEY, "total": MONEY, "currency": STR}),
+    "order.refunded": ("Order Refunded", PRODUCT, {"order_id": ID, "revenue": MONEY, "total": MONEY}),
+    "order.cancelled": ("Order Cancelled", PRODUCT, {"order_id": ID}),
+    "payment.failed": ("Payment Failed", SYSTEM, {"order_id": ID, "checkout_id": ID}),
+    "order.shipped": ("Order Shipped", SYSTEM, {"order_id": ID, "promised_by": TIME}),
+    "order.delivered": ("Order Delivered", SYSTEM, {"order_id": ID}),
+    "ticket.opened": ("Ticket Opened", HUMAN, {"ticket_id": ID, "priority": STR}),
+    "ticket.agent_replied": ("Ticket Agent Replied", HUMAN, {"ticket_id": ID}),
+    "ticket.resolved": ("Ticket Resolved", HUMAN, {"ticket_id": ID}),
+    "ticket.reopened": ("Ticket Reopened", HUMAN, {"ticket_id": ID, "priority": STR}),
+    "survey.answered": ("Survey Answered", HUMAN, {"csat": SCORE, "nps": SCORE}),
+    "review.submitted": ("Product Reviewed", PRODUCT, {"rating": SCORE}),
+    "referral.sent": ("Referral Sent", HUMAN, {}),
+    "profile.updated": (None, SYSTEM, {}),
+    "customer.erased": ("Customer Erased", SYSTEM, {}),
+}
+
+# Score ranges for SCORE fields.
+SCORE_RANGE = {"csat": (1, 5), "nps": (0, 10), "rating": (1, 5)}
+PRIORITIES = ("low", "normal", "high", "urgent")
+
+
+def _key(name: str) -> str:
+    """Case-, space-, dash- and underscore-insensitive form of an event name."""
+    return "".join(name.lower().replace("_", " ").replace("-", " ").replace(".", " ").split())
+
+
+# Segment track names (and the canonical names themselves) -> canonical type.
+SEGMENT_NAMES: dict[str, str] = {}
+for _canon, (_seg, _touch, _fields) in TYPES.items():
+    SEGMENT_NAMES[_key(_canon)] = _canon
+    if _seg:
+        SEGMENT_NAMES[_key(_seg)] = _canon
+# A few names other tracking plans use for the same things.
+for _alias, _canon in {
+    "Order Canceled": "order.cancelled",
+    "Product Added To Cart": "cart.product_added",
+    "Added To Cart": "cart.product_added",
+    "Payment Declined": "payment.failed",
+    "Review Submitted": "review.submitted",
+    "Ticket Reopened": "ticket.reopened",
+    "Ticket Replied": "ticket.agent_replied",
+    "Ticket Closed": "ticket.resolved",
+    "Order Placed": "order.completed",
+    "Screen Viewed": "page.viewed",
+}.items():
+    SEGMENT_NAMES[_key(_alias)] = _canon
+
+
+def canonical_type(name: str) -> str | None:
+    """The canonical type for a Segment event name or canonical type, else None."""
+    return SEGMENT_NAMES.get(_key(name))
+
+
+def touch_of(ctype: str) -> str:
+    entry = TYPES.get(ctype)
+    return entry[1] if entry else SYSTEM
+
+
+def fields_of(ctype: str) -> dict[str, str]:
+    entry = TYPES.get(ctype)
+    return entry[2] if entry else {}

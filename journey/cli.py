@@ -1,0 +1,168 @@
+"""The ``journey`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import orjson
+
+from . import __version__
+
+
+def _time(value: str) -> int:
+    from .timeutil import TimeError, parse_time
+
+    try:
+        return parse_time(value)
+    except TimeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (use ISO-8601 with Z or an offset, e.g. 2026-03-01T12:00:00Z)")
+
+
+def _load(path):
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"journey: the rule file has problems:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def cmd_replay(a) -> int:
+    from .progress import Progress
+    from .replay import format_summary, replay
+
+    cfg = _load(a.rules)
+    try:
+        s = replay(a.paths, a.out, a.audit, a.deadletter, until=a.until, transitions=a.transitions,
+                   progress=Progress(False if a.quiet else None), sort_buffer=a.sort_buffer, config=cfg)
+    except FileNotFoundError as e:
+        print(f"journey replay: {e}", file=sys.stderr)
+        return 2
+    if a.summary_json:
+        with open(a.summary_json, "wb") as f:
+            f.write(orjson.dumps(s, option=orjson.OPT_INDENT_2) + b"\n")
+    if not a.quiet:
+        print(format_summary(s), file=sys.stderr)
+    return 0
+
+
+def cmd_backtest(a) -> int:
+    from .backtest import backtest, format_backtest
+    from .progress import Progress
+
+    new, base = _load(a.rules), _load(a.baseline)
+    try:
+        r = backtest(a.paths, new, base, a.until, Progress())
+    except FileNotFoundError as e:
+        print(f"journey backtest: {e}", file=sys.stderr)
+        return 2
+    if a.diff:
+        with open(a.diff, "wb") as f:
+            for change, items in (("added", r["added"]), ("removed", r["removed"])):
+                for t in items:
+                    f.write(orjson.dumps({"change": change, "trigger": t}) + b"\n")
+    print(format_backtest(r, a.examples))
+    return 0
+
+
+def cmd_rules(a) -> int:
+    from .config import ConfigError, load_config
+
+    if a.action == "check":
+        try:
+            cfg = load_config(a.file)
+        except ConfigError as e:
+            print(f"{a.file}: {len(e.problems)} problem(s)", file=sys.stderr)
+            for p in e.problems:
+                print(f"  {p}", file=sys.stderr)
+            return 1
+        enabled = [n for n, p in cfg.rules.items() if p.enabled]
+        print(f"{a.file}: ok ({len(enabled)} rules enabled: {', '.join(enabled)})")
+        return 0
+    cfg = _load(a.file)
+    print("\n".join(cfg.describe()))
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from .bench import run_bench
+
+    return run_bench(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="journey", description=(
+        "Event-time customer journey triggers: recovery after a bad experience, recognition for loyalty. "
+        "See README.md."))
+    p.add_argument("--version", action="version", version=f"journey {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("replay", help="process historical JSON-lines logs in event-time order",
+                       description="Read JSON-lines logs (plain or .gz, any mix of streams and event shapes), "
+                                   "process them in event-time order and write one trigger CloudEvent per line. "
+                                   "Running it twice on the same input writes byte-identical files.")
+    r.add_argument("paths", nargs="+", metavar="PATH", help="log files (.jsonl or .jsonl.gz)")
+    r.add_argument("--out", required=True, metavar="FILE", help="trigger output (JSON lines; - for stdout)")
+    r.add_argument("--audit", metavar="FILE", help="suppressions and deferrals (JSON lines)")
+    r.add_argument("--deadletter", metavar="FILE", help="rejected input lines with reasons (JSON lines)")
+    r.add_argument("--transitions", metavar="FILE", help="relationship stage transitions (JSON lines)")
+    r.add_argument("--rules", metavar="FILE", help="rule configuration (TOML or YAML); defaults otherwise")
+    r.add_argument("--until", type=_time, metavar="TIME",
+                   help="after the last event, move the watermark to TIME so timers due by then fire")
+    r.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
+    r.add_argument("--sort-buffer", type=int, default=200_000, metavar="N",
+                   help="events held in memory while sorting; more spill to temporary files (default 200000)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+    r.set_defaults(func=cmd_replay)
+
+    b = sub.add_parser("backtest", help="compare the triggers of two rule configurations on one log",
+                       description="Run two rule configurations over the same log and print, per rule, the "
+                                   "triggers that the new rules would add and remove.")
+    b.add_argument("paths", nargs="+", metavar="PATH")
+    b.add_argument("--rules", required=True, metavar="NEW", help="the proposed rule file")
+    b.add_argument("--baseline", metavar="OLD", help="the current rule file (defaults if omitted)")
+    b.add_argument("--until", type=_time, metavar="TIME")
+    b.add_argument("--diff", metavar="FILE", help="write every added and removed trigger (JSON lines)")
+    b.add_argument("--examples", type=int, default=3, metavar="N", help="examples shown per change (default 3)")
+    b.set_defaults(func=cmd_backtest)
+
+    ru = sub.add_parser("rules", help="check or show a rule configuration")
+    ru.add_argument("action", choices=("check", "show"), help="check: validate FILE; show: every setting in force")
+    ru.add_argument("file", nargs="?", metavar="FILE")
+    ru.set_defaults(func=cmd_rules)
+
+    be = sub.add_parser("bench", help="benchmark replay against the bare JSON parse on a synthetic log")
+    be.add_argument("--customers", type=int, default=100_000)
+    be.add_argument("--events", type=int, default=2_000_000)
+    be.add_argument("--seed", type=int, default=7)
+    be.add_argument("--keep", metavar="DIR", help="keep the generated log and outputs in DIR")
+    be.set_defaults(func=cmd_bench)
+
+    g = sub.add_parser("generate", help="write a synthetic event log (for demos, tests and benchmarks)")
+    g.add_argument("--customers", type=int, default=1000)
+    g.add_argument("--events", type=int, default=20_000)
+    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--start", type=_time, default=None, metavar="TIME")
+    g.add_argument("--out", required=True, metavar="FILE", help="JSON-lines file (.gz to compress)")
+    g.set_defaults(func=lambda a: __import__("journey.synth", fromlist=["main"]).main(a))
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.command == "rules" and a.file is None and a.action == "check":
+        print("journey rules check: name the rule file to check", file=sys.stderr)
+        return 2
+    try:
+        return a.func(a) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""The deterministic core: events and due timers on one event-time timeline.
+
+The engine does no I/O and never reads the wall clock. Its caller (replay,
+or the live worker) decides *when* things happen:
+
+* ``apply(ev)`` applies one event at its event time;
+* ``fire_due(t)`` fires every timer due at or before ``t``, in (due, customer)
+  order.
+
+To honour domain.md section 4, a caller fires the timers due strictly before
+an event's time, then applies the event (so at equal times the event comes
+first), and fires timers up to the watermark when no event earlier than it
+can arrive any more. ``timeline.Timeline`` does this for out-of-order input;
+replay feeds sorted input directly.
+
+Outputs go to ``sink`` (``trigger``, ``audit``, ``transition`` methods taking
+dicts). Counters for summaries and metrics live in ``stats``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+
+from . import health, policy
+from .catalog import TOUCH_KINDS
+from .rules import REGISTRY
+from .state import RECENT_ORDERS, RECENT_TOUCHES, CustomerState, id_hash
+from .timeutil import format_time
+from .triggers import audit_record, cloudevent, transition_record, trigger_id
+
+DEFERRED = "_deferred"
+STAGE = "_stage"
+
+
+class Stats:
+    """Counters of what the engine did (no customer data)."""
+
+    def __init__(self):
+        self.events = Counter()          # applied events by canonical type ("other" for unknown)
+        self.touch = Counter()           # applied events by touch point
+        self.duplicates = 0
+        self.after_erasure = 0
+        self.triggers = Counter()        # by rule
+        self.suppressed = Counter()      # by (rule, reason)
+        self.deferred = Counter()        # by rule
+        self.transitions = Counter()     # by "from->to"
+
+    def suppressed_by_reason(self) -> Counter:
+        c = Counter()
+        for (_rule, reason), n in self.suppressed.items():
+            c[reason] += n
+        return c
+
+    def as_dict(self) -> dict:
+        return {
+            "events": sum(self.events.values()),
+            "events_by_type": dict(sorted(self.events.items())),
+            "duplicates": self.duplicates,
+            "after_erasure": self.after_erasure,
+            "triggers_by_rule": dict(sorted(self.triggers.items())),
+            "suppressed_by_reason": dict(sorted(self.suppressed_by_reason().items())),
+            "deferred_by_rule": dict(sorted(self.deferred.items())),
+            "transitions": dict(sorted(self.transitions.items())),
+        }
+
+
+class ListSink:
+    """Collects outputs in lists (tests, backtest)."""
+
+    def __init__(self):
+        self.triggers, self.audit, self.transitions = [], [], []
+
+    def trigger(self, ce):
+        self.triggers.append(ce)
+
+    def audit(self, rec):
+        self.audit.append(rec)
+
+    def transition(self, rec):
+        self.transitions.append(rec)
+
+
+class Engine:
+    def __init__(self, config, sink=None, states: dict | None = None):
+        self.cfg = config
+        self.sink = sink if sink is not None else ListSink()
+        self.states: dict[str, CustomerState] = states if states is not None else {}
+        self.aliases: dict[str, str] = {}   # anonymous id -> customer id
+        self.heap: list[tuple[int, str]] = []
+        self.stats = Stats()
+        self.by_type: dict[str, list] = {}
+        self.rules = {}
+        for name, rule in REGISTRY.items():
+            p = config.rules[name]
+            if not p.enabled:
+                continue
+            self.rules[name] = (rule, p)
+            for t in rule.events:
+                self.by_type.setdefault(t, []).append((rule, p))
+        self._hl = config.health.half_life
+        self._dedup_window = config.engine.dedup_window
+        self._dedup_max = config.engine.dedup_max_ids
+        self.key = None         # the customer being processed
+        self.new_order = False  # the current event is a new distinct completed order
+        self.clv = None         # CLV model hook (journey.clv), None without a fitted model
+
+    # -- the timeline --------------------------------------------------------------
+    def fire_due(self, upto: int) -> None:
+        """Fire all timers due at or before ``upto``."""
+        heap = self.heap
+        while heap and heap[0][0] <= upto:
+            due, key = heapq.heappop(heap)
+            st = self.states.get(key)
+            if st is None or st.heap_due != due:
+                continue  # stale entry: the customer's timers changed since it was pushed
+            st.heap_due = None
+            self.key = key
+            self._run_timers(st, due)
+            self._update_stage(st, due)
+            self._reschedule(key, st)
+
+    def next_due(self) -> int | None:
+        """The earliest pending timer (skipping stale heap entries)."""
+        heap = self.heap
+        while heap:
+            due, key = heap[0]
+            st = self.states.get(key)
+            if st is not None and st.heap_due == due:
+                return due
+            heapq.heappop(heap)
+        return None
+
+    def rebuild_timers(self) -> None:
+        """Rebuild the timer heap from state (after loading state from a store)."""
+        self.heap = []
+        for key, st in self.states.items():
+            st.heap_due = None
+            self._reschedule(key, st)
+
+    def _reschedule(self, key: str, st: CustomerState) -> None:
+        nd = st.next_due()
+        if nd is None:
+            st.heap_due = None
+        elif nd != st.heap_due:
+            st.heap_due = nd
+            heapq.heappush(self.heap, (nd, key))
+
+    def _run_timers(self, st: CustomerState, upto: int) -> None:
+        while True:
+            due_now = [(v[0], k) for k, v in st.timers.items() if v[0] <= upto]
+            if not due_now:
+                return
+            due, tk = min(due_now)
+            data = st.timers.pop(tk)[1]
+            name, _, tkey = tk.partition("|")
+            if name == DEFERRED:
+                self._deliver_deferred(st, data, due)
+            elif name == STAGE:
+                self._stage_timer(st, due)
+            else:
+                entry = self.rules.get(name)
+                if entry is not None:  # a rule disabled since the timer was set: drop it
+                    entry[0].on_timer(self, st, tkey, data, due, entry[1])
+
+    # -- events ----------------------------------------------------------------------
+    def apply(self, ev) -> None:
+        """Apply one validated event (``intake.Event``) at its event time."""
+        cid = ev.cid
+        if cid is None:
+            key = self.aliases.get(ev.anon) or "anon:" + ev.anon
+        else:
+            key = cid
+            if ev.anon is not None and self.aliases.get(ev.anon) != cid:
+                self._link(ev.anon, cid)
+        states = self.states
+        st = states.get(key)
+        if st is None:
+            st = states[key] = CustomerState()
+            st.anon = key.startswith("anon:") and cid is None
+        if st.erased is not None:
+            self.stats.after_erasure += 1
+            return
+        if self._duplicate(st, ev):
+            self.stats.duplicates += 1
+            return
+        ts = ev.ts
+        if st.last_ts is None or ts > st.last_ts:
+            st.last_ts = ts
+        self.stats.events[ev.type if ev.known else "other"] += 1
+        self.stats.touch[ev.touch] += 1
+        if ev.type == "customer.erased":
+            self._erase(key, st, ts)
+            return
+        self.key = key
+        self._update(st, ev)
+        self._update_stage(st, ts)
+        for rule, p in self.by_type.get(ev.type, ()):
+            rule.on_event(self, st, ev, p)
+        self._reschedule(key, st)
+
+    def _duplicate(self, st: CustomerState, ev) -> bool:
+        h = id_hash(ev.id)
+        seen = st.seen
+        if h in seen:
+            return True
+        seen[h] = ev.ts
+        if len(seen) > self._dedup_max or next(iter(seen.values())) < ev.ts - self._dedup_window:
+            horizon = max(ev.ts, st.last_ts or ev.ts) - self._dedup_window
+            keep = [(k, v) for k, v in seen.items() if v >= horizon][-self._dedup_max:]
+            st.seen = dict(keep)
+        return False
+
+    def _link(self, anon: str, cid: str) -> None:
+        """Attribute an anonymous visitor to a customer (identify, alias, or an event with both ids)."""
+        self.aliases[anon] = cid
+        old = self.states.pop("anon:" + anon, None)
+        st = self.states.get(cid)
+        if st is None:
+            st = self.states[cid] = CustomerState()
+        if st.erased is not None:
+            return
+        if anon not in st.anons:
+            st.anons.append(anon)
+        if old is not None:
+            st.absorb(old)
+            self._reschedule(cid, st)
+
+    def _erase(self, key: str, st: CustomerState, ts: int) -> None:
+        """Delete everything kept about the customer; keep only the erasure marker."""
+        self.key = key
+        for tk, (due, data) in sorted(st.timers.items()):
+            if tk.startswith(DEFERRED + "|"):
+                self._audit(st, data, "erased", ts, "customer erased before delivery")
+        for anon in st.anons:
+            self.aliases.pop(anon, None)
+        marker = CustomerState()
+        marker.erased = ts
+        self.states[key] = marker
+
+    def _update(self, st: CustomerState, ev) -> None:
+        """Fold the event into the customer's state (before the rules see it)."""
+        t, ts, f = ev.type, ev.ts, ev.f
+        w = health.weight_of(ev)
+        rec = st.touch.get(ev.touch)
+        if rec is None:
+            rec = st.touch[ev.touch] = [ts, 0, 0, []]
+        elif ts > rec[0]:
+            rec[0] = ts
+        if w:
+            self.outcome(st, ev.touch, t, ts, w)
+        self.new_order = False
+        if t == "order.completed":
+            oid = f.get("order_id") or ev.id
+            ro = st.recent_orders
+            if any(r[0] == oid for r in ro):
+                return  # the same order again under another event id
+            self.new_order = True
+            cents = f.get("revenue", 0)
+            st.orders += 1
+            if st.first_order is None or ts < st.first_order:
+                st.first_order = ts
+            if st.last_order is None or ts > st.last_order:
+                st.last_order = ts
+            st.spend += cents
+            ro.append([oid, ts, cents])
+            if len(ro) > RECENT_ORDERS:
+                del ro[0]
+            if self.clv is not None:
+                self.clv.on_order(self, st, ev)
+            else:
+                self.set_timer(st, STAGE, "risk", st.last_order + self.cfg.stages.at_risk_after, None)
+        elif t == "order.refunded":
+            oid = f.get("order_id")
+            cents = f.get("revenue")
+            if cents is None:
+                cents = next((r[2] for r in st.recent_orders if r[0] == oid), 0)
+            st.spend -= abs(cents)
+            st.refunded += abs(cents)
+        elif t == "order.cancelled":
+            oid = f.get("order_id")
+            for r in st.recent_orders:
+                if r[0] == oid and r[2]:
+                    st.spend -= r[2]
+                    r[2] = 0
+        elif t in ("ticket.opened", "ticket.reopened"):
+            tid = f.get("ticket_id") or ev.id
+            prev = st.tickets.get(tid)
+            prio = f.get("priority") or (prev[1] if prev else "normal")
+            st.tickets[tid] = [ts, prio]
+        elif t == "ticket.resolved":
+            st.tickets.pop(f.get("ticket_id") or "", None)
+        elif t == "profile.updated" and ev.traits:
+            tr = ev.traits
+            if "timezone" in tr:
+                st.tz = tr["timezone"]
+            if "birthday" in tr:
+                st.birthday = tr["birthday"]
+            if "locale" in tr:
+                st.locale = tr["locale"]
+            if "consent" in tr:
+                st.consent = {**(st.consent or {}), **tr["consent"]}
+        if st.tickets and len(st.tickets) > 1:
+            # tickets no longer gating (older than the max age) are forgotten
+            max_age = self.cfg.policy.open_ticket_max_age
+            st.tickets = {k: v for k, v in st.tickets.items() if ts - v[0] < max_age}
+
+    def outcome(self, st: CustomerState, kind: str, what: str, ts: int, w: float) -> None:
+        """Record a good (w > 0) or bad (w < 0) touch point outcome and its health weight."""
+        rec = st.touch.get(kind)
+        if rec is None:
+            rec = st.touch[kind] = [ts, 0, 0, []]
+        rec[1 if w > 0 else 2] += 1
+        recent = rec[3]
+        recent.append([ts, what, 1 if w > 0 else -1])
+        if len(recent) > RECENT_TOUCHES:
+            del recent[0]
+        st.hdev, st.hts = health.add(st.hdev, st.hts, w, ts, self._hl)
+
+    # -- stages ----------------------------------------------------------------------
+    def _stage_of(self, st: CustomerState, now: int) -> str:
+        if self.clv is not None:
+            return self.clv.stage(self, st, now)
+        return health.stage(st.orders, st.last_order, now, self.cfg.stages)
+
+    def _update_stage(self, st: CustomerState, now: int) -> None:
+        new = self._stage_of(st, now)
+        if new != st.stage:
+            old, st.stage = st.stage, new
+            self.stats.transitions[f"{old}->{new}"] += 1
+            if not st.anon:
+                self.sink.transition(transition_record(self.key, old, new, now, _stage_reason(st, new)))
+
+    def _stage_timer(self, st: CustomerState, due: int) -> None:
+        if st.last_order is not None and due < st.last_order + self.cfg.stages.lapsed_after:
+            self.set_timer(st, STAGE, "risk", st.last_order + self.cfg.stages.lapsed_after, None)
+
+    # -- the API rules use -------------------------------------------------------------
+    def set_timer(self, st: CustomerState, rule, key: str, due: int, data) -> None:
+        name = rule if isinstance(rule, str) else rule.name
+        st.timers[f"{name}|{key}"] = [due, data]
+
+    def cancel_timer(self, st: CustomerState, rule, key: str):
+        """Cancel a timer; returns its [due, data] or None."""
+        name = rule if isinstance(rule, str) else rule.name
+        return st.timers.pop(f"{name}|{key}", None)
+
+    def timer(self, st: CustomerState, rule, key: str):
+        name = rule if isinstance(rule, str) else rule.name
+        return st.timers.get(f"{name}|{key}")
+
+    def fire(self, st: CustomerState, rule, occasion, time: int, reason: str, evidence: list,
+             extra: dict | None = None) -> None:
+        """A rule's occasion is due at ``time``: apply the contact policy and emit."""
+        pending = {"r": rule.name, "o": str(occasion), "t": time, "why": reason, "ev": list(evidence)}
+        if extra:
+            pending["x"] = extra
+        self._decide(st, pending, time)
+
+    def _decide(self, st: CustomerState, pd: dict, now: int) -> None:
+        rule, p = self.rules[pd["r"]]
+        d = policy.decide(st, rule, p, now, self.cfg)
+        if d.verdict == policy.SEND:
+            self._emit(st, rule, p, pd, now)
+        elif d.verdict == policy.DEFER:
+            self.stats.deferred[rule.name] += 1
+            self._audit(st, pd, d.reason, now, d.detail, d.until)
+            self.set_timer(st, DEFERRED, f"{rule.name}|{pd['o']}", d.until, pd)
+        else:
+            self._audit(st, pd, d.reason, now, d.detail)
+
+    def _deliver_deferred(self, st: CustomerState, pd: dict, due: int) -> None:
+        entry = self.rules.get(pd["r"])
+        if entry is None:
+            return
+        rule, p = entry
+        why = rule.still_valid(self, st, pd, due, p)
+        if why:
+            self._audit(st, pd, why, due, "no longer applies at delivery time")
+        else:
+            self._decide(st, pd, due)
+
+    def _audit(self, st, pd: dict, reason: str, now: int, detail: str, until: int | None = None) -> None:
+        rule = REGISTRY[pd["r"]]
+        if until is None:
+            self.stats.suppressed[(rule.name, reason)] += 1
+        self.sink.audit(audit_record(trigger_id(self.key, rule.name, pd["o"]), self.key, rule.name, rule.kind,
+                                     reason, now, f"{pd['why']}; {detail}", pd["o"], pd["ev"], until))
+
+    def _emit(self, st: CustomerState, rule, p, pd: dict, now: int) -> None:
+        if not rule.transactional:
+            policy.record_contact(st, now, self.cfg)
+        self.stats.triggers[rule.name] += 1
+        data = {
+            "customer_id": self.key,
+            "rule": rule.name,
+            "kind": rule.kind,
+            "occasion": pd["o"],
+            "reason": pd["why"],
+            "evidence": pd["ev"],
+            "channel": p.channel,
+            "priority": p.priority,
+            "offer": p.offer,
+            "relationship": self.relationship(st, now),
+        }
+        if pd.get("x"):
+            data["details"] = pd["x"]
+        if pd["t"] != now:
+            data["deferred_from"] = format_time(pd["t"])
+        self.sink.trigger(cloudevent(trigger_id(self.key, rule.name, pd["o"]), self.key, rule.name, rule.kind,
+                                     now, data))
+
+    def relationship(self, st: CustomerState, now: int) -> dict:
+        """The relationship snapshot carried by every trigger."""
+        touch = {}
+        for kind in TOUCH_KINDS:
+            rec = st.touch.get(kind)
+            last = rec[3][-1] if rec and rec[3] else None
+            touch[kind] = "good" if last and last[2] > 0 else ("bad" if last else None)
+        snap = {
+            "stage": st.stage,
+            "health": health.score(st.hdev, st.hts, now, self._hl),
+            "orders": st.orders,
+            "net_spend": round(st.spend / 100, 2),
+            "first_order": format_time(st.first_order) if st.first_order is not None else None,
+            "last_order": format_time(st.last_order) if st.last_order is not None else None,
+            "open_tickets": len(policy.open_tickets(st, now, self.cfg.policy.open_ticket_max_age)),
+            "touchpoints": touch,
+        }
+        if self.clv is not None:
+            snap.update(self.clv.snapshot(self, st, now))
+        return snap
+
+    # -- reporting -------------------------------------------------------------------------
+    def customers(self) -> int:
+        return sum(1 for k, s in self.states.items() if s.erased is None and not s.anon)
+
+
+def _stage_reason(st: CustomerState, new: str) -> str:
+    if new == "prospect":
+        return "no order yet"
+    if new in ("at_risk", "lapsed"):
+        return f"no order since {format_time(st.last_order)}"
+    return f"{st.orders} completed order(s)"

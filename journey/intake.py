@@ -1,0 +1,307 @@
+"""Event intake: raw bytes -> validated, normalized :class:`Event`, or a rejection.
+
+Accepts both shapes of domain.md section 2:
+
+* Segment spec: ``track`` (``event`` names the type), ``identify`` (traits),
+  ``page``/``screen`` (page views) and ``alias`` (links ``previousId`` to
+  ``userId``). Time from ``timestamp``, else ``originalTimestamp``,
+  ``sentAt``, ``receivedAt``.
+* Canonical: ``{"id","customer_id","type","ts","props"}`` (``anonymous_id``
+  optional).
+
+Only the properties the rules read are kept (normalized: ids as strings,
+money as integer cents, times as epoch ms, scores as numbers); everything
+else in the record is dropped here, so personal data never reaches state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import date
+
+import orjson
+
+from .catalog import (ID, MONEY, PRIORITIES, SCORE, SCORE_RANGE, STR, TIME, canonical_type,
+                      fields_of, touch_of)
+from .timeutil import TimeError, parse_time, zone
+
+MAX_RECORD_BYTES = 1 << 20
+MAX_ID_LEN = 256
+SEGMENT_CALLS = frozenset(("track", "identify", "page", "screen", "alias", "group"))
+SEGMENT_TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
+
+# Rejection reasons (also the dead-letter ``reason`` and the metric label).
+TOO_LARGE = "too_large"
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+NO_TYPE = "no_type"
+NO_CUSTOMER = "no_customer"
+MISSING_TIME = "missing_time"
+BAD_TIME = "bad_time"
+BAD_FIELD = "bad_field"
+REASONS = (TOO_LARGE, NOT_JSON, NOT_OBJECT, NO_TYPE, NO_CUSTOMER, MISSING_TIME, BAD_TIME, BAD_FIELD)
+
+
+class Rejected(Exception):
+    """A record that cannot be processed; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Event:
+    """One validated event. ``cid`` is the customer id (None for an anonymous
+    visitor), ``anon`` the anonymous id if any, ``ts`` epoch ms, ``f`` the
+    normalized fields the rules read, ``traits`` the profile traits of a
+    ``profile.updated``."""
+
+    __slots__ = ("id", "cid", "anon", "type", "ts", "f", "touch", "known", "traits")
+
+    def __init__(self, id, cid, anon, type, ts, f, touch, known, traits=None):
+        self.id = id
+        self.cid = cid
+        self.anon = anon
+        self.type = type
+        self.ts = ts
+        self.f = f
+        self.touch = touch
+        self.known = known
+        self.traits = traits
+
+    @property
+    def key(self) -> str:
+        """The state key: the customer id, else ``anon:<anonymousId>``."""
+        return self.cid if self.cid is not None else "anon:" + self.anon
+
+    def __repr__(self):
+        return f"Event({self.type} {self.key} @{self.ts} id={self.id})"
+
+
+def _ident(value, field: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        if len(value) > MAX_ID_LEN:
+            raise Rejected(BAD_FIELD, f"{field} is longer than {MAX_ID_LEN} characters")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise Rejected(BAD_FIELD, f"{field} must be a string, got {type(value).__name__}")
+
+
+def _number(value, field: str) -> float:
+    if isinstance(value, bool):
+        raise Rejected(BAD_FIELD, f"{field} must be a number, got a boolean")
+    if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise Rejected(BAD_FIELD, f"{field} must be a finite number")
+        return value
+    if isinstance(value, str):
+        try:
+            v = float(value.strip())
+        except ValueError:
+            raise Rejected(BAD_FIELD, f"{field} must be a number, got {value[:20]!r}") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise Rejected(BAD_FIELD, f"{field} must be a finite number")
+        return v
+    raise Rejected(BAD_FIELD, f"{field} must be a number, got {type(value).__name__}")
+
+
+_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+
+
+def _normalize_fields(ctype: str, props: dict) -> dict:
+    spec = fields_of(ctype)
+    out = {}
+    for name, kind in spec.items():
+        v = props.get(name)
+        if v is None:
+            continue
+        field = "properties." + name
+        if kind is ID:
+            v = _ident(v, field)
+            if v is None:
+                continue
+        elif kind is MONEY:
+            v = round(_number(v, field) * 100)
+        elif kind is SCORE:
+            v = _number(v, field)
+            lo, hi = SCORE_RANGE[name]
+            if not lo <= v <= hi:
+                raise Rejected(BAD_FIELD, f"{field} must be between {lo} and {hi}, got {v}")
+        elif kind is TIME:
+            if isinstance(v, str) and _DATE.fullmatch(v.strip()):
+                y, m, d = map(int, _DATE.fullmatch(v.strip()).groups())
+                try:
+                    v = date(y, m, d)  # a date without a time: end of that day, customer-local
+                except ValueError:
+                    raise Rejected(BAD_FIELD, f"{field} is not a valid date: {v!r}") from None
+            else:
+                try:
+                    v = parse_time(v)
+                except TimeError as e:
+                    raise Rejected(BAD_FIELD, f"{field}: {e}") from None
+        elif kind is STR:
+            if not isinstance(v, str):
+                raise Rejected(BAD_FIELD, f"{field} must be a string, got {type(v).__name__}")
+            if name == "priority":
+                v = v.strip().lower()
+                if v not in PRIORITIES:
+                    raise Rejected(BAD_FIELD, f"{field} must be one of {', '.join(PRIORITIES)}, got {v[:20]!r}")
+            else:
+                v = v[:16]
+        out[name] = v
+    # the Segment spec names the order amount ``revenue`` or ``total``
+    if "revenue" not in out and "total" in out:
+        out["revenue"] = out["total"]
+    out.pop("total", None)
+    return out
+
+
+_BIRTHDAY = re.compile(r"(?:(\d{4})-|--)?(\d{2})-(\d{2})")
+
+
+def _normalize_traits(traits: dict) -> dict:
+    out = {}
+    b = traits.get("birthday")
+    if b not in (None, ""):
+        m = _BIRTHDAY.fullmatch(b.strip()) if isinstance(b, str) else None
+        if not m:
+            raise Rejected(BAD_FIELD, "traits.birthday must be YYYY-MM-DD or MM-DD")
+        month, day = int(m.group(2)), int(m.group(3))
+        try:
+            date(2000, month, day)  # a leap year, so 02-29 is valid
+        except ValueError:
+            raise Rejected(BAD_FIELD, f"traits.birthday is not a valid date: {b!r}") from None
+        out["birthday"] = f"{month:02d}-{day:02d}"
+    tz = traits.get("timezone")
+    if tz not in (None, ""):
+        if not isinstance(tz, str):
+            raise Rejected(BAD_FIELD, "traits.timezone must be an IANA time zone name")
+        try:
+            zone(tz)
+        except TimeError:
+            raise Rejected(BAD_FIELD, f"traits.timezone is not an IANA time zone: {tz[:40]!r}") from None
+        out["timezone"] = tz
+    loc = traits.get("locale")
+    if loc not in (None, ""):
+        if not isinstance(loc, str):
+            raise Rejected(BAD_FIELD, "traits.locale must be a string")
+        out["locale"] = loc[:16]
+    consent = traits.get("consent")
+    if consent is not None:
+        if not isinstance(consent, dict) or not all(
+                isinstance(k, str) and isinstance(v, bool) for k, v in consent.items()):
+            raise Rejected(BAD_FIELD, 'traits.consent must be an object of booleans, e.g. {"email": true}')
+        out["consent"] = {k[:32]: v for k, v in consent.items()}
+    return out
+
+
+def _event_id(d: dict, key: str, raw: bytes) -> str:
+    v = d.get(key)
+    if v is None or v == "":
+        # No id: derive one from the bytes, so an identical redelivery still counts once.
+        return "h:" + hashlib.blake2b(raw, digest_size=12).hexdigest()
+    return _ident(v, key)
+
+
+def parse(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Event:
+    """Parse and validate one record. Raises :class:`Rejected`."""
+    if len(raw) > max_bytes:
+        raise Rejected(TOO_LARGE, f"record is {len(raw)} bytes, the limit is {max_bytes}")
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise Rejected(NOT_JSON, f"not JSON: {str(e)[:80]}") from None
+    if not isinstance(d, dict):
+        raise Rejected(NOT_OBJECT, f"expected a JSON object, got {type(d).__name__}")
+    call = d.get("type")
+    if call in SEGMENT_CALLS and "customer_id" not in d:
+        return _parse_segment(d, call, raw)
+    return _parse_canonical(d, raw)
+
+
+def _parse_segment(d: dict, call: str, raw: bytes) -> Event:
+    cid = _ident(d.get("userId"), "userId")
+    anon = _ident(d.get("anonymousId"), "anonymousId")
+    traits = None
+    fields = {}
+    if call == "track":
+        name = d.get("event")
+        if not isinstance(name, str) or not name.strip():
+            raise Rejected(NO_TYPE, "a track call needs an 'event' name")
+        ctype = canonical_type(name)
+        known = ctype is not None
+        if not known:
+            ctype = name.strip()[:64]
+    elif call == "identify":
+        ctype, known = "profile.updated", True
+        t = d.get("traits")
+        if t is None and isinstance(d.get("context"), dict):
+            t = d["context"].get("traits")
+        if t is not None and not isinstance(t, dict):
+            raise Rejected(BAD_FIELD, "traits must be an object")
+        traits = _normalize_traits(t or {})
+    elif call in ("page", "screen"):
+        ctype, known = "page.viewed", True
+    elif call == "alias":
+        ctype, known = "profile.updated", True
+        anon = _ident(d.get("previousId"), "previousId") or anon
+        traits = {}
+    else:  # group
+        ctype, known = call, False
+    if cid is None and anon is None:
+        raise Rejected(NO_CUSTOMER, "no userId or anonymousId")
+    for key in SEGMENT_TIME_FIELDS:
+        t = d.get(key)
+        if t is not None:
+            break
+    else:
+        raise Rejected(MISSING_TIME, "no timestamp (or originalTimestamp, sentAt, receivedAt)")
+    try:
+        ts = parse_time(t)
+    except TimeError as e:
+        raise Rejected(BAD_TIME, f"{key}: {e}") from None
+    if known and call == "track":
+        props = d.get("properties")
+        if props is not None and not isinstance(props, dict):
+            raise Rejected(BAD_FIELD, "properties must be an object")
+        fields = _normalize_fields(ctype, props or {})
+    return Event(_event_id(d, "messageId", raw), cid, anon, ctype, ts, fields, touch_of(ctype), known, traits)
+
+
+def _parse_canonical(d: dict, raw: bytes) -> Event:
+    name = d.get("type")
+    if not isinstance(name, str) or not name.strip():
+        raise Rejected(NO_TYPE, "no 'type' (canonical) and not a Segment call (track/identify/page)")
+    ctype = canonical_type(name)
+    known = ctype is not None
+    if not known:
+        ctype = name.strip()[:64]
+    cid = _ident(d.get("customer_id"), "customer_id")
+    anon = _ident(d.get("anonymous_id"), "anonymous_id")
+    if cid is None and anon is None:
+        raise Rejected(NO_CUSTOMER, "no customer_id (or anonymous_id)")
+    if "ts" not in d or d["ts"] is None:
+        raise Rejected(MISSING_TIME, "no 'ts'")
+    try:
+        ts = parse_time(d["ts"])
+    except TimeError as e:
+        raise Rejected(BAD_TIME, f"ts: {e}") from None
+    props = d.get("props")
+    if props is not None and not isinstance(props, dict):
+        raise Rejected(BAD_FIELD, "props must be an object")
+    props = props or {}
+    traits = None
+    fields = {}
+    if ctype == "profile.updated":
+        t = d.get("traits", props.get("traits", props))
+        if not isinstance(t, dict):
+            raise Rejected(BAD_FIELD, "traits must be an object")
+        traits = _normalize_traits(t)
+    elif known:
+        fields = _normalize_fields(ctype, props)
+    return Event(_event_id(d, "id", raw), cid, anon, ctype, ts, fields, touch_of(ctype), known, traits)

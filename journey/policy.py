@@ -1,0 +1,99 @@
+"""The contact policy: one per-customer decision for every trigger of every rule.
+
+Order of checks (the first that applies decides):
+
+1. the visitor is anonymous -> ``unidentified`` (nobody to contact yet)
+2. the trigger's channel is refused, or a marketing trigger and ``marketing``
+   is refused -> ``no_consent`` (unstated consent takes ``consent_default``)
+3. transactional triggers (service recovery) go out here: no gates, caps or quiet hours
+4. an open ticket -> ``open_complaint``; health below the floor -> ``poor_relationship``
+5. customer-local quiet hours -> deferred to their end (``quiet_hours``), and
+   checked again then
+6. more than ``max_per_window`` in ``window``, or less than ``min_gap`` since
+   the last marketing contact -> ``frequency_cap``
+"""
+
+from __future__ import annotations
+
+from . import health
+from .timeutil import at_local, format_duration, local, zone
+
+SEND, DEFER, SUPPRESS = "send", "defer", "suppress"
+
+
+class Decision:
+    __slots__ = ("verdict", "reason", "detail", "until")
+
+    def __init__(self, verdict, reason=None, detail="", until=None):
+        self.verdict, self.reason, self.detail, self.until = verdict, reason, detail, until
+
+
+_SEND = Decision(SEND)
+
+
+def customer_zone(st, cfg):
+    return zone(st.tz or cfg.policy.default_timezone)
+
+
+def refused(st, key: str, default_granted: bool) -> bool:
+    c = st.consent
+    if c is None or key not in c:
+        return not default_granted
+    return c[key] is False
+
+
+def open_tickets(st, now: int, max_age: int) -> list[str]:
+    return [tid for tid, (opened, _prio) in st.tickets.items() if now - opened < max_age]
+
+
+def quiet_until(now: int, tz, start: int, end: int) -> int | None:
+    """If ``now`` is inside customer-local quiet hours [start, end), when they end."""
+    if start == end:
+        return None
+    lt = local(now, tz)
+    m = lt.hour * 60 + lt.minute
+    inside = (m >= start or m < end) if start > end else (start <= m < end)
+    if not inside:
+        return None
+    day = lt.date()
+    due = at_local(day, end, tz)
+    while due <= now:
+        day = day.fromordinal(day.toordinal() + 1)
+        due = at_local(day, end, tz)
+    return due
+
+
+def decide(st, rule, p, now: int, cfg) -> Decision:
+    pol = cfg.policy
+    if st.anon:
+        return Decision(SUPPRESS, "unidentified", "anonymous visitor: no customer id to contact yet")
+    granted = pol.consent_default == "granted"
+    if refused(st, p.channel, granted):
+        return Decision(SUPPRESS, "no_consent", f"channel {p.channel} not consented")
+    marketing = not rule.transactional
+    if marketing and refused(st, "marketing", granted):
+        return Decision(SUPPRESS, "no_consent", "marketing not consented")
+    if not marketing:
+        return _SEND
+    tickets = open_tickets(st, now, pol.open_ticket_max_age)
+    if tickets:
+        return Decision(SUPPRESS, "open_complaint", f"{len(tickets)} open ticket(s)")
+    h = health.score(st.hdev, st.hts, now, cfg.health.half_life)
+    if h < pol.health_floor:
+        return Decision(SUPPRESS, "poor_relationship", f"health {h} below {pol.health_floor:g}")
+    until = quiet_until(now, customer_zone(st, cfg), pol.quiet_start, pol.quiet_end)
+    if until is not None:
+        return Decision(DEFER, "quiet_hours", "customer-local quiet hours", until)
+    recent = [c for c in st.contacts if now - c < pol.window]
+    if len(recent) >= pol.max_per_window:
+        return Decision(SUPPRESS, "frequency_cap",
+                        f"{len(recent)} marketing contacts in the last {format_duration(pol.window)}")
+    if recent and now - max(recent) < pol.min_gap:
+        return Decision(SUPPRESS, "frequency_cap",
+                        f"last marketing contact less than {format_duration(pol.min_gap)} ago")
+    return _SEND
+
+
+def record_contact(st, now: int, cfg) -> None:
+    pol = cfg.policy
+    st.contacts = [c for c in st.contacts if now - c < pol.window][-(pol.max_per_window - 1 or 1):] + [now]

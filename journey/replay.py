@@ -1,0 +1,260 @@
+"""``journey replay``: historical JSON-lines logs through the same core as the live worker.
+
+Reading: any number of ``.jsonl`` / ``.jsonl.gz`` files (gzip is recognized
+by its magic bytes), any mix of the three streams and both event shapes, in
+any order. Events are put in event-time order by an external merge sort:
+at most ``sort_buffer`` parsed events (default 200,000) are held in memory at
+a time; larger inputs are sorted in runs that spill to temporary files and
+are merged back. Beyond that, replay holds the customer states and the
+timer heap. Rejected lines go to the dead-letter output as they are read.
+
+Output is deterministic: the same input (in any line order) and rules give
+byte-identical trigger, audit and dead-letter files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import os
+import pickle
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+
+import orjson
+
+from .config import load_config
+from .engine import Engine
+from .intake import Rejected, parse
+from .progress import Progress
+from .timeline import drive
+from .triggers import deadletter_record
+
+SORT_BUFFER = 200_000
+_SPILL_BATCH = 8192
+
+
+def open_log(path: str | Path):
+    """Open a log file for binary line reading; gzip by magic bytes. Returns (file, raw file)."""
+    raw = open(path, "rb")
+    magic = raw.read(2)
+    raw.seek(0)
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    return raw, raw
+
+
+class Reader:
+    """Reads, validates and sorts events from log files."""
+
+    def __init__(self, paths, deadletter=None, max_bytes: int = 1 << 20, progress: Progress | None = None,
+                 sort_buffer: int = SORT_BUFFER):
+        self.paths = [str(p) for p in paths]
+        self.deadletter = deadletter  # callable(record dict) or None
+        self.max_bytes = max_bytes
+        self.progress = progress or Progress(enabled=False)
+        self.sort_buffer = max(1, sort_buffer)
+        self.lines = 0
+        self.valid = 0
+        self.rejected = Counter()
+        self.runs = 0
+        for p in self.paths:
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{p}: no such file (journey replay takes JSON-lines files, .jsonl or .jsonl.gz)")
+
+    def _parsed(self):
+        """(sort key..., event) tuples in file order; rejects go to the dead-letter output."""
+        total = sum(os.path.getsize(p) for p in self.paths) or 1
+        done_before = 0
+        seq = 0
+        for path in self.paths:
+            f, raw = open_log(path)
+            with f, raw:
+                for n, line in enumerate(f, 1):
+                    self.lines += 1
+                    line = line.rstrip(b"\r\n")
+                    if not line.strip():
+                        self.lines -= 1
+                        continue
+                    try:
+                        ev = parse(line, self.max_bytes)
+                    except Rejected as r:
+                        self.rejected[r.reason] += 1
+                        if self.deadletter is not None:
+                            self.deadletter(deadletter_record(r.reason, r.detail, {"file": path, "line": n}, line))
+                        continue
+                    self.valid += 1
+                    seq += 1
+                    yield (ev.ts, ev.id, zlib.crc32(line), seq, ev)
+                    if not self.lines & 4095:
+                        self.progress.update("reading", done_before + raw.tell(), total)
+            done_before += os.path.getsize(path)
+
+    def events(self):
+        """All valid events in event-time order (ties: event id, then content)."""
+        with ExitStack() as stack:
+            runs, chunk = [], []
+            for item in self._parsed():
+                chunk.append(item)
+                if len(chunk) >= self.sort_buffer:
+                    runs.append(self._spill(chunk, stack))
+                    chunk = []
+            chunk.sort(key=_sort_key)
+            self.runs = len(runs) + (1 if chunk else 0)
+            if not runs:
+                for item in chunk:
+                    yield item[4]
+                return
+            runs.append(iter(chunk))
+            for item in heapq.merge(*runs, key=_sort_key):
+                yield item[4]
+
+    def _spill(self, chunk, stack):
+        chunk.sort(key=_sort_key)
+        tmp = stack.enter_context(tempfile.TemporaryFile(prefix="journey-run-"))
+        for i in range(0, len(chunk), _SPILL_BATCH):
+            pickle.dump(chunk[i:i + _SPILL_BATCH], tmp, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.seek(0)
+        return _read_run(tmp)
+
+
+def _sort_key(item):
+    return item[:4]
+
+
+def _read_run(f):
+    while True:
+        try:
+            batch = pickle.load(f)
+        except EOFError:
+            return
+        yield from batch
+
+
+class JsonLines:
+    """Writes one JSON object per line; ``-`` is standard output."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.count = 0
+        if path is None:
+            self.f = None
+        elif path == "-":
+            self.f = sys.stdout.buffer
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(path, "wb", buffering=1 << 20)
+
+    def __call__(self, rec: dict) -> None:
+        self.count += 1
+        if self.f is not None:
+            self.f.write(orjson.dumps(rec) + b"\n")
+
+    def close(self):
+        if self.f is not None and self.path != "-":
+            self.f.close()
+        elif self.f is not None:
+            self.f.flush()
+
+
+class FileSink:
+    def __init__(self, triggers: JsonLines, audit: JsonLines, transitions: JsonLines):
+        self.trigger, self.audit, self.transition = triggers, audit, transitions
+
+
+class Counting:
+    """Wraps an event iterator to count and show progress."""
+
+    def __init__(self, it, total: int, progress: Progress):
+        self.it, self.total, self.progress, self.n = it, total, progress, 0
+        self.t0 = time.perf_counter()
+
+    def __iter__(self):
+        for ev in self.it:
+            self.n += 1
+            if not self.n & 4095:
+                el = time.perf_counter() - self.t0
+                self.progress.update("processing", self.n, self.total, rate=self.n / el if el else None)
+            yield ev
+
+
+def replay(paths, out: str, audit: str | None = None, deadletter: str | None = None, rules: str | None = None,
+           until: int | None = None, transitions: str | None = None, progress: Progress | None = None,
+           sort_buffer: int = SORT_BUFFER, config=None) -> dict:
+    """Run a replay; returns the summary (see :func:`format_summary`)."""
+    cfg = config or load_config(rules)
+    progress = progress or Progress()
+    t0 = time.perf_counter()
+    outs = [JsonLines(out), JsonLines(audit), JsonLines(deadletter), JsonLines(transitions)]
+    try:
+        engine = Engine(cfg, FileSink(outs[0], outs[1], outs[3]))
+        reader = Reader(paths, outs[2], cfg.engine.max_record_bytes, progress, sort_buffer)
+        events = reader.events()
+        first = next(events, None)  # reading (and sorting) happens here
+        t_read = time.perf_counter() - t0
+        progress.done()
+        stream = Counting(_chain(first, events), reader.valid, progress)
+        watermark = drive(engine, stream, until)
+        progress.done()
+    finally:
+        for o in outs:
+            o.close()
+    elapsed = time.perf_counter() - t0
+    s = engine.stats.as_dict()
+    return {
+        "lines": reader.lines,
+        "valid": reader.valid,
+        "rejected_by_reason": dict(sorted(reader.rejected.items())),
+        "duplicates": s["duplicates"],
+        "after_erasure": s["after_erasure"],
+        "events_applied": s["events"],
+        "events_by_type": s["events_by_type"],
+        "triggers": outs[0].count,
+        "triggers_by_rule": s["triggers_by_rule"],
+        "suppressed_by_reason": s["suppressed_by_reason"],
+        "deferred_by_rule": s["deferred_by_rule"],
+        "transitions": s["transitions"],
+        "customers": engine.customers(),
+        "watermark": watermark,
+        "sort_runs": reader.runs,
+        "seconds": round(elapsed, 3),
+        "read_seconds": round(t_read, 3),
+        "events_per_second": round(reader.lines / elapsed) if elapsed else 0,
+    }
+
+
+def _chain(first, rest):
+    if first is None:
+        return
+    yield first
+    yield from rest
+
+
+def format_summary(s: dict) -> str:
+    from .timeutil import format_time
+
+    def table(title, d):
+        if not d:
+            return [f"  {title}: none"]
+        return [f"  {title}:"] + [f"    {k:<28} {v:>10,}" for k, v in d.items()]
+
+    lines = [
+        f"read       {s['lines']:,} lines: {s['valid']:,} valid, {sum(s['rejected_by_reason'].values()):,} rejected, "
+        f"{s['duplicates']:,} duplicates",
+    ]
+    lines += table("rejected by reason", s["rejected_by_reason"])
+    lines += [f"triggers   {s['triggers']:,}"] + table("by rule", s["triggers_by_rule"])
+    lines += [f"suppressed {sum(s['suppressed_by_reason'].values()):,}"] + table("by reason", s["suppressed_by_reason"])
+    if s["deferred_by_rule"]:
+        lines += [f"deferred   {sum(s['deferred_by_rule'].values()):,} (quiet hours)"]
+    lines += [f"customers  {s['customers']:,}"]
+    if s["watermark"] is not None:
+        lines += [f"watermark  {format_time(s['watermark'])}"]
+    lines += [f"time       {s['seconds']:.2f} s ({s['events_per_second']:,} events/s; "
+              f"{s['sort_runs']} sort run(s))"]
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""Per-customer state: one compact, serializable record per customer.
+
+Everything the rules and the contact policy need lives here, so the live
+worker can keep it in one table row per customer (one changelog record per
+customer per batch) and rebuild its timers from it after a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+from .catalog import TOUCH_KINDS
+
+RECENT_TOUCHES = 3  # per touch-point kind, the last outcomes kept for explanations
+RECENT_ORDERS = 8   # distinct order ids remembered (for repeats and cancellations)
+
+
+def id_hash(event_id: str) -> int:
+    """A stable 64-bit hash of an event id, for the dedup memory."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+class CustomerState:
+    __slots__ = (
+        "anon",        # True for an anonymous visitor (not yet linked to a customer)
+        "tz", "birthday", "locale", "consent",
+        "orders", "first_order", "last_order", "spend", "refunded", "recent_orders",
+        "touch",       # kind -> [last_ts, good, bad, [[ts, type, outcome], ...]]
+        "hdev", "hts",  # health: running deviation from 50 and its time
+        "stage",
+        "tickets",     # open tickets: ticket_id -> [opened_ts, priority]
+        "timers",      # "rule|key" -> [due, data]
+        "occ",         # rule -> occasion bookkeeping (last milestone, tier, year, ...)
+        "contacts",    # marketing contact times in the cap window
+        "seen",        # dedup memory: id_hash -> event ts
+        "last_ts",     # latest event time applied
+        "anons",       # anonymous ids linked to this customer
+        "erased",      # erasure time: nothing else is kept
+        "clv",         # purchase statistics for the CLV model: [repeat_periods, last_period_day, spend_sum]
+        "heap_due",    # (not serialized) the due time this state has in the engine's timer heap
+    )
+
+    def __init__(self):
+        self.anon = False
+        self.tz = None
+        self.birthday = None
+        self.locale = None
+        self.consent = None
+        self.orders = 0
+        self.first_order = None
+        self.last_order = None
+        self.spend = 0
+        self.refunded = 0
+        self.recent_orders = []
+        self.touch = {}
+        self.hdev = 0.0
+        self.hts = None
+        self.stage = "prospect"
+        self.tickets = {}
+        self.timers = {}
+        self.occ = {}
+        self.contacts = []
+        self.seen = {}
+        self.last_ts = None
+        self.anons = []
+        self.erased = None
+        self.clv = None
+        self.heap_due = None
+
+    # -- timers --------------------------------------------------------------
+    def next_due(self) -> int | None:
+        if not self.timers:
+            return None
+        return min(t[0] for t in self.timers.values())
+
+    # -- serialization -------------------------------------------------------
+    def to_dict(self) -> dict:
+        if self.erased is not None:
+            return {"x": self.erased}
+        d = {}
+        if self.anon:
+            d["a"] = 1
+        if self.tz:
+            d["tz"] = self.tz
+        if self.birthday:
+            d["bd"] = self.birthday
+        if self.locale:
+            d["lc"] = self.locale
+        if self.consent:
+            d["cs"] = self.consent
+        if self.orders:
+            d["o"] = [self.orders, self.first_order, self.last_order, self.spend, self.refunded]
+            d["ro"] = self.recent_orders
+        if self.touch:
+            d["t"] = self.touch
+        if self.hts is not None:
+            d["h"] = [round(self.hdev, 3), self.hts]
+        if self.stage != "prospect":
+            d["s"] = self.stage
+        if self.tickets:
+            d["tk"] = self.tickets
+        if self.timers:
+            d["tm"] = self.timers
+        if self.occ:
+            d["oc"] = self.occ
+        if self.contacts:
+            d["ct"] = self.contacts
+        if self.seen:
+            d["sn"] = [x for kv in self.seen.items() for x in kv]
+        if self.last_ts is not None:
+            d["l"] = self.last_ts
+        if self.anons:
+            d["an"] = self.anons
+        if self.clv is not None:
+            d["cv"] = self.clv
+        return d
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CustomerState":
+        s = cls()
+        if "x" in d:
+            s.erased = d["x"]
+            return s
+        s.anon = bool(d.get("a"))
+        s.tz = d.get("tz")
+        s.birthday = d.get("bd")
+        s.locale = d.get("lc")
+        s.consent = d.get("cs")
+        if "o" in d:
+            s.orders, s.first_order, s.last_order, s.spend, s.refunded = d["o"]
+            s.recent_orders = d.get("ro", [])
+        s.touch = d.get("t", {})
+        if "h" in d:
+            s.hdev, s.hts = float(d["h"][0]), d["h"][1]
+        s.stage = d.get("s", "prospect")
+        s.tickets = d.get("tk", {})
+        s.timers = d.get("tm", {})
+        s.occ = d.get("oc", {})
+        s.contacts = d.get("ct", [])
+        sn = d.get("sn", [])
+        s.seen = dict(zip(sn[::2], sn[1::2]))
+        s.last_ts = d.get("l")
+        s.anons = d.get("an", [])
+        s.clv = d.get("cv")
+        return s
+
+    @classmethod
+    def from_bytes(cls, b: bytes) -> "CustomerState":
+        return cls.from_dict(orjson.loads(b))
+
+    def __eq__(self, other):
+        return isinstance(other, CustomerState) and self.to_dict() == other.to_dict()
+
+    # -- merging an anonymous visitor into a customer --------------------------
+    def absorb(self, other: "CustomerState") -> None:
+        """Merge an anonymous visitor's state into this customer's."""
+        for k, v in other.timers.items():
+            if k not in self.timers or self.timers[k][0] < v[0]:
+                self.timers[k] = v
+        for kind in TOUCH_KINDS:
+            o = other.touch.get(kind)
+            if not o:
+                continue
+            m = self.touch.get(kind)
+            if not m:
+                self.touch[kind] = o
+                continue
+            recent = sorted(m[3] + o[3])[-RECENT_TOUCHES:]
+            self.touch[kind] = [max(m[0], o[0]), m[1] + o[1], m[2] + o[2], recent]
+        if other.orders:
+            self.orders += other.orders
+            self.first_order = other.first_order if self.first_order is None else min(self.first_order, other.first_order)
+            self.last_order = other.last_order if self.last_order is None else max(self.last_order, other.last_order)
+            self.spend += other.spend
+            self.refunded += other.refunded
+            self.recent_orders = sorted(self.recent_orders + other.recent_orders, key=lambda r: r[1])[-RECENT_ORDERS:]
+        if other.hts is not None:
+            if self.hts is None:
+                self.hdev, self.hts = other.hdev, other.hts
+            else:
+                self.hdev = max(-50.0, min(50.0, self.hdev + other.hdev))
+                self.hts = max(self.hts, other.hts)
+        self.tickets.update(other.tickets)
+        self.seen.update(other.seen)
+        for k, v in other.occ.items():
+            self.occ.setdefault(k, v)
+        if other.last_ts is not None:
+            self.last_ts = other.last_ts if self.last_ts is None else max(self.last_ts, other.last_ts)
