@@ -287,9 +287,11 @@ class Engine:
             tid = f.get("ticket_id") or ev.id
             prev = st.tickets.get(tid)
             prio = f.get("priority") or (prev[1] if prev else "normal")
-            st.tickets[tid] = [ts, prio]
+            st.tickets[tid] = [ts, prio, 1]
         elif t == "ticket.resolved":
-            st.tickets.pop(f.get("ticket_id") or "", None)
+            rec = st.tickets.get(f.get("ticket_id") or "")
+            if rec is not None:
+                rec[2] = 0  # closed; kept (until it ages out) so a reopening keeps its priority
         elif t == "profile.updated" and ev.traits:
             tr = ev.traits
             if "timezone" in tr:

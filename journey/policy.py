@@ -43,7 +43,7 @@ def refused(st, key: str, default_granted: bool) -> bool:
 
 
 def open_tickets(st, now: int, max_age: int) -> list[str]:
-    return [tid for tid, (opened, _prio) in st.tickets.items() if now - opened < max_age]
+    return [tid for tid, (opened, _prio, is_open) in st.tickets.items() if is_open and now - opened < max_age]
 
 
 def quiet_until(now: int, tz, start: int, end: int) -> int | None:

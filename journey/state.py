@@ -30,7 +30,7 @@ class CustomerState:
         "touch",       # kind -> [last_ts, good, bad, [[ts, type, outcome], ...]]
         "hdev", "hts",  # health: running deviation from 50 and its time
         "stage",
-        "tickets",     # open tickets: ticket_id -> [opened_ts, priority]
+        "tickets",     # tickets: ticket_id -> [opened_ts, priority, open 1/0]
         "timers",      # "rule|key" -> [due, data]
         "occ",         # rule -> occasion bookkeeping (last milestone, tier, year, ...)
         "contacts",    # marketing contact times in the cap window

@@ -1,0 +1,65 @@
+import itertools
+
+import orjson
+import pytest
+
+from journey.config import Config
+from journey.replay import replay
+from journey.timeutil import format_time, parse_time
+
+_ids = itertools.count()
+
+
+def T(s: str) -> int:
+    """'2026-03-01T10:00:00Z' -> epoch ms"""
+    return parse_time(s)
+
+
+def ev(type_, cid="c1", ts="2026-03-01T10:00:00Z", id=None, **props):
+    """A canonical event as a dict."""
+    if isinstance(ts, int):
+        ts = format_time(ts)
+    return {"id": id or f"e{next(_ids)}", "customer_id": cid, "type": type_, "ts": ts, "props": props}
+
+
+def identify(cid="c1", ts="2026-01-01T00:00:00Z", id=None, **traits):
+    if isinstance(ts, int):
+        ts = format_time(ts)
+    return {"type": "identify", "userId": cid, "messageId": id or f"i{next(_ids)}", "timestamp": ts,
+            "traits": traits}
+
+
+class Result:
+    def __init__(self, triggers, audit, deadletter, transitions, summary):
+        self.triggers, self.audit, self.deadletter = triggers, audit, deadletter
+        self.transitions, self.summary = transitions, summary
+
+    def rules(self, cid=None):
+        return [t["data"]["rule"] for t in self.triggers if cid is None or t["subject"] == cid]
+
+    def of(self, rule):
+        return [t for t in self.triggers if t["data"]["rule"] == rule]
+
+    def audit_of(self, rule=None, reason=None):
+        return [a for a in self.audit if (rule is None or a["rule"] == rule) and (reason is None or a["reason"] == reason)]
+
+
+@pytest.fixture
+def run(tmp_path):
+    """Replay a list of events (dicts or raw bytes) through the real replay command."""
+    counter = itertools.count()
+
+    def _run(events, rules: dict | None = None, until: str | None = None) -> Result:
+        n = next(counter)
+        src = tmp_path / f"in{n}.jsonl"
+        with open(src, "wb") as f:
+            for e in events:
+                f.write((e if isinstance(e, bytes) else orjson.dumps(e)) + b"\n")
+        outs = {k: tmp_path / f"{k}{n}.jsonl" for k in ("out", "audit", "dl", "tr")}
+        s = replay([src], str(outs["out"]), str(outs["audit"]), str(outs["dl"]),
+                   until=T(until) if until else None, transitions=str(outs["tr"]),
+                   config=Config(rules or {}))
+        read = lambda p: [orjson.loads(line) for line in p.read_bytes().splitlines()]
+        return Result(read(outs["out"]), read(outs["audit"]), read(outs["dl"]), read(outs["tr"]), s)
+
+    return _run
