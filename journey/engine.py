@@ -69,16 +69,8 @@ class ListSink:
     """Collects outputs in lists (tests, backtest)."""
 
     def __init__(self):
-        self.triggers, self.audit, self.transitions = [], [], []
-
-    def trigger(self, ce):
-        self.triggers.append(ce)
-
-    def audit(self, rec):
-        self.audit.append(rec)
-
-    def transition(self, rec):
-        self.transitions.append(rec)
+        self.triggers, self.audits, self.transitions = [], [], []
+        self.trigger, self.audit, self.transition = self.triggers.append, self.audits.append, self.transitions.append
 
 
 class Engine:

@@ -1,0 +1,228 @@
+"""Replay as a whole: determinism, order independence, files, and the CLI."""
+
+import gzip
+import random
+import subprocess
+import sys
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from journey.config import Config
+from journey.engine import Engine, ListSink
+from journey.intake import parse
+from journey.replay import replay
+from journey.state import CustomerState
+from journey.synth import generate, write_log
+from journey.timeline import Timeline, drive, order_key
+from conftest import T, ev
+
+UNTIL = T("2026-08-01T00:00:00Z")
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory):
+    """A small synthetic population (about 6,000 lines), sorted, with duplicates and malformed lines."""
+    path = tmp_path_factory.mktemp("pop") / "log.jsonl"
+    write_log(str(path), customers=300, events=6000, seed=3)
+    return path
+
+
+def _replay(tmp_path, paths, name, **kw):
+    out, audit, dl = (tmp_path / f"{name}.{k}.jsonl" for k in ("out", "audit", "dl"))
+    s = replay(paths, str(out), str(audit), str(dl), until=UNTIL, config=Config(), **kw)
+    return out.read_bytes(), audit.read_bytes(), dl.read_bytes(), s
+
+
+def test_two_replays_are_byte_identical(tmp_path, population):
+    a = _replay(tmp_path, [population], "a")
+    b = _replay(tmp_path, [population], "b")
+    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
+    assert a[3]["triggers"] > 100 and a[3]["rejected_by_reason"]  # the population exercises the rules
+
+
+def test_trigger_ids_never_repeat_and_match_the_contract(tmp_path, population):
+    out, audit, _, s = _replay(tmp_path, [population], "c")
+    triggers = [orjson.loads(x) for x in out.splitlines()]
+    ids = [t["id"] for t in triggers]
+    assert len(ids) == len(set(ids))
+    rules = set()
+    for t in triggers:
+        assert {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"} <= t.keys()
+        d = t["data"]
+        assert t["type"] == f"journey.{d['kind']}.{d['rule']}" and t["subject"] == d["customer_id"]
+        assert d["reason"] and isinstance(d["evidence"], list) and d["channel"] and d["relationship"]["stage"]
+        rules.add(d["rule"])
+    assert len(rules) >= 8
+    for a in map(orjson.loads, audit.splitlines()):
+        assert {"trigger_id", "customer_id", "rule", "reason", "time"} <= a.keys()
+
+
+def test_shuffled_split_and_gzipped_input_gives_the_same_bytes(tmp_path, population):
+    lines = population.read_bytes().splitlines()
+    random.Random(5).shuffle(lines)
+    half = len(lines) // 2
+    p1, p2 = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl"
+    with gzip.open(p1, "wb") as f:
+        f.write(b"\n".join(lines[:half]) + b"\n")
+    p2.write_bytes(b"\n".join(lines[half:]) + b"\n")
+    base = _replay(tmp_path, [population], "base")
+    mixed = _replay(tmp_path, [p1, p2], "mixed", sort_buffer=700)   # forces external-sort spills
+    assert mixed[3]["sort_runs"] > 5
+    assert mixed[0] == base[0] and mixed[1] == base[1]
+
+
+def test_deadletter_has_origin_and_bytes(tmp_path):
+    src = tmp_path / "x.jsonl"
+    src.write_bytes(b'{"customer_id":"c1","type":"page.viewed","ts":1}\n\xff\xfe garbage\n')
+    dl = tmp_path / "dl.jsonl"
+    s = replay([src], str(tmp_path / "o.jsonl"), deadletter=str(dl), config=Config())
+    (rec,) = [orjson.loads(x) for x in dl.read_bytes().splitlines()]
+    assert rec["reason"] == "not_json" and rec["file"] == str(src) and rec["line"] == 2
+    assert "raw_base64" in rec and s["valid"] == 1
+
+
+# -- order independence (property tests) ------------------------------------------
+
+def _small_log():
+    return [orjson.dumps(rec) for _, _, rec in generate(40, 600, seed=11)]
+
+
+SMALL = _small_log()
+
+
+def _run_lines(lines):
+    sink = ListSink()
+    eng = Engine(Config(), sink)
+    evs = sorted((parse(x) for x in lines), key=lambda e: (e.ts, e.id, e.cid or ""))
+    drive(eng, evs, UNTIL)
+    return orjson.dumps(sink.triggers) + orjson.dumps(sink.audits)
+
+
+BASELINE = _run_lines(SMALL)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.randoms(use_true_random=False))
+def test_output_does_not_depend_on_line_order(tmp_path_factory, rnd):
+    lines = list(SMALL)
+    rnd.shuffle(lines)
+    d = tmp_path_factory.mktemp("shuffle")
+    src = d / "in.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    out, audit = d / "o.jsonl", d / "a.jsonl"
+    replay([src], str(out), str(audit), until=UNTIL, config=Config(), sort_buffer=rnd.randint(50, 800))
+    got = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    aud = [orjson.loads(x) for x in audit.read_bytes().splitlines()]
+    assert orjson.dumps(got) + orjson.dumps(aud) == BASELINE
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(min_value=0, max_value=9_000))
+def test_out_of_order_within_lateness_matches_sorted(rnd, jitter_ms):
+    """Events arriving up to the allowed lateness out of order give what sorted input gives."""
+    evs = sorted((parse(x) for x in SMALL), key=order_key)
+    # arrival order: event time plus a random delay below the lateness (10 s)
+    arrival = sorted(evs, key=lambda e: e.ts + rnd.randint(0, jitter_ms))
+    sink = ListSink()
+    tl = Timeline(Engine(Config(), sink), 10_000)
+    for e in arrival:
+        tl.offer(e)
+    tl.flush(UNTIL)
+    assert tl.late == 0
+    assert orjson.dumps(sink.triggers) + orjson.dumps(sink.audits) == BASELINE
+
+
+def test_timer_fires_before_a_later_event_that_arrived_first():
+    sink = ListSink()
+    tl = Timeline(Engine(Config(), sink), 10 * 60_000)   # 10 minutes of lateness
+    order_at_1035 = parse(orjson.dumps(ev("order.completed", "c1", "2026-03-01T10:35:00Z", order_id="o1")))
+    checkout_at_1000 = parse(orjson.dumps(ev("checkout.started", "c1", "2026-03-01T10:00:00Z", checkout_id="k")))
+    tl.offer(order_at_1035)
+    tl.offer(checkout_at_1000)
+    tl.flush(T("2026-03-01T12:00:00Z"))
+    assert [t["data"]["rule"] for t in sink.triggers] == ["cart_abandoned"]
+    assert sink.triggers[0]["time"] == "2026-03-01T10:30:00Z"
+    # the 10:35 order came after the cart trigger: its welcome falls within the 12 h gap
+    assert [(a["rule"], a["reason"]) for a in sink.audits] == [("first_purchase", "frequency_cap")]
+
+
+def test_late_event_is_applied_not_dropped():
+    sink = ListSink()
+    tl = Timeline(Engine(Config(), sink), 1000)
+    tl.offer(parse(orjson.dumps(ev("page.viewed", "c1", "2026-03-01T10:00:00Z"))))
+    tl.offer(parse(orjson.dumps(ev("order.completed", "c2", "2026-03-01T09:00:00Z", order_id="o"))))
+    assert tl.late == 1 and [t["data"]["rule"] for t in sink.triggers] == ["first_purchase"]
+
+
+# -- state ---------------------------------------------------------------------------
+
+def test_state_round_trips_and_timers_rebuild(tmp_path):
+    evs = sorted((parse(x) for x in SMALL), key=order_key)
+    cut = len(evs) // 2
+    # run A: straight through
+    a = ListSink()
+    ea = Engine(Config(), a)
+    drive(ea, evs, UNTIL)
+    # run B: stop half way, serialize every state, load into a fresh engine, continue
+    b = ListSink()
+    eb = Engine(Config(), b)
+    drive(eb, evs[:cut])
+    blob = {k: s.to_bytes() for k, s in eb.states.items()}
+    eb2 = Engine(Config(), b, states={k: CustomerState.from_bytes(v) for k, v in blob.items()})
+    eb2.aliases = eb.aliases
+    eb2.rebuild_timers()
+    assert all(eb2.states[k] == s for k, s in eb.states.items())
+    drive(eb2, evs[cut:], UNTIL)
+    assert orjson.dumps(a.triggers) == orjson.dumps(b.triggers)
+
+
+# -- CLI --------------------------------------------------------------------------------
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "journey", *args], capture_output=True, text=True)
+
+
+def test_cli_replay_writes_files_and_summary(tmp_path, population):
+    out = tmp_path / "t.jsonl"
+    r = cli("replay", str(population), "--out", str(out), "--until", "2026-08-01T00:00:00Z")
+    assert r.returncode == 0, r.stderr
+    assert "triggers" in r.stderr and "by rule" in r.stderr and "events/s" in r.stderr
+    assert len(out.read_bytes().splitlines()) > 100
+
+
+def test_cli_replay_missing_file_says_what_to_do(tmp_path):
+    r = cli("replay", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_cli_rules_check(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[rules.cart_abandoned]\ndelay = "45m"\n[policy]\nmax_per_window = 2\n')
+    r = cli("rules", "check", str(good))
+    assert r.returncode == 0 and "ok" in r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  cart_abandond:\n    delay: 30m\n  payment_failed:\n    delay: 15x\n"
+                   "  order_milestone:\n    milestones: [10, 5]\n  spend_tier:\n    tiers: {silver: -1}\n")
+    r = cli("rules", "check", str(bad))
+    assert r.returncode == 1
+    assert "rules.cart_abandond: unknown rule (did you mean 'cart_abandoned'?)" in r.stderr
+    assert "rules.payment_failed.delay: not a duration" in r.stderr
+    assert "rules.order_milestone.milestones" in r.stderr and "rules.spend_tier.tiers" in r.stderr
+
+
+def test_cli_backtest_shows_added_and_removed(tmp_path, population):
+    new = tmp_path / "new.toml"
+    new.write_text('[rules.cart_abandoned]\nenabled = false\n[rules.service_recovery]\ncsat_at_most = 3\n')
+    r = cli("backtest", str(population), "--rules", str(new), "--until", "2026-08-01T00:00:00Z",
+            "--diff", str(tmp_path / "diff.jsonl"))
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
+    cart = rows["cart_abandoned"]
+    assert int(cart[2].replace(",", "")) == 0 and cart[3] == "+0" and cart[4] == f"-{cart[1]}"
+    sr = rows["service_recovery"]
+    assert int(sr[3].lstrip("+").replace(",", "")) > 0 and sr[4] == "-0"
+    diff = [orjson.loads(x) for x in (tmp_path / "diff.jsonl").read_bytes().splitlines()]
+    assert {d["change"] for d in diff} == {"added", "removed"}
