@@ -67,9 +67,18 @@ for _alias, _canon in {
     SEGMENT_NAMES[_key(_alias)] = _canon
 
 
+_EXACT: dict[str, str | None] = {}
+
+
 def canonical_type(name: str) -> str | None:
     """The canonical type for a Segment event name or canonical type, else None."""
-    return SEGMENT_NAMES.get(_key(name))
+    try:
+        return _EXACT[name]
+    except KeyError:
+        found = SEGMENT_NAMES.get(_key(name))
+        if len(_EXACT) < 4096:  # names seen verbatim; bounded against junk names
+            _EXACT[name] = found
+        return found
 
 
 def touch_of(ctype: str) -> str:

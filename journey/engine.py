@@ -95,12 +95,16 @@ class Engine:
         self._dedup_max = config.engine.dedup_max_ids
         self.key = None         # the customer being processed
         self.new_order = False  # the current event is a new distinct completed order
+        self.timers_changed = False
         self.clv = None         # CLV model hook (journey.clv), None without a fitted model
+        self.want_transitions = getattr(self.sink, "wants_transitions", True)
 
     # -- the timeline --------------------------------------------------------------
     def fire_due(self, upto: int) -> None:
         """Fire all timers due at or before ``upto``."""
         heap = self.heap
+        if not heap or heap[0][0] > upto:
+            return
         while heap and heap[0][0] <= upto:
             due, key = heapq.heappop(heap)
             st = self.states.get(key)
@@ -109,7 +113,6 @@ class Engine:
             st.heap_due = None
             self.key = key
             self._run_timers(st, due)
-            self._update_stage(st, due)
             self._reschedule(key, st)
 
     def next_due(self) -> int | None:
@@ -150,6 +153,7 @@ class Engine:
                 self._deliver_deferred(st, data, due)
             elif name == STAGE:
                 self._stage_timer(st, due)
+                self._update_stage(st, due)
             else:
                 entry = self.rules.get(name)
                 if entry is not None:  # a rule disabled since the timer was set: drop it
@@ -179,17 +183,21 @@ class Engine:
         ts = ev.ts
         if st.last_ts is None or ts > st.last_ts:
             st.last_ts = ts
-        self.stats.events[ev.type if ev.known else "other"] += 1
-        self.stats.touch[ev.touch] += 1
+        stats = self.stats
+        stats.events[ev.type if ev.known else "other"] += 1
+        stats.touch[ev.touch] += 1
         if ev.type == "customer.erased":
             self._erase(key, st, ts)
             return
         self.key = key
+        self.timers_changed = False
         self._update(st, ev)
-        self._update_stage(st, ts)
+        if self.new_order:
+            self._update_stage(st, ts)  # only orders move the stage forward; timers move it back
         for rule, p in self.by_type.get(ev.type, ()):
             rule.on_event(self, st, ev, p)
-        self._reschedule(key, st)
+        if self.timers_changed:
+            self._reschedule(key, st)
 
     def _duplicate(self, st: CustomerState, ev) -> bool:
         h = id_hash(ev.id)
@@ -198,8 +206,12 @@ class Engine:
             return True
         seen[h] = ev.ts
         if len(seen) > self._dedup_max or next(iter(seen.values())) < ev.ts - self._dedup_window:
+            # forget ids older than the window, and the oldest beyond the cap (down to 3/4 of
+            # it, so the pruning is amortized over several events)
             horizon = max(ev.ts, st.last_ts or ev.ts) - self._dedup_window
-            keep = [(k, v) for k, v in seen.items() if v >= horizon][-self._dedup_max:]
+            keep = [(k, v) for k, v in seen.items() if v >= horizon]
+            if len(keep) > self._dedup_max:
+                keep = keep[-(self._dedup_max * 3 // 4 or 1):]
             st.seen = dict(keep)
         return False
 
@@ -322,7 +334,7 @@ class Engine:
         if new != st.stage:
             old, st.stage = st.stage, new
             self.stats.transitions[f"{old}->{new}"] += 1
-            if not st.anon:
+            if not st.anon and self.want_transitions:
                 self.sink.transition(transition_record(self.key, old, new, now, _stage_reason(st, new)))
 
     def _stage_timer(self, st: CustomerState, due: int) -> None:
@@ -333,10 +345,12 @@ class Engine:
     def set_timer(self, st: CustomerState, rule, key: str, due: int, data) -> None:
         name = rule if isinstance(rule, str) else rule.name
         st.timers[f"{name}|{key}"] = [due, data]
+        self.timers_changed = True
 
     def cancel_timer(self, st: CustomerState, rule, key: str):
         """Cancel a timer; returns its [due, data] or None."""
         name = rule if isinstance(rule, str) else rule.name
+        self.timers_changed = True
         return st.timers.pop(f"{name}|{key}", None)
 
     def timer(self, st: CustomerState, rule, key: str):

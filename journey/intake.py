@@ -81,6 +81,8 @@ class Event:
 
 
 def _ident(value, field: str) -> str | None:
+    if type(value) is str and 0 < len(value) <= MAX_ID_LEN:
+        return value
     if value is None or value == "":
         return None
     if isinstance(value, str):

@@ -43,6 +43,8 @@ def refused(st, key: str, default_granted: bool) -> bool:
 
 
 def open_tickets(st, now: int, max_age: int) -> list[str]:
+    if not st.tickets:
+        return []
     return [tid for tid, (opened, _prio, is_open) in st.tickets.items() if is_open and now - opened < max_age]
 
 

@@ -30,7 +30,7 @@ import orjson
 
 from .config import load_config
 from .engine import Engine
-from .intake import Rejected, parse
+from .intake import Event, Rejected, parse
 from .progress import Progress
 from .timeline import drive
 from .triggers import deadletter_record
@@ -115,10 +115,13 @@ class Reader:
                 yield item[4]
 
     def _spill(self, chunk, stack):
+        """Sort a chunk and write it to a temporary file as plain tuples (fast to pickle)."""
         chunk.sort(key=_sort_key)
         tmp = stack.enter_context(tempfile.TemporaryFile(prefix="journey-run-"))
         for i in range(0, len(chunk), _SPILL_BATCH):
-            pickle.dump(chunk[i:i + _SPILL_BATCH], tmp, protocol=pickle.HIGHEST_PROTOCOL)
+            batch = [(ts, i_, c, q, e.cid, e.anon, e.type, e.f, e.touch, e.known, e.traits)
+                     for ts, i_, c, q, e in chunk[i:i + _SPILL_BATCH]]
+            pickle.dump(batch, tmp, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.seek(0)
         return _read_run(tmp)
 
@@ -133,7 +136,8 @@ def _read_run(f):
             batch = pickle.load(f)
         except EOFError:
             return
-        yield from batch
+        for ts, eid, crc, seq, cid, anon, typ, fields, touch, known, traits in batch:
+            yield ts, eid, crc, seq, Event(eid, cid, anon, typ, ts, fields, touch, known, traits)
 
 
 class JsonLines:
@@ -165,6 +169,7 @@ class JsonLines:
 class FileSink:
     def __init__(self, triggers: JsonLines, audit: JsonLines, transitions: JsonLines):
         self.trigger, self.audit, self.transition = triggers, audit, transitions
+        self.wants_transitions = transitions.f is not None
 
 
 class Counting:
@@ -185,7 +190,7 @@ class Counting:
 
 def replay(paths, out: str, audit: str | None = None, deadletter: str | None = None, rules: str | None = None,
            until: int | None = None, transitions: str | None = None, progress: Progress | None = None,
-           sort_buffer: int = SORT_BUFFER, config=None) -> dict:
+           sort_buffer: int = SORT_BUFFER, config=None, keep_engine: list | None = None) -> dict:
     """Run a replay; returns the summary (see :func:`format_summary`)."""
     cfg = config or load_config(rules)
     progress = progress or Progress()
@@ -193,6 +198,8 @@ def replay(paths, out: str, audit: str | None = None, deadletter: str | None = N
     outs = [JsonLines(out), JsonLines(audit), JsonLines(deadletter), JsonLines(transitions)]
     try:
         engine = Engine(cfg, FileSink(outs[0], outs[1], outs[3]))
+        if keep_engine is not None:
+            keep_engine.append(engine)
         reader = Reader(paths, outs[2], cfg.engine.max_record_bytes, progress, sort_buffer)
         events = reader.events()
         first = next(events, None)  # reading (and sorting) happens here

@@ -26,10 +26,13 @@ def drive(engine, events, until: int | None = None) -> int | None:
     last event's time). Returns the final watermark."""
     last = None
     fire_due, apply = engine.fire_due, engine.apply
+    heap = getattr(engine, "heap", None)
     for ev in events:
         ts = ev.ts
         if last is None or ts > last:
-            fire_due(ts - 1)  # timers due strictly before this event; at equal times the event comes first
+            # timers due strictly before this event; at equal times the event comes first
+            if heap is None or (heap and heap[0][0] < ts):
+                fire_due(ts - 1)
             last = ts
         apply(ev)
     final = last if until is None or (last is not None and until < last) else until

@@ -6,6 +6,7 @@ All times inside journey are integers: milliseconds since the Unix epoch, UTC.
 from __future__ import annotations
 
 import re
+import time as _time
 from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,6 +22,9 @@ MS_WEEK = 7 * MS_DAY
 # Accept event times between 1970 and 2200; anything else is a producer bug.
 MIN_TS = 0
 MAX_TS = 7258118400000
+
+
+_MS = timedelta(milliseconds=1)
 
 
 class TimeError(ValueError):
@@ -46,7 +50,7 @@ def parse_time(value) -> int:
                 raise TimeError(f"not ISO-8601: {s[:40]!r}") from None
             if dt.tzinfo is None:
                 raise TimeError(f"time has no UTC offset or Z: {s[:40]!r}")
-            ms = (dt - EPOCH) // timedelta(milliseconds=1)
+            ms = round(dt.timestamp() * 1000) if dt.microsecond % 1000 == 0 else (dt - EPOCH) // _MS
     elif isinstance(value, bool) or value is None:
         raise TimeError(f"not a time: {value!r}")
     elif isinstance(value, int):
@@ -64,10 +68,10 @@ def parse_time(value) -> int:
 
 def format_time(ms: int) -> str:
     """Format epoch milliseconds as RFC 3339 UTC (``2026-03-01T10:30:00Z``)."""
-    dt = EPOCH + timedelta(milliseconds=ms)
-    if ms % 1000:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    s, frac = divmod(ms, 1000)
+    if frac:
+        return _time.strftime("%Y-%m-%dT%H:%M:%S.", _time.gmtime(s)) + f"{frac:03d}Z"
+    return _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(s))
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")

@@ -226,3 +226,13 @@ def test_cli_backtest_shows_added_and_removed(tmp_path, population):
     assert int(sr[3].lstrip("+").replace(",", "")) > 0 and sr[4] == "-0"
     diff = [orjson.loads(x) for x in (tmp_path / "diff.jsonl").read_bytes().splitlines()]
     assert {d["change"] for d in diff} == {"added", "removed"}
+
+
+def test_trigger_id_is_uuid5_of_customer_rule_occasion():
+    import uuid
+
+    from journey.triggers import NAMESPACE, trigger_id
+
+    for parts in [("c1", "cart_abandoned", "chk-9"), ("kunde-ü", "birthday", "2026")]:
+        assert trigger_id(*parts) == str(uuid.uuid5(NAMESPACE, "\x1f".join(parts)))
+    assert trigger_id("c1", "birthday", "2026") != trigger_id("c1", "birthday", "2027")

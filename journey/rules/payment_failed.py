@@ -21,7 +21,7 @@ class PaymentFailed(Rule):
         else:
             for tk in [k for k in st.timers if k.startswith(self.name + "|")]:
                 if ev.ts >= st.timers[tk][1]["s"]:
-                    del st.timers[tk]
+                    eng.cancel_timer(st, self, tk.partition("|")[2])
 
     def on_timer(self, eng, st, key, data, due, p):
         eng.fire(st, self, data["e"][0], due,

@@ -1,0 +1,81 @@
+"""``journey bench``: replay throughput against the bare JSON parse of the same
+file, and bytes of state per customer, on a generated population.
+
+Figures are measured in one run, so their ratio is meaningful even on a
+noisy machine; absolute numbers are not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import orjson
+
+from .config import Config
+from .replay import replay
+from .synth import write_log
+
+
+def bare_parse_rate(path: str) -> tuple[int, float]:
+    n = 0
+    t0 = time.perf_counter()
+    loads, err = orjson.loads, orjson.JSONDecodeError
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                loads(line)
+            except err:
+                pass
+            n += 1
+    return n, time.perf_counter() - t0
+
+
+def state_bytes(engine) -> dict:
+    sizes = sorted(len(s.to_bytes()) for k, s in engine.states.items() if not k.startswith("anon:"))
+    if not sizes:
+        return {"customers": 0}
+    return {
+        "customers": len(sizes),
+        "mean": round(statistics.fmean(sizes)),
+        "p50": sizes[len(sizes) // 2],
+        "p99": sizes[min(len(sizes) - 1, int(len(sizes) * 0.99))],
+        "max": sizes[-1],
+    }
+
+
+def run_bench(a) -> int:
+    d = a.keep or tempfile.mkdtemp(prefix="journey-bench-")
+    os.makedirs(d, exist_ok=True)
+    log = os.path.join(d, "events.jsonl")
+    try:
+        print(f"generating {a.events:,} events for {a.customers:,} customers ...", flush=True)
+        t0 = time.perf_counter()
+        lines = write_log(log, a.customers, a.events, a.seed)
+        print(f"  {lines:,} lines, {os.path.getsize(log) / 1e6:,.0f} MB in {time.perf_counter() - t0:.1f} s")
+        n, t_parse = bare_parse_rate(log)
+        keep = []
+        s = replay([log], os.path.join(d, "triggers.jsonl"), os.path.join(d, "audit.jsonl"),
+                   os.path.join(d, "deadletter.jsonl"), config=Config(), keep_engine=keep,
+                   sort_buffer=max(200_000, lines + 1))
+        sb = state_bytes(keep[0])
+        parse_rate = n / t_parse
+        replay_rate = s["lines"] / s["seconds"]
+        core_s = s["seconds"] - s["read_seconds"]
+        print()
+        print(f"bare orjson parse      {parse_rate:>12,.0f} lines/s   ({t_parse:.2f} s)")
+        print(f"replay (end to end)    {replay_rate:>12,.0f} events/s  ({s['seconds']:.2f} s: "
+              f"read+validate+sort {s['read_seconds']:.2f} s, rules+policy+output {core_s:.2f} s)")
+        print(f"  of which the core    {s['valid'] / core_s if core_s else 0:>12,.0f} events/s")
+        print(f"replay / bare parse    {parse_rate / replay_rate:>12.1f}x slower (target: within 10x)")
+        print(f"triggers               {s['triggers']:>12,}")
+        print(f"suppressed             {sum(s['suppressed_by_reason'].values()):>12,}")
+        print(f"state per customer     mean {sb.get('mean')} B, p50 {sb.get('p50')} B, p99 {sb.get('p99')} B, "
+              f"max {sb.get('max')} B over {sb['customers']:,} customers (target: under 1 KB)")
+    finally:
+        if not a.keep:
+            shutil.rmtree(d, ignore_errors=True)
+    return 0
