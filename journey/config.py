@@ -12,6 +12,7 @@ listing every problem (``journey rules check FILE`` prints them).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import tomllib
 from pathlib import Path
@@ -130,10 +131,7 @@ def _suggest(name: str, options) -> str:
 def _section(params: dict[str, Param], given: dict, path: str, problems: list[str]) -> SimpleNamespace:
     ns = SimpleNamespace()
     for name, p in params.items():
-        default = p.default
-        if p.kind in ("duration", "clock"):
-            default = p.parse(default, f"{path}.{name}")
-        setattr(ns, name, default)
+        setattr(ns, name, p.parse(copy.deepcopy(p.default), f"{path}.{name}"))  # defaults parse like given values
     if not isinstance(given, dict):
         problems.append(f"{path}: expected a table, got {given!r}")
         return ns

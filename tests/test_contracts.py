@@ -1,0 +1,54 @@
+"""Outputs against the published schemas in topics/, and the example rule file."""
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+
+from journey.config import Config, load_config
+from journey.intake import REASONS
+from journey.replay import replay
+from journey.synth import write_log
+from journey.timeutil import parse_time
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def validator(name):
+    schema = json.loads((ROOT / "topics" / name).read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("contract")
+    log = d / "log.jsonl"
+    write_log(str(log), customers=300, events=6000, seed=9)
+    with open(log, "ab") as f:
+        f.write(b'\xff\xfe\n{"type":"track","event":"Order Completed","userId":"c1","timestamp":"2026-03-01T10:00:00"}\n')
+    paths = {k: d / f"{k}.jsonl" for k in ("out", "audit", "dl")}
+    replay([log], str(paths["out"]), str(paths["audit"]), str(paths["dl"]), until=parse_time("2026-08-01T00:00:00Z"),
+           config=Config())
+    return {k: [orjson.loads(x) for x in p.read_bytes().splitlines()] for k, p in paths.items()}
+
+
+@pytest.mark.parametrize("kind,schema", [("out", "trigger.schema.json"), ("audit", "audit.schema.json"),
+                                         ("dl", "deadletter.schema.json")])
+def test_every_output_record_matches_its_schema(outputs, kind, schema):
+    v = validator(schema)
+    assert outputs[kind], f"no {kind} records to check"
+    for rec in outputs[kind]:
+        errors = list(v.iter_errors(rec))
+        assert not errors, (rec, [e.message for e in errors])
+
+
+def test_deadletter_reasons_in_schema_match_the_code():
+    schema = json.loads((ROOT / "topics" / "deadletter.schema.json").read_text())
+    assert set(schema["properties"]["reason"]["enum"]) == set(REASONS)
+
+
+def test_example_rule_file_is_valid_and_equals_the_defaults():
+    assert load_config(ROOT / "deploy" / "rules.example.toml").describe() == Config().describe()
