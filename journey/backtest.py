@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .engine import Engine, ListSink
-from .replay import Reader
+from .replay import Reader, no_cyclic_gc
 from .timeline import drive
 
 
@@ -31,7 +31,8 @@ class _Tee:
 def backtest(paths, new_cfg, base_cfg, until: int | None = None, progress=None) -> dict:
     new, base = Engine(new_cfg, ListSink()), Engine(base_cfg, ListSink())
     reader = Reader(paths, None, min(new_cfg.engine.max_record_bytes, base_cfg.engine.max_record_bytes), progress)
-    drive(_Tee([new, base]), reader.events(), until)
+    with no_cyclic_gc():
+        drive(_Tee([new, base]), reader.events(), until)
     rules = sorted(set(new_cfg.rules) | set(base_cfg.rules))
     by_new = {t["id"]: t for t in new.sink.triggers}
     by_base = {t["id"]: t for t in base.sink.triggers}

@@ -14,6 +14,7 @@ byte-identical trigger, audit and dead-letter files.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import heapq
 import os
@@ -23,7 +24,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import orjson
@@ -104,19 +105,19 @@ class Reader:
                 if len(chunk) >= self.sort_buffer:
                     runs.append(self._spill(chunk, stack))
                     chunk = []
-            chunk.sort(key=_sort_key)
+            chunk.sort()  # (ts, id, crc, seq, event): seq is unique, so the event is never compared
             self.runs = len(runs) + (1 if chunk else 0)
             if not runs:
                 for item in chunk:
                     yield item[4]
                 return
             runs.append(iter(chunk))
-            for item in heapq.merge(*runs, key=_sort_key):
+            for item in heapq.merge(*runs):
                 yield item[4]
 
     def _spill(self, chunk, stack):
         """Sort a chunk and write it to a temporary file as plain tuples (fast to pickle)."""
-        chunk.sort(key=_sort_key)
+        chunk.sort()
         tmp = stack.enter_context(tempfile.TemporaryFile(prefix="journey-run-"))
         for i in range(0, len(chunk), _SPILL_BATCH):
             batch = [(ts, i_, c, q, e.cid, e.anon, e.type, e.f, e.touch, e.known, e.traits)
@@ -124,10 +125,6 @@ class Reader:
             pickle.dump(batch, tmp, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.seek(0)
         return _read_run(tmp)
-
-
-def _sort_key(item):
-    return item[:4]
 
 
 def _read_run(f):
@@ -192,6 +189,26 @@ def replay(paths, out: str, audit: str | None = None, deadletter: str | None = N
            until: int | None = None, transitions: str | None = None, progress: Progress | None = None,
            sort_buffer: int = SORT_BUFFER, config=None, keep_engine: list | None = None) -> dict:
     """Run a replay; returns the summary (see :func:`format_summary`)."""
+    with no_cyclic_gc():
+        return _replay(paths, out, audit, deadletter, rules, until, transitions, progress, sort_buffer, config,
+                       keep_engine)
+
+
+@contextmanager
+def no_cyclic_gc():
+    """Bulk processing creates millions of long-lived objects and no reference
+    cycles; the cyclic collector would rescan them all, repeatedly (about a
+    fifth of replay time). Reference counting still frees everything."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, sort_buffer, config, keep_engine):
     cfg = config or load_config(rules)
     progress = progress or Progress()
     t0 = time.perf_counter()
