@@ -202,6 +202,16 @@ def _normalize_traits(traits: dict) -> dict:
     return out
 
 
+def _type_of(name, missing: str) -> tuple[str, bool]:
+    """(canonical type, known); an unknown name is kept (trimmed) as its own type."""
+    if not isinstance(name, str) or not name.strip():
+        raise Rejected(NO_TYPE, missing)
+    ctype = canonical_type(name)
+    if ctype is None:
+        return name.strip()[:64], False
+    return ctype, True
+
+
 def _event_id(d: dict, key: str, raw: bytes) -> str:
     v = d.get(key)
     if v is None or v == "":
@@ -232,13 +242,7 @@ def _parse_segment(d: dict, call: str, raw: bytes) -> Event:
     traits = None
     fields = {}
     if call == "track":
-        name = d.get("event")
-        if not isinstance(name, str) or not name.strip():
-            raise Rejected(NO_TYPE, "a track call needs an 'event' name")
-        ctype = canonical_type(name)
-        known = ctype is not None
-        if not known:
-            ctype = name.strip()[:64]
+        ctype, known = _type_of(d.get("event"), "a track call needs an 'event' name")
     elif call == "identify":
         ctype, known = "profile.updated", True
         t = d.get("traits")
@@ -276,13 +280,7 @@ def _parse_segment(d: dict, call: str, raw: bytes) -> Event:
 
 
 def _parse_canonical(d: dict, raw: bytes) -> Event:
-    name = d.get("type")
-    if not isinstance(name, str) or not name.strip():
-        raise Rejected(NO_TYPE, "no 'type' (canonical) and not a Segment call (track/identify/page)")
-    ctype = canonical_type(name)
-    known = ctype is not None
-    if not known:
-        ctype = name.strip()[:64]
+    ctype, known = _type_of(d.get("type"), "no 'type' (canonical) and not a Segment call (track/identify/page)")
     cid = _ident(d.get("customer_id"), "customer_id")
     anon = _ident(d.get("anonymous_id"), "anonymous_id")
     if cid is None and anon is None:
