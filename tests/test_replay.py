@@ -236,3 +236,20 @@ def test_trigger_id_is_uuid5_of_customer_rule_occasion():
     for parts in [("c1", "cart_abandoned", "chk-9"), ("kunde-ü", "birthday", "2026")]:
         assert trigger_id(*parts) == str(uuid.uuid5(NAMESPACE, "\x1f".join(parts)))
     assert trigger_id("c1", "birthday", "2026") != trigger_id("c1", "birthday", "2027")
+
+
+def test_redelivered_event_counts_once(run):
+    dup = ev("referral.sent", "c1", "2026-03-01T12:00:00Z", id="same")
+    r = run([dup, dup, ev("order.completed", "c2", "2026-03-01T12:00:00Z", id="o", order_id="o1"),
+             ev("order.completed", "c2", "2026-03-01T12:00:00Z", id="o", order_id="o1")])
+    assert len(r.of("advocate")) == 1 and len(r.of("first_purchase")) == 1
+    assert r.summary["duplicates"] == 2
+
+
+def test_replay_does_not_import_faust(tmp_path, population):
+    code = ("import sys; from journey.cli import main; "
+            f"main(['replay', {str(population)!r}, '--out', {str(tmp_path / 'o.jsonl')!r}, '-q']); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('faust', 'aiokafka', 'mode')]; "
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
