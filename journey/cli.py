@@ -142,6 +142,27 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--keep", metavar="DIR", help="keep the generated log and outputs in DIR")
     be.set_defaults(func=cmd_bench)
 
+    c = sub.add_parser("clv", help="customer lifetime value: fit BG/NBD and Gamma-Gamma, score customers",
+                       description="Fit BG/NBD (purchase counts, P(alive)) and Gamma-Gamma (spend) to a historical "
+                                   "log, or score customers with a fitted model. Time in weeks; purchases are "
+                                   "counted per UTC day.")
+    csub = c.add_subparsers(dest="clv_command", required=True, metavar="ACTION")
+    cf = csub.add_parser("fit", help="fit a model to a log",
+                         description="Fit on each customer's statistics at the calibration end (orders through "
+                                     "that UTC day; T measured to its start).")
+    cf.add_argument("paths", nargs="+", metavar="PATH")
+    cf.add_argument("--calibration-end", required=True, metavar="DATE", help="e.g. 1997-09-30")
+    cf.add_argument("--out", required=True, metavar="MODEL", help="model file (JSON); name it in [clv] model")
+    cf.set_defaults(func=lambda a: __import__("journey.clv", fromlist=["cmd_fit"]).cmd_fit(a))
+    cs = csub.add_parser("score", help="write each customer's x, t_x, T, P(alive), expected purchases and CLV (CSV)")
+    cs.add_argument("paths", nargs="+", metavar="PATH")
+    cs.add_argument("--model", required=True, metavar="MODEL")
+    cs.add_argument("--at", required=True, metavar="DATE", help="score as of this date (or ISO time)")
+    cs.add_argument("--horizon", default="52w", help="horizon of expected purchases and CLV (default 52w)")
+    cs.add_argument("--discount", type=float, default=0.1, help="yearly discount rate of CLV (default 0.1)")
+    cs.add_argument("--out", default="-", metavar="CSV", help="output file (default: standard output)")
+    cs.set_defaults(func=lambda a: __import__("journey.clv", fromlist=["cmd_score"]).cmd_score(a))
+
     g = sub.add_parser("generate", help="write a synthetic event log (for demos, tests and benchmarks)")
     g.add_argument("--customers", type=int, default=1000)
     g.add_argument("--events", type=int, default=20_000)

@@ -56,6 +56,10 @@ class Param:
             if self.choices and v not in self.choices:
                 raise ValueError(f"{path}: expected one of {', '.join(self.choices)}, got {v!r}")
             return v
+        if k == "path":
+            if not isinstance(v, str):
+                raise ValueError(f"{path}: expected a file path, got {v!r}")
+            return v
         if k == "clock":
             try:
                 return parse_clock(v)
@@ -114,6 +118,14 @@ SECTIONS: dict[str, dict[str, Param]] = {
     },
     "health": {
         "half_life": Param("duration", "30d", "each touch point's weight halves this often"),
+    },
+    "clv": {
+        "model": Param("path", "", "a fitted model from `journey clv fit` (relative to the rule file); enables "
+                                   "P(alive) stages, CLV in the relationship snapshot, and win_back"),
+        "horizon": Param("duration", "52w", "horizon of expected purchases and CLV"),
+        "annual_discount": Param("number", 0.1, "yearly discount rate of CLV", minimum=0),
+        "at_risk_below": Param("number", 0.5, "P(alive) below this: at_risk (customers with repeat purchases)"),
+        "lapsed_below": Param("number", 0.2, "P(alive) below this: lapsed"),
     },
     "stages": {
         "loyal_orders": Param("int", 5, "orders from which a customer counts as loyal", minimum=1),
@@ -176,9 +188,13 @@ class Config:
                 problems.extend(rule.check(self))
         if self.stages.lapsed_after < self.stages.at_risk_after:
             problems.append("stages.lapsed_after: must not be shorter than stages.at_risk_after")
+        self.clv_model = None
+        if self.clv.model and not problems:
+            self.clv_model = _load_model(self.clv.model, source, problems)
+        if not 0 < self.clv.lapsed_below <= self.clv.at_risk_below < 1:
+            problems.append("clv: need 0 < lapsed_below <= at_risk_below < 1")
         if problems:
             raise ConfigError(problems)
-        self.clv_model = None  # set by the CLV module when a fitted model is configured
 
     def describe(self) -> list[str]:
         """Every setting in force, one per line, for ``journey rules show``."""
@@ -192,6 +208,23 @@ class Config:
             for name, p in rule.all_params().items():
                 lines.append(f"rules.{rname}.{name} = {p.show(getattr(self.rules[rname], name))}")
         return lines
+
+
+def _load_model(path: str, source: str, problems: list):
+    import orjson
+
+    from .clv import Model
+
+    p = Path(path)
+    if not p.is_absolute() and source not in ("defaults", ""):
+        p = Path(source).parent / p
+    try:
+        return Model.from_dict(orjson.loads(p.read_bytes()))
+    except OSError as e:
+        problems.append(f"clv.model: cannot read {p}: {e.strerror} (create it with: journey clv fit)")
+    except (ValueError, orjson.JSONDecodeError) as e:
+        problems.append(f"clv.model: {p}: {e}")
+    return None
 
 
 def load_config(path: str | Path | None) -> Config:

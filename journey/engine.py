@@ -24,6 +24,7 @@ from collections import Counter
 
 from . import health, policy
 from .catalog import TOUCH_KINDS
+from .clv import StreamModel, add_order
 from .rules import REGISTRY
 from .state import RECENT_ORDERS, RECENT_TOUCHES, CustomerState, id_hash
 from .timeutil import format_time
@@ -96,7 +97,7 @@ class Engine:
         self.key = None         # the customer being processed
         self.new_order = False  # the current event is a new distinct completed order
         self.timers_changed = False
-        self.clv = None         # CLV model hook (journey.clv), None without a fitted model
+        self.clv = StreamModel(config.clv_model, config) if config.clv_model is not None else None
         self.want_transitions = getattr(self.sink, "wants_transitions", True)
 
     # -- the timeline --------------------------------------------------------------
@@ -152,8 +153,8 @@ class Engine:
             if name == DEFERRED:
                 self._deliver_deferred(st, data, due)
             elif name == STAGE:
-                self._stage_timer(st, due)
                 self._update_stage(st, due)
+                self._schedule_stage(st, due)
             else:
                 entry = self.rules.get(name)
                 if entry is not None:  # a rule disabled since the timer was set: drop it
@@ -270,10 +271,8 @@ class Engine:
             ro.append([oid, ts, cents])
             if len(ro) > RECENT_ORDERS:
                 del ro[0]
-            if self.clv is not None:
-                self.clv.on_order(self, st, ev)
-            else:
-                self.set_timer(st, STAGE, "risk", st.last_order + self.cfg.stages.at_risk_after, None)
+            st.clv = add_order(st.clv, ts, cents)
+            self._schedule_stage(st, ts)
         elif t == "order.refunded":
             oid = f.get("order_id")
             cents = f.get("revenue")
@@ -337,9 +336,20 @@ class Engine:
             if not st.anon and self.want_transitions:
                 self.sink.transition(transition_record(self.key, old, new, now, _stage_reason(st, new)))
 
-    def _stage_timer(self, st: CustomerState, due: int) -> None:
-        if st.last_order is not None and due < st.last_order + self.cfg.stages.lapsed_after:
-            self.set_timer(st, STAGE, "risk", st.last_order + self.cfg.stages.lapsed_after, None)
+    def _schedule_stage(self, st: CustomerState, now: int) -> None:
+        """A timer at the next moment the stage would move back if nothing is bought
+        (no order for at_risk_after / lapsed_after, or P(alive) crossing its thresholds)."""
+        if st.last_order is None:
+            return
+        if self.clv is not None:
+            times = self.clv.stage_times(st)
+        else:
+            times = (st.last_order + self.cfg.stages.at_risk_after, st.last_order + self.cfg.stages.lapsed_after)
+        due = min((t for t in times if t > now), default=None)
+        if due is None:
+            self.cancel_timer(st, STAGE, "risk")
+        else:
+            self.set_timer(st, STAGE, "risk", due, None)
 
     # -- the API rules use -------------------------------------------------------------
     def set_timer(self, st: CustomerState, rule, key: str, due: int, data) -> None:

@@ -1,0 +1,157 @@
+"""CLV: the published CDNOW results, stream against batch, and win_back on event time.
+
+The CDNOW 2,357-customer sample ships inside the ``lifetimes`` package; only
+its data file is read (none of lifetimes' model code is used)."""
+
+import csv
+import importlib.util
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from journey.clv import Model, summary
+from journey.config import Config
+from journey.engine import Engine, ListSink
+from journey.replay import Reader, replay
+from journey.timeline import drive
+from journey.timeutil import MS_DAY, MS_WEEK, format_time, parse_time
+from conftest import T, ev
+
+CAL_END = "1997-09-30"
+
+
+def cdnow_file() -> Path:
+    spec = importlib.util.find_spec("lifetimes")
+    assert spec is not None, "pip install --no-deps lifetimes (for its CDNOW data file)"
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "CDNOW_sample.txt"
+
+
+@pytest.fixture(scope="module")
+def cdnow(tmp_path_factory):
+    """The CDNOW sample as journey order events: the whole log, and the calibration period only."""
+    d = tmp_path_factory.mktemp("cdnow")
+    full, cal = d / "cdnow.jsonl", d / "cdnow-calibration.jsonl"
+    end = parse_time(CAL_END + "T00:00:00Z")
+    with open(full, "wb") as f, open(cal, "wb") as g:
+        for n, line in enumerate(cdnow_file().read_text().splitlines()):
+            cid, _, day, _cds, amount = line.split()
+            ts = parse_time(f"{day[:4]}-{day[4:6]}-{day[6:]}T00:00:00Z")
+            rec = orjson.dumps({"id": f"cd{n}", "customer_id": cid, "type": "order.completed", "ts": ts,
+                                "props": {"order_id": f"o{n}", "revenue": float(amount)}}) + b"\n"
+            f.write(rec)
+            if ts <= end:
+                g.write(rec)
+    return full, cal
+
+
+@pytest.fixture(scope="module")
+def model_file(cdnow, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "model.json"
+    r = subprocess.run([sys.executable, "-m", "journey", "clv", "fit", str(cdnow[0]), "--calibration-end", CAL_END,
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_fit_reproduces_fader_hardie_lee(model_file):
+    d = orjson.loads(model_file.read_bytes())
+    bg, gg, diag = d["bgnbd"], d["gamma_gamma"], d["diagnostics"]
+    assert (round(bg["r"], 3), round(bg["alpha"], 3), round(bg["a"], 3), round(bg["b"], 3)) == (0.243, 4.414, 0.793, 2.426)
+    assert round(diag["bgnbd_loglik"], 1) == -9582.4
+    assert diag["customers"] == 2357 and diag["bgnbd_converged"]
+    assert diag["gamma_gamma_customers"] == 946
+    assert (round(gg["p"], 2), round(gg["q"], 2), round(gg["v"], 2)) == (6.25, 3.74, 15.44)
+
+
+def test_conditional_expectation_of_the_published_customer(model_file):
+    m = Model.from_dict(orjson.loads(model_file.read_bytes()))
+    assert round(m.expected_purchases(39, 2, 30.43, 38.86), 3) == 1.226
+
+
+def test_p_alive_from_the_stream_equals_batch(cdnow, model_file, tmp_path):
+    # batch: journey clv score
+    r = subprocess.run([sys.executable, "-m", "journey", "clv", "score", str(cdnow[0]), "--model", str(model_file),
+                        "--at", CAL_END], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    batch = {row["customer_id"]: row for row in csv.DictReader(io.StringIO(r.stdout))}
+    assert len(batch) == 2357
+    # stream: replay the calibration period with the model configured, up to the calibration end
+    cfg = Config({"clv": {"model": str(model_file)}})
+    eng = Engine(cfg, ListSink())
+    end = parse_time(CAL_END + "T00:00:00Z")
+    drive(eng, Reader([cdnow[1]]).events(), end)
+    assert len(eng.states) == 2357
+    worst = 0.0
+    for cid, st in eng.states.items():
+        x, t_x, T_, _m = summary(st.clv, end)
+        row = batch[cid]
+        assert (x, round(t_x, 4), round(T_, 4)) == (int(row["x"]), float(row["t_x"]), float(row["T"]))
+        worst = max(worst, abs(eng.clv.p_alive(st, end) - float(row["p_alive"])))
+    assert worst < 1e-6
+
+
+# -- win_back and stages in the stream --------------------------------------------------
+
+PARAMS = Model(0.243, 4.414, 0.793, 2.426, 6.25, 3.74, 15.44)
+
+
+@pytest.fixture
+def clv_rules(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_bytes(orjson.dumps(PARAMS.to_dict()))
+    # quiet hours off, so the trigger time is exactly the crossing time
+    return {"clv": {"model": str(path)}, "policy": {"quiet_start": "00:00", "quiet_end": "00:00"}}
+
+
+def orders_at(days, cid="c1", start="2026-01-05T00:00:00Z", revenue=80):
+    t0 = T(start)
+    return [ev("order.completed", cid, t0 + d * MS_DAY, order_id=f"o{d}", revenue=revenue) for d in days]
+
+
+def expected_crossing(first_day_ms, x, t_x_weeks, threshold=0.3):
+    Tstar = PARAMS.when_p_alive_below(x, t_x_weeks, threshold)
+    return first_day_ms + __import__("math").ceil(Tstar * MS_WEEK) + 1
+
+
+def test_win_back_fires_when_p_alive_crosses_0_3(run, clv_rules):
+    r = run(orders_at([0, 14, 28]), rules=clv_rules, until="2028-01-01T00:00:00Z")
+    (t,) = r.of("win_back")
+    due = expected_crossing(T("2026-01-05T00:00:00Z"), 2, 4.0)
+    assert t["time"] == format_time(due)
+    assert 0.299 <= t["data"]["details"]["p_alive"] <= 0.3   # just below 0.3, rounded to 4 places
+    assert t["data"]["relationship"]["stage"] == "at_risk"   # 0.2 <= P(alive) < 0.5
+    assert {"p_alive", "expected_purchases", "clv"} <= t["data"]["relationship"].keys()
+
+
+def test_win_back_not_if_they_buy_again_before(run, clv_rules):
+    due = expected_crossing(T("2026-01-05T00:00:00Z"), 2, 4.0)
+    days_before = (due - T("2026-01-05T00:00:00Z")) // MS_DAY - 1
+    r = run(orders_at([0, 14, 28, days_before]), rules=clv_rules, until=format_time(due + MS_DAY))
+    assert r.of("win_back") == []
+
+
+def test_win_back_needs_two_orders_a_model_and_value(run, clv_rules):
+    assert run(orders_at([0]), rules=clv_rules, until="2028-01-01T00:00:00Z").of("win_back") == []
+    assert run(orders_at([0, 14, 28]), until="2028-01-01T00:00:00Z").of("win_back") == []   # no model
+    floor = {**clv_rules, "rules": {"win_back": {"value_floor": 1e9}}}
+    assert run(orders_at([0, 14, 28]), rules=floor, until="2028-01-01T00:00:00Z").of("win_back") == []
+
+
+def test_stages_follow_p_alive(run, clv_rules):
+    r = run(orders_at([0, 14, 28]), rules=clv_rules, until="2028-01-01T00:00:00Z")
+    moves = [(t["from"], t["to"]) for t in r.transitions]
+    assert moves == [("prospect", "new"), ("new", "active"), ("active", "at_risk"), ("at_risk", "lapsed")]
+    at_risk = next(t for t in r.transitions if t["to"] == "at_risk")
+    assert at_risk["time"] == format_time(expected_crossing(T("2026-01-05T00:00:00Z"), 2, 4.0, 0.5))
+
+
+def test_bad_model_path_is_a_clear_config_error(tmp_path):
+    from journey.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        Config({"clv": {"model": str(tmp_path / "missing.json")}})
+    assert "journey clv fit" in str(e.value)
