@@ -246,20 +246,21 @@ class Engine:
     def _update(self, st: CustomerState, ev) -> None:
         """Fold the event into the customer's state (before the rules see it)."""
         t, ts, f = ev.type, ev.ts, ev.f
-        w = health.weight_of(ev)
         rec = st.touch.get(ev.touch)
         if rec is None:
             rec = st.touch[ev.touch] = [ts, 0, 0, []]
         elif ts > rec[0]:
             rec[0] = ts
-        if w:
-            self.outcome(st, ev.touch, t, ts, w)
         self.new_order = False
         if t == "order.completed":
             oid = f.get("order_id") or ev.id
             ro = st.recent_orders
             if any(r[0] == oid for r in ro):
-                return  # the same order again under another event id
+                return  # the same order again under another event id: counted once, health included
+        w = health.weight_of(ev)
+        if w:
+            self.outcome(st, ev.touch, t, ts, w)
+        if t == "order.completed":
             self.new_order = True
             cents = f.get("revenue", 0)
             st.orders += 1
@@ -310,8 +311,11 @@ class Engine:
             max_age = self.cfg.policy.open_ticket_max_age
             st.tickets = {k: v for k, v in st.tickets.items() if ts - v[0] < max_age}
 
-    def outcome(self, st: CustomerState, kind: str, what: str, ts: int, w: float) -> None:
-        """Record a good (w > 0) or bad (w < 0) touch point outcome and its health weight."""
+    def outcome(self, st: CustomerState, kind: str, what: str, ts: int, w: float | None = None) -> None:
+        """Record a good (w > 0) or bad (w < 0) touch point outcome and its health weight
+        (by default the weight of ``what`` in ``health.WEIGHTS``)."""
+        if w is None:
+            w = health.WEIGHTS[what]
         rec = st.touch.get(kind)
         if rec is None:
             rec = st.touch[kind] = [ts, 0, 0, []]

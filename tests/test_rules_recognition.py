@@ -143,3 +143,14 @@ def test_steady_customer_months_are_customer_local(run):
              *[ev("order.completed", "c1", ts, order_id=ts, revenue=30) for ts in
                ("2025-12-20T12:00:00Z", "2026-01-31T23:30:00Z", "2026-03-15T12:00:00Z")]])
     assert r.of("steady_customer") == []  # Dec, Feb, Mar: not consecutive locally
+
+
+def test_repeated_order_id_does_not_count_twice_in_health(run):
+    once = run([ev("order.completed", "c1", "2026-01-05T12:00:00Z", order_id="o1", revenue=10),
+                ev("referral.sent", "c1", "2026-01-06T12:00:00Z")])
+    twice = run([ev("order.completed", "c1", "2026-01-05T12:00:00Z", order_id="o1", revenue=10),
+                 ev("order.completed", "c1", "2026-01-05T12:30:00Z", order_id="o1", revenue=10),
+                 ev("referral.sent", "c1", "2026-01-06T12:00:00Z")])
+    h = lambda r: r.of("advocate")[0]["data"]["relationship"]["health"]
+    assert h(once) == h(twice)
+    assert twice.of("advocate")[0]["data"]["relationship"]["orders"] == 1

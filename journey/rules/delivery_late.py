@@ -31,7 +31,7 @@ class DeliveryLate(Rule):
             eng.cancel_timer(st, self, oid)  # delivered at or before the promise
 
     def on_timer(self, eng, st, key, data, due, p):
-        eng.outcome(st, "system", "delivery.late", due, -10)
+        eng.outcome(st, "system", "delivery.late", due)
         eng.fire(st, self, data["o"], due,
                  f"order {data['o']} promised by {format_time(data['pb'])}, not delivered", data["e"],
                  {"order_id": data["o"], "promised_by": format_time(data["pb"])})

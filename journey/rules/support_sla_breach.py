@@ -27,7 +27,7 @@ class SupportSlaBreach(Rule):
             eng.cancel_timer(st, self, tid)
 
     def on_timer(self, eng, st, key, data, due, p):
-        eng.outcome(st, "human", "ticket.sla_breached", due, -12)
+        eng.outcome(st, "human", "ticket.sla_breached", due)
         eng.fire(st, self, data["e"][0], due,
                  f"ticket {data['tk']} ({data['p']}) opened {format_time(data['s'])}, no agent reply or "
                  f"resolution within {format_duration(data['sla'])}", data["e"],
