@@ -276,31 +276,27 @@ def _stationary(res) -> bool:
 # -- batch: statistics from a log, fit and score commands ----------------------------------
 
 def stats_from_log(paths, at: int, progress=None) -> dict:
-    """Each customer's statistics from the completed orders of a log, through the
-    replay reader (validation, dedup of ids, event-time order), counting orders
-    up to the end of the UTC day of ``at``."""
+    """Each customer's statistics from a log, counting orders up to the end of the
+    UTC day of ``at``. The log goes through the replay reader and the same engine
+    as the stream (with no rules), so validation, dedup of events and orders,
+    anonymous stitching and erasure are exactly the stream's: an erased customer
+    is not fitted or scored."""
+    from .config import Config
+    from .engine import Engine
     from .replay import Reader, no_cyclic_gc
+    from .rules import REGISTRY
+    from .timeline import drive
+
+    class _Quiet:
+        wants_transitions = False
+        trigger = audit = transition = staticmethod(lambda rec: None)
 
     end_day = at // MS_DAY
-    stats: dict = {}
-    seen_orders: dict = {}
+    engine = Engine(Config({"rules": {name: {"enabled": False} for name in REGISTRY}}), _Quiet())
     reader = Reader(paths, None, progress=progress)
     with no_cyclic_gc():
-        last_id = None
-        for ev in reader.events():
-            if ev.type != "order.completed" or ev.cid is None or ev.ts // MS_DAY > end_day:
-                continue
-            if ev.id == last_id:
-                continue  # a redelivered event (equal ids sort together)
-            last_id = ev.id
-            oid = ev.f.get("order_id")
-            if oid is not None:
-                key = (ev.cid, oid)
-                if key in seen_orders:
-                    continue
-                seen_orders[key] = True
-            stats[ev.cid] = add_order(stats.get(ev.cid), ev.ts, ev.f.get("revenue", 0))
-    return stats
+        drive(engine, (ev for ev in reader.events() if ev.ts // MS_DAY <= end_day))
+    return {k: st.clv for k, st in engine.states.items() if st.clv is not None and not st.anon and st.erased is None}
 
 
 def parse_day(value: str) -> int:

@@ -179,6 +179,8 @@ class CustomerState:
             self.spend += other.spend
             self.refunded += other.refunded
             self.recent_orders = sorted(self.recent_orders + other.recent_orders, key=lambda r: r[1])[-RECENT_ORDERS:]
+        if other.clv is not None:
+            self.clv = other.clv if self.clv is None else merge_clv(self.clv, other.clv)
         if other.hts is not None:
             if self.hts is None:
                 self.hdev, self.hts = other.hdev, other.hts
@@ -191,3 +193,13 @@ class CustomerState:
             self.occ.setdefault(k, v)
         if other.last_ts is not None:
             self.last_ts = other.last_ts if self.last_ts is None else max(self.last_ts, other.last_ts)
+
+
+def merge_clv(a: list, b: list) -> list:
+    """Combine two ``[first_day, last_day, x, repeat_cents]`` statistics (a visitor's
+    purchases before they identified, and the customer's). The purchase-day count is
+    exact unless both bought on one day other than the first; the later side's
+    first-day spend is not kept, so it is missing from the repeat spend."""
+    early, late = (a, b) if a[0] <= b[0] else (b, a)
+    same_first = early[0] == late[0]
+    return [early[0], max(a[1], b[1]), a[2] + b[2] + (0 if same_first else 1), a[3] + b[3]]

@@ -155,3 +155,25 @@ def test_bad_model_path_is_a_clear_config_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         Config({"clv": {"model": str(tmp_path / "missing.json")}})
     assert "journey clv fit" in str(e.value)
+
+
+def test_batch_statistics_share_the_streams_dedup_stitching_and_erasure(tmp_path):
+    from journey.clv import stats_from_log
+
+    day = "2026-01-0{}T10:00:00Z"
+    recs = [ev("order.completed", "c1", day.format(1), id="a", order_id="o1", revenue=10),
+            ev("order.completed", "c1", day.format(1), id="a", order_id="o1", revenue=10),     # redelivered
+            ev("order.completed", "c1", day.format(3), id="b", order_id="o2", revenue=20),
+            ev("order.completed", "c1", day.format(4), id="c", order_id="o2", revenue=20),     # same order again
+            ev("order.completed", "c2", day.format(1), order_id="x1", revenue=10),
+            ev("order.completed", "c2", day.format(2), order_id="x2", revenue=10),
+            ev("customer.erased", "c2", day.format(5)),
+            {"id": "g", "anonymous_id": "a9", "type": "order.completed", "ts": day.format(2),
+             "props": {"order_id": "g1", "revenue": 5}},
+            {"type": "identify", "userId": "c3", "anonymousId": "a9", "messageId": "l",
+             "timestamp": day.format(3), "traits": {}}]
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recs))
+    stats = stats_from_log([log], T("2026-01-09T00:00:00Z"))
+    first = T(day.format(1)) // MS_DAY
+    assert stats == {"c1": [first, first + 2, 1, 2000], "c3": [first + 1, first + 1, 0, 0]}
