@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start", type=_time, default=None, metavar="TIME")
     g.add_argument("--out", required=True, metavar="FILE", help="JSON-lines file (.gz to compress)")
     g.set_defaults(func=lambda a: __import__("journey.synth", fromlist=["main"]).main(a))
+
+    from .live.cli import add_commands
+
+    add_commands(sub, _time)
     return p
 
 

@@ -101,6 +101,8 @@ class Param:
 SECTIONS: dict[str, dict[str, Param]] = {
     "engine": {
         "allowed_lateness": Param("duration", "10s", "how late an event may arrive and still be ordered by event time"),
+        "idle_timeout": Param("duration", "5s", "live worker: a partition quiet this long (wall time) has its watermark "
+                                                "moved on with the wall clock, so timers fire without new events"),
         "max_record_bytes": Param("int", 1 << 20, "larger records are dead-lettered", minimum=1),
         "dedup_window": Param("duration", "24h", "an event id is remembered this long (event time) after the customer's newest event"),
         "dedup_max_ids": Param("int", 32, "event ids remembered per customer at most", minimum=1),

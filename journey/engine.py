@@ -99,6 +99,9 @@ class Engine:
         self.timers_changed = False
         self.clv = StreamModel(config.clv_model, config) if config.clv_model is not None else None
         self.want_transitions = getattr(self.sink, "wants_transitions", True)
+        # the live worker sets a set here to learn which customers' state changed (to persist
+        # them); replay leaves it None
+        self.dirty: set | None = None
 
     # -- the timeline --------------------------------------------------------------
     def fire_due(self, upto: int) -> None:
@@ -113,6 +116,8 @@ class Engine:
                 continue  # stale entry: the customer's timers changed since it was pushed
             st.heap_due = None
             self.key = key
+            if self.dirty is not None:
+                self.dirty.add(key)
             self._run_timers(st, due)
             self._reschedule(key, st)
 
@@ -171,6 +176,8 @@ class Engine:
             if ev.anon is not None and self.aliases.get(ev.anon) != cid:
                 self._link(ev.anon, cid)
         states = self.states
+        if self.dirty is not None:
+            self.dirty.add(key)
         st = states.get(key)
         if st is None:
             st = states[key] = CustomerState()
@@ -219,6 +226,8 @@ class Engine:
     def _link(self, anon: str, cid: str) -> None:
         """Attribute an anonymous visitor to a customer (identify, alias, or an event with both ids)."""
         self.aliases[anon] = cid
+        if self.dirty is not None:
+            self.dirty.update((cid, "anon:" + anon))
         old = self.states.pop("anon:" + anon, None)
         st = self.states.get(cid)
         if st is None:

@@ -22,16 +22,7 @@ ZONES = ["UTC", "Europe/Berlin", "Europe/London", "America/New_York", "America/L
          "Asia/Tokyo", "Asia/Kolkata", "Australia/Sydney", "America/Sao_Paulo"]
 PERSONAS = [("browser", 0.32), ("one_time", 0.20), ("loyal", 0.12), ("steady", 0.10),
             ("trouble", 0.12), ("promoter", 0.07), ("detractor", 0.07)]
-CLICK, PURCHASE, SUPPORT = "journey.clickstream", "journey.purchases", "journey.support"
-STREAM_OF = {
-    "page.viewed": CLICK, "product.viewed": CLICK, "cart.product_added": CLICK, "checkout.started": CLICK,
-    "app.error": CLICK, "profile.updated": CLICK,
-    "order.completed": PURCHASE, "order.refunded": PURCHASE, "order.cancelled": PURCHASE,
-    "payment.failed": PURCHASE, "order.shipped": PURCHASE, "order.delivered": PURCHASE,
-    "ticket.opened": SUPPORT, "ticket.agent_replied": SUPPORT, "ticket.resolved": SUPPORT,
-    "ticket.reopened": SUPPORT, "survey.answered": SUPPORT, "review.submitted": SUPPORT,
-    "referral.sent": SUPPORT, "customer.erased": SUPPORT,
-}
+from .topics import CLICKSTREAM as CLICK, PURCHASES as PURCHASE, SUPPORT, STREAM_OF  # noqa: E402
 SEGMENT_NAME = {
     "product.viewed": "Product Viewed", "cart.product_added": "Product Added", "checkout.started": "Checkout Started",
     "app.error": "Error Occurred", "ticket.opened": "Ticket Opened", "ticket.agent_replied": "Ticket Agent Replied",

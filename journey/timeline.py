@@ -52,18 +52,26 @@ class Timeline:
         self.watermark: int | None = None
         self.late = 0
         self._seq = 0
+        # tokens of the events applied so far (the live worker acknowledges a Kafka record
+        # only once its event has been applied, never while it waits in the buffer)
+        self.released: list = []
 
-    def offer(self, ev) -> None:
-        """Accept one event; applies whatever the watermark now allows."""
+    def offer(self, ev, token=None, auto: bool = True) -> None:
+        """Accept one event; applies whatever the watermark now allows. ``token`` is
+        appended to ``released`` once the event has been applied. With ``auto`` off,
+        the caller moves the watermark itself (the live worker aligns several inputs)."""
         if self.watermark is not None and ev.ts <= self.watermark:
             self.late += 1
             self.engine.apply(ev)
+            if token is not None:
+                self.released.append(token)
             return
         self._seq += 1
-        heapq.heappush(self.buffer, (ev.ts, ev.id, self._seq, ev))
+        heapq.heappush(self.buffer, (ev.ts, ev.id, self._seq, ev, token))
         if self.max_ts is None or ev.ts > self.max_ts:
             self.max_ts = ev.ts
-            self.advance(ev.ts - self.lateness)
+            if auto:
+                self.advance(ev.ts - self.lateness)
 
     def advance(self, watermark: int) -> None:
         """Move the watermark forward (never back): apply buffered events at or
@@ -74,9 +82,11 @@ class Timeline:
         self.watermark = watermark
         buf, engine = self.buffer, self.engine
         while buf and buf[0][0] <= watermark:
-            ts, _id, _seq, ev = heapq.heappop(buf)
+            ts, _id, _seq, ev, token = heapq.heappop(buf)
             engine.fire_due(ts - 1)
             engine.apply(ev)
+            if token is not None:
+                self.released.append(token)
         engine.fire_due(watermark)
 
     def flush(self, until: int | None = None) -> None:

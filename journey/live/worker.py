@@ -1,0 +1,458 @@
+"""The live worker: a Faust app around the same core as ``journey replay``.
+
+One agent reads the three source topics and ``journey.internal`` (all
+co-partitioned) as raw bytes, in batches (``noack_take``). Each record is
+parsed by ``intake.parse``; a record that fails goes to ``journey.deadletter``
+with its topic, partition and offset. A record found on a partition other
+than its customer's is re-keyed through ``journey.internal`` (its event time
+becomes the record timestamp). Everything else is offered to the
+``PartitionProcessor`` of its partition: one engine and one event-time
+timeline per partition, exactly the calls replay makes.
+
+State lives in the Faust table ``customers`` (changelog
+``journey-customers-changelog``), one record per customer, written once per
+customer per batch (coalesced), always to the customer's own partition. A
+record is acknowledged only after its event was applied and the state and
+output it caused were handed to the producer; Faust commits the contiguous
+acknowledged prefix after flushing the producer, so the guarantee is
+at-least-once, and a redelivered event is recognized by its id (and any
+trigger it causes again has the same id).
+
+On assignment, after Faust's changelog recovery, the worker checks each
+changelog partition against the high watermark that Fetch reports, and reads
+any tail Faust's recovery missed (brokers whose ListOffsets answer is stale,
+such as Tansu 0.6); then it loads the partition's customers and rebuilds
+their timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import faust
+from faust.streams import _current_event
+from faust.types import TP
+
+from .. import intake, topics
+from ..config import Config, load_config
+from ..timeutil import parse_duration
+from ..triggers import deadletter_record
+from .kafka import Partitioner, bootstrap, ensure_topics, faust_url
+from .processor import MARKED_TOPICS, PartitionProcessor, WATERMARK_KEY
+
+log = logging.getLogger("journey.worker")
+
+ENV_PREFIX = "JOURNEY_"
+CLOUDEVENTS_JSON = [("content-type", b"application/cloudevents+json")]
+JSON = [("content-type", b"application/json")]
+CONTROL_HEADER = "journey-control"
+
+
+@dataclass
+class Settings:
+    """Worker settings; each may also come from ``JOURNEY_<NAME>`` in the environment."""
+
+    broker: str = "kafka://127.0.0.1:9092"
+    store: str = "rocksdb://"
+    data_dir: str = "journey-data"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    rules: str | None = None
+    lateness: str | None = None      # default: [engine] allowed_lateness of the rules
+    idle: str | None = None          # default: [engine] idle_timeout of the rules
+    partitions: int = topics.PARTITIONS
+    replication: int = 1
+    app_id: str = topics.APP_ID
+    batch: int = 4000
+    batch_wait: float = 0.02
+    commit_interval: float = 1.0
+    session_timeout: float = 10.0    # a worker that died leaves the group after this long
+    loglevel: str = "warning"
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> "Settings":
+        environ = os.environ if environ is None else environ
+        s = cls()
+        for f in s.__dataclass_fields__.values():
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                setattr(s, f.name, _coerce(f, raw))
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(s, k, v)
+        return s
+
+
+def _coerce(f, raw: str):
+    t = f.type if isinstance(f.type, str) else f.type.__name__
+    if t.startswith("int"):
+        return int(raw)
+    if t.startswith("float"):
+        return float(raw)
+    return raw
+
+
+class _Anchor:
+    """Stands for "an event of partition p" where Faust's store wants the current event
+    to decide which partition a write belongs to (the RocksDB store keeps one database
+    per partition). Only ``message.partition`` is read."""
+
+    class _Msg:
+        __slots__ = ("partition", "topic", "__weakref__")
+
+    def __init__(self, partition: int, topic: str):
+        self.message = self._Msg()
+        self.message.partition = partition
+        self.message.topic = topic
+
+
+class _Record:
+    """A changelog record read by the recovery check, shaped as Faust's stores expect."""
+
+    class _Msg:
+        __slots__ = ("key", "value", "partition", "offset", "tp", "topic")
+
+    __slots__ = ("key", "value", "message")
+
+    def __init__(self, rec, tp):
+        self.key, self.value = rec.key, rec.value
+        m = self.message = self._Msg()
+        m.key, m.value, m.partition, m.offset, m.tp, m.topic = rec.key, rec.value, tp.partition, rec.offset, tp, tp.topic
+
+
+class CustomerTable(faust.Table):
+    """The ``customers`` table: keys are customer ids (bytes), values state bytes.
+
+    Every key is written to its own partition (``partition_for_key``), whatever
+    event is current, and with an anchor event of that partition set, so a batch
+    that mixes partitions, or a wall-clock timer, writes each key where it belongs."""
+
+    runtime: "Runtime"
+
+    def partition_for_key(self, key) -> int:
+        if isinstance(key, bytes):
+            key = key.decode()
+        if key.startswith(WATERMARK_KEY):
+            return int(key[len(WATERMARK_KEY):])
+        return self.runtime.partition(key)
+
+    async def on_recovery_completed(self, active_tps, standby_tps) -> None:
+        await self._read_missed_tail(active_tps)
+        await super().on_recovery_completed(active_tps, standby_tps)
+        self.runtime.assigned({tp.partition for tp in active_tps})
+
+    async def on_rebalance(self, assigned, revoked, newly_assigned, generation_id: int = 0) -> None:
+        self.runtime.revoked({tp.partition for tp in revoked})
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+    async def _read_missed_tail(self, active_tps) -> None:
+        """Apply any changelog records past what Faust's recovery read, up to the high
+        watermark reported by Fetch (not ListOffsets, which some brokers answer wrong)."""
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.structs import TopicPartition
+
+        if not active_tps:
+            return
+        recovery = self.app.tables.recovery
+        starts = {}
+        for tp in active_tps:
+            done = recovery.active_offsets.get(tp)
+            persisted = self.persisted_offset(tp)
+            start = max(x for x in (done, persisted, -1) if x is not None) + 1
+            starts[TopicPartition(tp.topic, tp.partition)] = (start, tp)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(self.runtime.settings.broker), group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    fetch_max_bytes=16 << 20, max_partition_fetch_bytes=8 << 20)
+        await consumer.start()
+        applied = 0
+        try:
+            consumer.assign(list(starts))
+            for ktp, (start, _tp) in starts.items():
+                consumer.seek(ktp, start)
+            pending = set(starts)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while pending and loop.time() < deadline:
+                batch = await consumer.getmany(*pending, timeout_ms=200)
+                for ktp, recs in batch.items():
+                    tp = starts[ktp][1]
+                    self.apply_changelog_batch([_Record(r, tp) for r in recs])
+                    applied += len(recs)
+                for ktp in list(pending):
+                    hw = consumer.highwater(ktp)
+                    if hw is not None and await consumer.position(ktp) >= hw:
+                        pending.discard(ktp)
+            if pending:
+                log.warning("changelog check: no high watermark from the broker for %s within 60 s",
+                            sorted(str(t) for t in pending))
+        finally:
+            await consumer.stop()
+        self.runtime.recovered_tail += applied
+        if applied:
+            log.warning("changelog check: applied %d record(s) Faust's recovery had not read "
+                        "(the broker's ListOffsets answer was behind its Fetch high watermark)", applied)
+
+
+class Runtime:
+    """Everything between Faust and the per-partition processors."""
+
+    def __init__(self, settings: Settings, config: Config):
+        self.settings = settings
+        self.config = config
+        self.lateness = parse_duration(settings.lateness) if settings.lateness else config.engine.allowed_lateness
+        self.idle = parse_duration(settings.idle) if settings.idle else config.engine.idle_timeout
+        self.max_bytes = config.engine.max_record_bytes
+        self.partition = Partitioner(settings.partitions)
+        self.procs: dict[int, PartitionProcessor] = {}
+        self.table: CustomerTable | None = None
+        self.out: dict[str, faust.types.TopicT] = {}
+        self.recovered_tail = 0
+        self.counts = {"events": 0, "rekeyed": 0, "deadletters": 0, "late": 0}
+        self.ready = False
+        self.read: dict = {}      # tp -> offset of the last record handled
+        self.app = None
+
+    # -- assignment ------------------------------------------------------------------
+    def assigned(self, partitions: set[int]) -> None:
+        new = partitions - set(self.procs)
+        gone = set(self.procs) - partitions
+        self.revoked(gone)
+        if new:
+            items: dict[int, list] = {p: [] for p in new}
+            for k, v in self.table.data.items():
+                key = k.decode() if isinstance(k, bytes) else k
+                p = self.table.partition_for_key(key)
+                if p in items and v is not None:
+                    items[p].append((key, v))
+            for p in sorted(new):
+                proc = PartitionProcessor(self.config, p, self.lateness, self.idle)
+                proc.anchor = _Anchor(p, self.table.changelog_topic.get_topic_name())
+                proc.load(items[p])
+                self.procs[p] = proc
+                log.info("partition %d: %d customer(s) loaded, watermark %s", p, len(proc.engine.states), proc.watermark)
+        self.ready = True
+
+    def revoked(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.procs.pop(p, None)  # unacknowledged records go to the new owner
+        if partitions:
+            self.read = {tp: o for tp, o in self.read.items() if tp.partition not in partitions}
+
+    # -- records -----------------------------------------------------------------------
+    def handle(self, batch) -> None:
+        """Process one batch of Faust events (synchronously: no await, so the batch is
+        one step on the event loop)."""
+        wall = int(time.time() * 1000)
+        touched = set()
+        procs = self.procs
+        part = self.partition
+        for fev in batch:
+            msg = fev.message
+            p = msg.partition
+            proc = procs.get(p)
+            if proc is None:
+                continue  # no longer ours: not acknowledged, the new owner reads it again
+            raw = fev.value
+            if msg.headers and self._control(proc, fev, msg):
+                touched.add(p)
+                continue
+            if raw is None:
+                raw = b""
+            try:
+                ev = intake.parse(raw, self.max_bytes)
+            except intake.Rejected as r:
+                self._deadletter(r.reason, r.detail, msg, raw)
+                fev.ack()
+                continue
+            key = ev.cid if ev.cid is not None else "anon:" + ev.anon
+            want = part(key)
+            if want != p and msg.topic != topics.INTERNAL:
+                self.counts["rekeyed"] += 1
+                self.out[topics.INTERNAL].send_soon(key=key.encode(), value=raw, partition=want,
+                                                    timestamp=ev.ts / 1000.0)
+                fev.ack()
+                continue
+            self.counts["events"] += 1
+            proc.offer(msg.topic, ev, fev, wall)
+            self.read[msg.tp] = msg.offset
+            touched.add(p)
+        for p in touched:
+            proc = procs[p]
+            proc.settle(lambda topic: self.behind(topic, p))
+            self.flush(proc)
+
+    def behind(self, topic: str, partition: int) -> bool:
+        """Has this input records not read yet? (By the high watermark the last Fetch
+        reported; unknown counts as behind.)"""
+        tp = TP(topic, partition)
+        consumer = self.app.consumer
+        try:
+            hw = consumer.highwater(tp)
+        except Exception:
+            return True
+        if hw is None:
+            return True
+        last = self.read.get(tp)
+        if last is None:
+            pos = consumer._read_offset.get(tp)
+            return hw > 0 and (pos is None or pos < hw - 1)
+        return last + 1 < hw
+
+    def _control(self, proc, fev, msg) -> bool:
+        for k, v in msg.headers:
+            if k == CONTROL_HEADER:
+                if v == b"watermark":
+                    try:
+                        proc.mark(msg.topic, int(fev.value), fev)
+                    except (TypeError, ValueError):
+                        self._deadletter("bad_field", "watermark marker without an epoch-ms value", msg, fev.value or b"")
+                        fev.ack()
+                else:
+                    fev.ack()
+                return True
+        return False
+
+    def _deadletter(self, reason: str, detail: str, msg, raw: bytes) -> None:
+        self.counts["deadletters"] += 1
+        import orjson
+        rec = deadletter_record(reason, detail, {"topic": msg.topic, "partition": msg.partition,
+                                                 "offset": msg.offset}, raw)
+        self.out[topics.DEADLETTER].send_soon(key=None, value=orjson.dumps(rec), headers=JSON)
+
+    def tick(self) -> None:
+        """Wall-clock watermark for quiet partitions (from a timer on the worker's loop)."""
+        wall = int(time.time() * 1000)
+        for p, proc in list(self.procs.items()):
+            before = proc.watermark
+            behind = [t for t in MARKED_TOPICS if self.behind(t, p)]
+            proc.settle(lambda topic: topic in behind)
+            if not behind:
+                proc.tick(wall)
+            if proc.watermark != before:
+                self.flush(proc)
+
+    def flush(self, proc: PartitionProcessor) -> None:
+        """Hand output and state to the producer, then acknowledge the applied records."""
+        out = self.out
+        recs = proc.outbox.records
+        if recs:
+            for topic, key, value in recs:
+                out[topic].send_soon(key=key.encode(), value=value,
+                                     headers=CLOUDEVENTS_JSON if topic == topics.TRIGGERS else JSON)
+            recs.clear()
+        dirty = proc.take_dirty()
+        if dirty:
+            table = self.table
+            token = _current_event.set(weakref.ref(proc.anchor))
+            try:
+                for key, value in dirty:
+                    k = key.encode()
+                    if value is None:
+                        if k in table:
+                            del table[k]
+                    else:
+                        table[k] = value
+            finally:
+                _current_event.reset(token)
+        released = proc.timeline.released
+        if released:
+            for fev in released:
+                fev.ack()
+            released.clear()
+        self.counts["late"] = sum(p.timeline.late for p in self.procs.values())
+
+
+def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.App, Runtime]:
+    config = config if config is not None else (load_config(settings.rules) if settings.rules else Config())
+    rt = Runtime(settings, config)
+    store = settings.store
+    app = faust.App(
+        settings.app_id,
+        broker=faust_url(settings.broker),
+        store=store,
+        datadir=settings.data_dir,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        topic_allow_declare=True,
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout / 5),
+        broker_rebalance_timeout=settings.session_timeout,
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        producer_max_batch_size=1 << 20,
+        consumer_max_fetch_size=8 << 20,
+        stream_buffer_maxsize=max(settings.batch * 2, 4096),
+    )
+    table = CustomerTable(app, name=topics.TABLE, partitions=settings.partitions, beacon=app.tables.beacon,
+                          key_type=bytes, value_type=bytes, help="per-customer state")
+    table.runtime = rt
+    app.tables.add(table)
+    rt.table = table
+    rt.app = app
+    for name in (topics.TRIGGERS, topics.AUDIT, topics.DEADLETTER, topics.INTERNAL):
+        rt.out[name] = app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                 value_serializer="raw", partitions=settings.partitions)
+    source = app.topic(*topics.SOURCES, topics.INTERNAL, key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+
+    @app.agent(source, name="journey.process")
+    async def process(stream):
+        producer_buffer = app.producer.buffer
+        async for batch in stream.noack_take(settings.batch, within=settings.batch_wait):
+            rt.handle(batch)
+            if producer_buffer.size > 10_000:
+                await producer_buffer.wait_until_ebb()
+
+    @app.timer(interval=0.25, name="journey.idle_watermarks")
+    async def idle_watermarks():
+        if rt.ready:
+            rt.tick()
+
+    @app.page("/health")
+    async def health(web, request):
+        return web.json({"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(web, request):
+        body = {"ready": rt.ready, "partitions": sorted(rt.procs)}
+        return web.json(body, status=200 if rt.ready else 503)
+
+    return app, rt
+
+
+def run(settings: Settings) -> int:
+    """Create missing topics, then run the worker until SIGINT/SIGTERM."""
+    logging.basicConfig(level=getattr(logging, settings.loglevel.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(settings.rules) if settings.rules else Config()
+    status = asyncio.run(ensure_topics(settings.broker, settings.partitions, settings.app_id, settings.replication))
+    for name, what in status.items():
+        if what not in ("created", "exists"):
+            raise SystemExit(f"journey worker: topic {name} {what}")
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app, _rt = build_app(settings, config)
+    worker = faust.Worker(app, loglevel=settings.loglevel.upper(), quiet=True,
+                          override_logging=False)
+    worker.execute_from_commandline()
+    return 0
