@@ -212,6 +212,10 @@ class Engine:
         seen = st.seen
         if h in seen:
             return True
+        if st.last_ts is not None and ev.ts < st.last_ts - self._dedup_window:
+            # older than the ids remembered: it cannot be told from a redelivery (after a
+            # restart, Kafka redelivers from the last committed offset), so it counts as one
+            return True
         seen[h] = ev.ts
         if len(seen) > self._dedup_max or next(iter(seen.values())) < ev.ts - self._dedup_window:
             # forget ids older than the window, and the oldest beyond the cap (down to 3/4 of

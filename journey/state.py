@@ -96,7 +96,7 @@ class CustomerState:
         if self.touch:
             d["t"] = self.touch
         if self.hts is not None:
-            d["h"] = [round(self.hdev, 3), self.hts]
+            d["h"] = [self.hdev, self.hts]  # full precision: a restored state continues exactly
         if self.stage != "prospect":
             d["s"] = self.stage
         if self.tickets:

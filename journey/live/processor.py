@@ -70,7 +70,9 @@ class PartitionProcessor:
         self.wm_saved: int | None = None
         self.anchor = None                      # the worker's handle for this partition
         self.marks: dict[str, int] = {}         # watermark markers read, by topic
+        self.mark_tokens: list = []
         self.latest: dict[str, int] = {}        # latest event time read, by topic
+        self.quiet_base: int | None = None      # the watermark when the partition last settled
 
     # -- state ---------------------------------------------------------------------
     def load(self, items) -> None:
@@ -109,6 +111,7 @@ class PartitionProcessor:
     def offer(self, topic: str, ev, token, wall_ms: int) -> None:
         """Take one event read from ``topic``; call ``settle`` after a batch."""
         self.last_arrival = wall_ms
+        self.quiet_base = None
         latest = self.latest
         m = latest.get(topic)
         if m is None or ev.ts > m:
@@ -131,15 +134,21 @@ class PartitionProcessor:
                 if m < bound:
                     bound = m
         tl.advance(bound - tl.lateness)
+        self.quiet_base = tl.watermark
 
     def mark(self, topic: str, until: int, token=None) -> None:
         """A watermark marker (``journey produce --until``) read on ``topic``: once every
         topic of the partition has delivered its marker, event time has reached ``until``."""
         self.marks[topic] = max(until, self.marks.get(topic, until))
+        if token is not None:
+            # held until the marker is complete: a restart reads the markers again
+            self.mark_tokens.append(token)
         if len(self.marks) == len(MARKED_TOPICS):
             self.timeline.advance(min(self.marks.values()))
-        if token is not None:
-            self.timeline.released.append(token)
+            self.quiet_base = self.timeline.watermark
+            self.marks.clear()
+            self.timeline.released.extend(self.mark_tokens)
+            self.mark_tokens.clear()
 
     def tick(self, wall_ms: int) -> bool:
         """Advance a quiet partition's watermark with the wall clock; True if it moved."""
@@ -152,7 +161,8 @@ class PartitionProcessor:
         if quiet < self.idle_ms:
             return False
         before = tl.watermark
-        tl.advance(tl.max_ts - tl.lateness + quiet)
+        base = self.quiet_base if self.quiet_base is not None else tl.max_ts - tl.lateness
+        tl.advance(base + quiet)
         return tl.watermark != before
 
     @property

@@ -158,6 +158,7 @@ class CustomerTable(faust.Table):
 
         if not active_tps:
             return
+        app_id = self.runtime.settings.app_id
         recovery = self.app.tables.recovery
         starts = {}
         for tp in active_tps:
@@ -165,12 +166,21 @@ class CustomerTable(faust.Table):
             persisted = self.persisted_offset(tp)
             start = max(x for x in (done, persisted, -1) if x is not None) + 1
             starts[TopicPartition(tp.topic, tp.partition)] = (start, tp)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(self.runtime.settings.broker), group_id=None,
+        # with the worker's group id, to read its committed offsets (it never joins the group)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(self.runtime.settings.broker), group_id=app_id,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     fetch_max_bytes=16 << 20, max_partition_fetch_bytes=8 << 20)
         await consumer.start()
         applied = 0
         try:
+            # where reading of each input will start: its committed offset, else the log start
+            inputs = [TopicPartition(t, tp.partition) for tp in active_tps for t in MARKED_TOPICS]
+            consumer.assign(list(starts) + inputs)
+            first = await consumer.beginning_offsets(inputs)
+            for itp in inputs:
+                committed = await consumer.committed(itp)
+                self.runtime.start_pos[TP(itp.topic, itp.partition)] = committed if committed is not None else first[itp]
+            log.info("input start positions: %s", {f"{t.topic}/{t.partition}": o for t, o in self.runtime.start_pos.items()})
             consumer.assign(list(starts))
             for ktp, (start, _tp) in starts.items():
                 consumer.seek(ktp, start)
@@ -215,6 +225,7 @@ class Runtime:
         self.counts = {"events": 0, "rekeyed": 0, "deadletters": 0, "late": 0}
         self.ready = False
         self.read: dict = {}      # tp -> offset of the last record handled
+        self.start_pos: dict = {}  # tp -> offset reading starts at after an assignment
         self.app = None
 
     # -- assignment ------------------------------------------------------------------
@@ -242,6 +253,7 @@ class Runtime:
             self.procs.pop(p, None)  # unacknowledged records go to the new owner
         if partitions:
             self.read = {tp: o for tp, o in self.read.items() if tp.partition not in partitions}
+            self.start_pos = {tp: o for tp, o in self.start_pos.items() if tp.partition not in partitions}
 
     # -- records -----------------------------------------------------------------------
     def handle(self, batch) -> None:
@@ -257,6 +269,7 @@ class Runtime:
             proc = procs.get(p)
             if proc is None:
                 continue  # no longer ours: not acknowledged, the new owner reads it again
+            self.read[msg.tp] = msg.offset
             raw = fev.value
             if msg.headers and self._control(proc, fev, msg):
                 touched.add(p)
@@ -279,7 +292,6 @@ class Runtime:
                 continue
             self.counts["events"] += 1
             proc.offer(msg.topic, ev, fev, wall)
-            self.read[msg.tp] = msg.offset
             touched.add(p)
         for p in touched:
             proc = procs[p]
@@ -299,8 +311,8 @@ class Runtime:
             return True
         last = self.read.get(tp)
         if last is None:
-            pos = consumer._read_offset.get(tp)
-            return hw > 0 and (pos is None or pos < hw - 1)
+            start = self.start_pos.get(tp)
+            return start is None or start < hw
         return last + 1 < hw
 
     def _control(self, proc, fev, msg) -> bool:
@@ -323,6 +335,13 @@ class Runtime:
         rec = deadletter_record(reason, detail, {"topic": msg.topic, "partition": msg.partition,
                                                  "offset": msg.offset}, raw)
         self.out[topics.DEADLETTER].send_soon(key=None, value=orjson.dumps(rec), headers=JSON)
+
+    def describe(self) -> dict:
+        """Per assigned partition: watermark, events waiting for it, and the inputs still behind
+        (no customer data)."""
+        return {str(p): {"watermark": proc.watermark, "waiting": proc.pending(),
+                         "behind": [t for t in MARKED_TOPICS if self.behind(t, p)]}
+                for p, proc in sorted(self.procs.items())}
 
     def tick(self) -> None:
         """Wall-clock watermark for quiet partitions (from a timer on the worker's loop)."""
@@ -435,7 +454,7 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
 
     @app.page("/ready")
     async def ready(web, request):
-        body = {"ready": rt.ready, "partitions": sorted(rt.procs)}
+        body = {"ready": rt.ready, "partitions": sorted(rt.procs), "detail": rt.describe()}
         return web.json(body, status=200 if rt.ready else 503)
 
     return app, rt
