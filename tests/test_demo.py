@@ -1,0 +1,39 @@
+"""`journey demo`: the README's first command, run for real (embedded broker, worker, feeder)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def test_demo_shows_triggers_and_ctrl_c_leaves_nothing_behind(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "journey", "demo", "--customers", "60", "--speed", "200000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    lines = []
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            line = p.stdout.readline().decode()
+            if not line:
+                break
+            lines.append(line)
+            if sum(" recovery " in x or " recognition " in x for x in lines) >= 3:
+                break
+        shown = [x for x in lines if " recovery " in x or " recognition " in x]
+        assert len(shown) >= 3, "".join(lines[-20:])
+        # a trigger line names the rule, the customer, the channel and the reason
+        assert any("cart_abandoned" in x or "first_purchase" in x or "delivery_late" in x for x in shown)
+        os.killpg(p.pid, signal.SIGINT)   # Ctrl-C reaches the whole foreground group
+        rest = p.communicate(timeout=60)[0].decode()
+        assert p.returncode == 0, rest[-2000:]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    try:
+        os.killpg(p.pid, 0)
+        left = subprocess.run(["pgrep", "-g", str(p.pid), "-a"], capture_output=True, text=True).stdout
+        raise AssertionError(f"processes left behind: {left}")
+    except ProcessLookupError:
+        pass
