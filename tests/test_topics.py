@@ -1,0 +1,63 @@
+"""The topic catalogue, its documents, the input event schema, and topic creation on a real broker."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import orjson
+import yaml
+
+from journey import topics
+from journey.live.broker import EmbeddedBroker
+from journey.synth import generate
+from journey.topicdocs import asyncapi_doc, catalog_doc, render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_documents_are_current():
+    assert (ROOT / "topics" / "catalog.yaml").read_text() == render(catalog_doc()), \
+        "run `journey topics export` and commit topics/"
+    assert (ROOT / "topics" / "asyncapi.yaml").read_text() == render(asyncapi_doc())
+
+
+def test_asyncapi_refs_resolve_and_every_topic_is_described():
+    doc = yaml.safe_load((ROOT / "topics" / "asyncapi.yaml").read_text())
+    addresses = {c["address"] for c in doc["channels"].values()}
+    assert addresses == {t["name"] for t in topics.catalog()}
+    for m in doc["components"]["messages"].values():
+        ref = m.get("payload", {}).get("$ref")
+        if ref:
+            schema = orjson.loads((ROOT / "topics" / ref).read_bytes())
+            jsonschema.Draft202012Validator.check_schema(schema)
+    for op in doc["operations"].values():
+        assert op["channel"]["$ref"].split("/")[-1] in doc["channels"]
+
+
+def test_one_partition_count_for_everything_the_worker_joins():
+    counts = {t["partitions"] for t in topics.catalog(8)}
+    assert counts == {8}
+
+
+def test_generated_events_match_the_input_schema():
+    schema = orjson.loads((ROOT / "topics" / "event.schema.json").read_bytes())
+    v = jsonschema.Draft202012Validator(schema)
+    n = 0
+    for _ts, stream, rec in generate(50, 1500, seed=3):
+        v.validate(rec)
+        assert stream in topics.SOURCES
+        n += 1
+    assert n > 500
+    assert list(v.iter_errors({"type": "track", "event": "Order Completed"}))  # no customer: invalid
+
+
+def test_topics_create_is_idempotent(tmp_path):
+    with EmbeddedBroker(log_path=str(tmp_path / "b.log")) as b:
+        cmd = [sys.executable, "-m", "journey", "topics", "create", "--broker", b.url]
+        first = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    names = {t["name"] for t in topics.catalog()}
+    assert {line.split()[0] for line in first.stdout.splitlines() if line.split()[1] == "created"} == names
+    assert {line.split()[0] for line in second.stdout.splitlines() if line.split()[1] == "exists"} == names
