@@ -454,7 +454,7 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
 
     @app.page("/ready")
     async def ready(web, request):
-        body = {"ready": rt.ready, "partitions": sorted(rt.procs), "detail": rt.describe()}
+        body = {"ready": rt.ready, "partitions": sorted(rt.procs), "detail": rt.describe(), "counts": rt.counts}
         return web.json(body, status=200 if rt.ready else 503)
 
     return app, rt

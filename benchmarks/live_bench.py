@@ -1,0 +1,217 @@
+"""Live throughput and latency of one worker process through the embedded broker.
+
+    python benchmarks/live_bench.py [--customers N] [--events N] [--rate N] [--seconds S]
+
+Prints, measured in one run against one Tansu broker on loopback:
+  * raw aiokafka getmany + orjson.loads over the source topics (the client's ceiling),
+  * a Faust agent that does nothing per message (Faust's per-message ceiling),
+  * a Faust agent that writes its table once per event (the naive stateful app),
+  * journey worker with the full rule pack (batches, one table write per customer per batch),
+and trigger latency (produce -> trigger on journey.triggers, p50/p99) at a steady offered load,
+with the default allowed lateness and with none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from journey import topics  # noqa: E402
+from journey.live.broker import EmbeddedBroker, die_with_parent, free_port, spawn_worker  # noqa: E402
+from journey.live.kafka import bootstrap  # noqa: E402
+from journey.live.produce import produce  # noqa: E402
+from journey.synth import write_log  # noqa: E402
+
+FAUST_APP = textwrap.dedent('''
+    import sys, time, faust
+    mode, broker, n, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    app = faust.App("bench-" + mode, broker=broker, store="memory://", topic_partitions=6, autodiscover=False,
+                    key_serializer="raw", value_serializer="raw", web_port=port, web_bind="127.0.0.1",
+                    web_host="127.0.0.1", consumer_auto_offset_reset="earliest", broker_session_timeout=10,
+                    broker_rebalance_timeout=10, broker_heartbeat_interval=2)
+    src = app.topic("journey.clickstream", "journey.purchases", "journey.support", key_type=bytes, value_type=bytes)
+    table = app.Table("counts", default=int, partitions=6)
+    seen = [0, None]
+    @app.agent(src)
+    async def run(stream):
+        async for key, value in stream.items():
+            if seen[1] is None:
+                seen[1] = time.monotonic()
+            if mode == "table":
+                table[key] += 1
+            seen[0] += 1
+            if seen[0] == n:
+                print("RESULT", n / (time.monotonic() - seen[1]), flush=True)
+    sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+    app.main()
+''')
+
+
+def ready(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
+            return orjson.loads(r.read())
+    except Exception:
+        return None
+
+
+async def raw_consume(url, n):
+    from aiokafka import AIOKafkaConsumer
+    c = AIOKafkaConsumer(*topics.SOURCES, bootstrap_servers=bootstrap(url), group_id=None,
+                         auto_offset_reset="earliest", fetch_max_bytes=16 << 20, max_partition_fetch_bytes=8 << 20)
+    await c.start()
+    got, t0 = 0, None
+    while got < n:
+        b = await c.getmany(timeout_ms=1000, max_records=10000)
+        if t0 is None and b:
+            t0 = time.monotonic()
+        for recs in b.values():
+            for r in recs:
+                orjson.loads(r.value)
+            got += len(recs)
+    await c.stop()
+    return n / (time.monotonic() - t0)
+
+
+def faust_baseline(url, mode, n, workdir):
+    script = Path(workdir) / "faust_bench.py"
+    script.write_text(FAUST_APP)
+    p = subprocess.Popen([sys.executable, str(script), mode, url, str(n), str(free_port())],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=workdir, preexec_fn=die_with_parent)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = p.stdout.readline().decode()
+            if line.startswith("RESULT"):
+                return float(line.split()[1])
+            if not line and p.poll() is not None:
+                return float("nan")
+        return float("nan")
+    finally:
+        p.terminate()
+        p.wait(20)
+
+
+def journey_throughput(url, n, workdir, lateness=None):
+    port = free_port()
+    args = ("--lateness", lateness) if lateness else ()
+    w = spawn_worker(url, web_port=port, log_path=str(Path(workdir) / "worker.log"), args=args)
+    try:
+        t0 = None
+        while True:
+            r = ready(port)
+            if r and r.get("ready"):
+                done = r["counts"]["events"] + r["counts"]["deadletters"] + r["counts"]["rekeyed"]
+                if t0 is None and done > 0:
+                    t0, first = time.monotonic(), done
+                if done >= n:
+                    return (done - first) / (time.monotonic() - t0)
+            if w.poll() is not None:
+                raise SystemExit("worker died; see " + str(Path(workdir) / "worker.log"))
+            time.sleep(0.05)
+    finally:
+        w.terminate()
+        w.wait(30)
+
+
+async def latency(url, rate, seconds, workdir, lateness):
+    """Offer `rate` events/s with event time = now; latency = trigger record time - produce time of the
+    event that caused it (the last id in its evidence)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    port = free_port()
+    w = spawn_worker(url, web_port=port, log_path=str(Path(workdir) / f"worker-lat-{lateness}.log"),
+                     args=("--lateness", lateness))
+    while not (ready(port) or {}).get("ready"):
+        await asyncio.sleep(0.2)
+    c = AIOKafkaConsumer(topics.TRIGGERS, bootstrap_servers=bootstrap(url), group_id=None, auto_offset_reset="latest")
+    await c.start()
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap(url), linger_ms=2)
+    await prod.start()
+    sent: dict[str, float] = {}
+    lat: list[float] = []
+
+    async def collect():
+        while True:
+            b = await c.getmany(timeout_ms=200)
+            now = time.time()
+            for recs in b.values():
+                for r in recs:
+                    ev = orjson.loads(r.value)["data"]["evidence"]
+                    t = sent.get(ev[-1]) if ev else None
+                    if t is not None:
+                        lat.append(now - t)
+
+    task = asyncio.create_task(collect())
+    i, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        i += 1
+        cust = f"lat-{lateness}-{i % 50000}"
+        eid = f"{cust}-{i}"
+        now_ms = int(time.time() * 1000)
+        # order.completed: a first order is recognized at once (first_purchase), nothing deferred
+        d = {"id": eid, "customer_id": cust, "type": "order.completed" if i % 5 == 0 else "page.viewed",
+             "ts": now_ms, "props": {"order_id": "o" + eid, "revenue": 1999}}
+        sent[eid] = time.time()
+        await prod.send(topics.PURCHASES if i % 5 == 0 else topics.CLICKSTREAM, orjson.dumps(d),
+                        key=cust.encode(), timestamp_ms=now_ms)
+        ahead = i / rate - (time.monotonic() - t0)
+        if ahead > 0.001:
+            await asyncio.sleep(ahead)
+    await asyncio.sleep(float(lateness.rstrip("s")) + 3)
+    task.cancel()
+    await prod.stop()
+    await c.stop()
+    w.terminate()
+    w.wait(30)
+    lat.sort()
+    q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] * 1000 if lat else float("nan")
+    return len(lat), q(0.5), q(0.99), i / seconds
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--customers", type=int, default=20000)
+    ap.add_argument("--events", type=int, default=200000)
+    ap.add_argument("--rate", type=float, default=5000)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--faust-baselines", action="store_true",
+                    help="also run the bare Faust agents (known issue: on Tansu they have not finished here)")
+    a = ap.parse_args()
+    workdir = tempfile.mkdtemp(prefix="journey-bench-")
+    log = Path(workdir) / "log.jsonl"
+    n = write_log(str(log), a.customers, a.events, seed=7, noise=False)
+    print(f"log: {n:,} events, {a.customers:,} customers; workdir {workdir}")
+    with EmbeddedBroker(log_path=str(Path(workdir) / "broker.log")) as b:
+        asyncio.run(produce([log], b.url, progress=None))
+        rows = []
+        rows.append(("aiokafka getmany + orjson (no state)", asyncio.run(raw_consume(b.url, n))))
+        if a.faust_baselines:
+            rows.append(("Faust agent, no-op per message", faust_baseline(b.url, "noop", n, workdir)))
+            rows.append(("Faust agent, table write per event", faust_baseline(b.url, "table", n, workdir)))
+        rows.append(("journey worker, full rule pack", journey_throughput(b.url, n, workdir)))
+        print("\nthroughput, one process each, same broker and log:")
+        top = rows[-1][1]
+        for name, v in rows:
+            print(f"  {name:<40} {v:>10,.0f} events/s   ({v / top:5.2f}x journey)")
+        print(f"\nlatency at {a.rate:,.0f} events/s offered for {a.seconds:.0f} s (produce -> trigger on the topic):")
+        for lateness in ("10s", "0s"):
+            k, p50, p99, offered = asyncio.run(latency(b.url, a.rate, a.seconds, workdir, lateness))
+            print(f"  allowed lateness {lateness:>4}: {k:,} triggers, p50 {p50:,.0f} ms, p99 {p99:,.0f} ms "
+                  f"(offered {offered:,.0f}/s)")
+
+
+if __name__ == "__main__":
+    main()
