@@ -32,7 +32,7 @@ import logging
 import os
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import faust
 from faust.streams import _current_event
