@@ -130,8 +130,9 @@ def add_commands(sub, time_type) -> None:
                                    "live with their reasons. Ctrl-C stops everything.")
     d.add_argument("--broker", help="use this broker instead of starting one")
     d.add_argument("--customers", type=int, default=400)
-    d.add_argument("--speed", type=float, default=600.0,
-                   help="simulated seconds per wall second (default 600: ten minutes a second)")
+    d.add_argument("--speed", type=float, default=86400.0,
+                   help="simulated seconds per wall second (default 86400: a day a second, so the "
+                        "population's half year plays in about three minutes)")
     d.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many wall seconds")
     d.add_argument("--rules", help="rule configuration (TOML or YAML)")
     d.add_argument("--seed", type=int, default=11)

@@ -35,6 +35,7 @@ import weakref
 from dataclasses import dataclass
 
 import faust
+import orjson
 from faust.streams import _current_event
 from faust.types import TP
 
@@ -331,7 +332,6 @@ class Runtime:
 
     def _deadletter(self, reason: str, detail: str, msg, raw: bytes) -> None:
         self.counts["deadletters"] += 1
-        import orjson
         rec = deadletter_record(reason, detail, {"topic": msg.topic, "partition": msg.partition,
                                                  "offset": msg.offset}, raw)
         self.out[topics.DEADLETTER].send_soon(key=None, value=orjson.dumps(rec), headers=JSON)
@@ -429,11 +429,14 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
     app.tables.add(table)
     rt.table = table
     rt.app = app
+    def raw_topic(*names):
+        # bytes in, bytes out: decoding is ours (a typed stream dies on a bad record)
+        return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=settings.partitions)
+
     for name in (topics.TRIGGERS, topics.AUDIT, topics.DEADLETTER, topics.INTERNAL):
-        rt.out[name] = app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                                 value_serializer="raw", partitions=settings.partitions)
-    source = app.topic(*topics.SOURCES, topics.INTERNAL, key_type=bytes, value_type=bytes,
-                       key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+        rt.out[name] = raw_topic(name)
+    source = raw_topic(*topics.SOURCES, topics.INTERNAL)
 
     @app.agent(source, name="journey.process")
     async def process(stream):
