@@ -1,12 +1,15 @@
 """Live throughput and latency of one worker process through the embedded broker.
 
     python benchmarks/live_bench.py [--customers N] [--events N] [--rate N] [--seconds S]
+                                    [--skip-baselines] [--skip-latency]
 
 Prints, measured in one run against one Tansu broker on loopback:
   * raw aiokafka getmany + orjson.loads over the source topics (the client's ceiling),
   * a Faust agent that does nothing per message (Faust's per-message ceiling),
   * a Faust agent that writes its table once per event (the naive stateful app),
-  * journey worker with the full rule pack (batches, one table write per customer per batch),
+  * Quix Streams 3 doing a per-customer state update with changelog (benchmarks/quix_app.py),
+  * journey worker with the full rule pack (batched hand-off, one table write per customer per
+    checkpoint),
 and trigger latency (produce -> trigger on journey.triggers, p50/p99) at a steady offered load,
 with the default allowed lateness and with none.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,7 +38,7 @@ from journey.live.produce import produce  # noqa: E402
 from journey.synth import write_log  # noqa: E402
 
 FAUST_APP = textwrap.dedent('''
-    import sys, time, faust
+    import os, sys, time, faust
     mode, broker, n, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     app = faust.App("bench-" + mode, broker=broker, store="memory://", topic_partitions=6, autodiscover=False,
                     key_serializer="raw", value_serializer="raw", web_port=port, web_bind="127.0.0.1",
@@ -42,17 +46,17 @@ FAUST_APP = textwrap.dedent('''
                     broker_rebalance_timeout=10, broker_heartbeat_interval=2)
     src = app.topic("journey.clickstream", "journey.purchases", "journey.support", key_type=bytes, value_type=bytes)
     table = app.Table("counts", default=int, partitions=6)
-    seen = [0, None]
+    seen = [0, 0.0]
     @app.agent(src)
     async def run(stream):
         async for key, value in stream.items():
-            if seen[1] is None:
-                seen[1] = time.monotonic()
             if mode == "table":
                 table[key] += 1
             seen[0] += 1
-            if seen[0] == n:
-                print("RESULT", n / (time.monotonic() - seen[1]), flush=True)
+            now = time.monotonic()
+            if now - seen[1] >= 0.5 or seen[0] >= n:
+                seen[1] = now
+                os.write(1, f"PROGRESS {seen[0]} {now:.6f}\n".encode())
     sys.argv = [sys.argv[0], "worker", "-l", "warn"]
     app.main()
 ''')
@@ -84,23 +88,58 @@ async def raw_consume(url, n):
     return n / (time.monotonic() - t0)
 
 
+def progress_rate(cmd, n, workdir, name, timeout=240.0):
+    """Run a baseline that prints ``PROGRESS <count> <monotonic s>`` lines; its rate from its
+    first progress line to its last (startup and recovery excluded). Stops at ``n`` events,
+    or 15 s without progress."""
+    log = open(Path(workdir) / f"{name}.log", "wb")
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=workdir, preexec_fn=die_with_parent)
+    first = last = None
+    try:
+        deadline = time.monotonic() + timeout
+        os.set_blocking(p.stdout.fileno(), False)
+        buf, quiet_since = b"", time.monotonic()
+        while time.monotonic() < deadline:
+            chunk = p.stdout.read() or b""
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == b"PROGRESS":
+                    point = (int(parts[1]), float(parts[2]))
+                    first = first or point
+                    last = point
+                    quiet_since = time.monotonic()
+            if last and last[0] >= n:
+                break
+            if p.poll() is not None and not chunk:
+                break
+            if first and time.monotonic() - quiet_since > 15:
+                break
+            time.sleep(0.05)
+    finally:
+        p.terminate()
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        log.close()
+    if not first or last[1] <= first[1]:
+        return float("nan"), 0
+    return (last[0] - first[0]) / (last[1] - first[1]), last[0]
+
+
 def faust_baseline(url, mode, n, workdir):
     script = Path(workdir) / "faust_bench.py"
     script.write_text(FAUST_APP)
-    p = subprocess.Popen([sys.executable, str(script), mode, url, str(n), str(free_port())],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=workdir, preexec_fn=die_with_parent)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            line = p.stdout.readline().decode()
-            if line.startswith("RESULT"):
-                return float(line.split()[1])
-            if not line and p.poll() is not None:
-                return float("nan")
-        return float("nan")
-    finally:
-        p.terminate()
-        p.wait(20)
+    return progress_rate([sys.executable, str(script), mode, url, str(n), str(free_port())], n, workdir,
+                         f"faust-{mode}")
+
+
+def quix_baseline(url, n, workdir):
+    app = Path(__file__).resolve().parent / "quix_app.py"
+    return progress_rate([sys.executable, str(app), bootstrap(url), str(Path(workdir) / "quix-state"), str(n)],
+                         n, workdir, "quix")
 
 
 def journey_throughput(url, n, workdir, lateness=None):
@@ -185,30 +224,46 @@ def main():
     ap.add_argument("--events", type=int, default=200000)
     ap.add_argument("--rate", type=float, default=5000)
     ap.add_argument("--seconds", type=float, default=20)
-    ap.add_argument("--faust-baselines", action="store_true",
-                    help="also run the bare Faust agents (known issue: on Tansu they have not finished here)")
+    ap.add_argument("--skip-baselines", action="store_true", help="journey only (no aiokafka, Faust or Quix runs)")
+    ap.add_argument("--skip-latency", action="store_true", help="throughput only")
     a = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="journey-bench-")
     log = Path(workdir) / "log.jsonl"
     n = write_log(str(log), a.customers, a.events, seed=7, noise=False)
-    print(f"log: {n:,} events, {a.customers:,} customers; workdir {workdir}")
+    print(f"log: {n:,} events, {a.customers:,} customers; workdir {workdir}", flush=True)
     with EmbeddedBroker(log_path=str(Path(workdir) / "broker.log")) as b:
         asyncio.run(produce([log], b.url, progress=None))
         rows = []
-        rows.append(("aiokafka getmany + orjson (no state)", asyncio.run(raw_consume(b.url, n))))
-        if a.faust_baselines:
-            rows.append(("Faust agent, no-op per message", faust_baseline(b.url, "noop", n, workdir)))
-            rows.append(("Faust agent, table write per event", faust_baseline(b.url, "table", n, workdir)))
-        rows.append(("journey worker, full rule pack", journey_throughput(b.url, n, workdir)))
-        print("\nthroughput, one process each, same broker and log:")
+
+        def row(name, result):
+            rate, done = result if isinstance(result, tuple) else (result, n)
+            rows.append((name, rate, done))
+            print(f"  {name:<44} {rate:>10,.0f} events/s  ({done:,} events)", flush=True)
+
+        print("\nthroughput, one process each, same broker and log (from first to last progress report):",
+              flush=True)
+        if not a.skip_baselines:
+            row("aiokafka getmany + orjson (no state)", asyncio.run(raw_consume(b.url, n)))
+            row("Faust agent, no-op per message", faust_baseline(b.url, "noop", n, workdir))
+            row("Faust agent, table write per event", faust_baseline(b.url, "table", n, workdir))
+            try:
+                import quixstreams  # noqa: F401  (a test-only dependency)
+                row("Quix Streams 3, per-customer state + changelog", quix_baseline(b.url, n, workdir))
+            except ImportError:
+                print("  (Quix Streams not installed: pip install -e '.[test]')")
+        row("journey worker, full rule pack", journey_throughput(b.url, n, workdir))
         top = rows[-1][1]
-        for name, v in rows:
-            print(f"  {name:<40} {v:>10,.0f} events/s   ({v / top:5.2f}x journey)")
-        print(f"\nlatency at {a.rate:,.0f} events/s offered for {a.seconds:.0f} s (produce -> trigger on the topic):")
+        print("\nratios (journey / other, same run):")
+        for name, v, _done in rows[:-1]:
+            print(f"  journey / {name:<44} {top / v:6.2f}x" if v == v and v else f"  {name}: no figure")
+        if a.skip_latency:
+            return
+        print(f"\nlatency at {a.rate:,.0f} events/s offered for {a.seconds:.0f} s (produce -> trigger on the topic):",
+              flush=True)
         for lateness in ("10s", "0s"):
             k, p50, p99, offered = asyncio.run(latency(b.url, a.rate, a.seconds, workdir, lateness))
             print(f"  allowed lateness {lateness:>4}: {k:,} triggers, p50 {p50:,.0f} ms, p99 {p99:,.0f} ms "
-                  f"(offered {offered:,.0f}/s)")
+                  f"(offered {offered:,.0f}/s)", flush=True)
 
 
 if __name__ == "__main__":

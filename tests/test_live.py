@@ -119,20 +119,29 @@ def _comparable(st: CustomerState) -> bytes:
 
 
 def test_kill9_restart_loses_nothing(broker, tmp_path):
-    # the whole log is in the topics first, so the two runs read the same interleaving
-    # (a producer racing the worker at thousands of simulated hours per second would make
-    # events arrive later than any lateness: that is not the case this test is about)
+    # The first half of the log is in the topics before the worker starts, the second half
+    # is produced while it is dead (a producer racing the worker at thousands of simulated
+    # hours per second would make events arrive later than any lateness: that is not the
+    # case this test is about). The worker is killed once it has checkpointed state, with
+    # events still unacknowledged in its reorder buffer.
     log = synthetic(tmp_path, customers=1500, events=40000, seed=3)
     keep = []
     want_t, _a, _d = replayed(tmp_path, log, keep=keep)
     engine = keep[0]
-    produce_log(broker, log, until=T(UNTIL))
+    lines = log.read_bytes().splitlines(keepends=True)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_bytes(b"".join(lines[:len(lines) // 2]))
+    second.write_bytes(b"".join(lines[len(lines) // 2:]))
+    produce_log(broker, first)
     w = Worker(broker, tmp_path, name="first")
     w.wait_ready()
     wait_for(lambda: len(trigger_ids(broker, idle_ms=100)) >= 30, 60, "some triggers before the kill", every=0.05)
+    # state must be in the changelog already, so the restart has to recover it
+    wait_for(lambda: len(read_topic(broker, topics.changelog(), idle_ms=100)) > 0, 60, "a checkpoint", every=0.05)
     w.kill9()
     before = set(trigger_ids(broker))
     assert before and len(before) < len(want_t), "the kill must come mid-stream"
+    produce_log(broker, second, until=T(UNTIL))
     w2 = Worker(broker, tmp_path, name="second")
     try:
         w2.wait_ready()
@@ -180,4 +189,4 @@ def test_two_workers_split_partitions(broker, tmp_path):
 
 def _debug_state_diff(a: bytes, b: bytes) -> str:
     da, db = orjson.loads(a), orjson.loads(b)
-    return "; ".join(f"{k}: {da.get(k)!r} != {db.get(k)!r}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k))
+    return "; ".join(f"{k}: {da.get(k)!r} != {db.get(k)!r}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)) or f"bytes {a!r} != {b!r}"

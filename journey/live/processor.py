@@ -71,6 +71,7 @@ class PartitionProcessor:
         self.anchor = None                      # the worker's handle for this partition
         self.marks: dict[str, int] = {}         # watermark markers read, by topic
         self.mark_tokens: list = []
+        self.applied: list = []                 # tokens applied, waiting for the next checkpoint
         self.latest: dict[str, int] = {}        # latest event time read, by topic
         self.quiet_base: int | None = None      # the watermark when the partition last settled
 

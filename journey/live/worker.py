@@ -43,6 +43,7 @@ from .. import intake, topics
 from ..config import Config, load_config
 from ..timeutil import parse_duration
 from ..triggers import deadletter_record
+from .batching import BatchApp
 from .kafka import Partitioner, bootstrap, ensure_topics, faust_url
 from .processor import MARKED_TOPICS, PartitionProcessor, WATERMARK_KEY
 
@@ -51,6 +52,7 @@ log = logging.getLogger("journey.worker")
 ENV_PREFIX = "JOURNEY_"
 CLOUDEVENTS_JSON = [("content-type", b"application/cloudevents+json")]
 JSON = [("content-type", b"application/json")]
+NO_HEADERS: list = []
 CONTROL_HEADER = "journey-control"
 
 
@@ -72,6 +74,7 @@ class Settings:
     batch: int = 4000
     batch_wait: float = 0.02
     commit_interval: float = 1.0
+    checkpoint: float = 0.5          # seconds between state writes (and acknowledgements)
     session_timeout: float = 10.0    # a worker that died leaves the group after this long
     loglevel: str = "warning"
 
@@ -163,7 +166,11 @@ class CustomerTable(faust.Table):
         recovery = self.app.tables.recovery
         starts = {}
         for tp in active_tps:
-            done = recovery.active_offsets.get(tp)
+            # Faust's recovery applied everything up to the high watermark it asked for;
+            # records it saw past that may still sit unapplied in its buffer (seen at
+            # offset 1 of a one-batch changelog on Tansu), so read on from there, not
+            # from the last offset it saw
+            done = recovery.active_highwaters.get(tp)
             persisted = self.persisted_offset(tp)
             start = max(x for x in (done, persisted, -1) if x is not None) + 1
             starts[TopicPartition(tp.topic, tp.partition)] = (start, tp)
@@ -193,6 +200,9 @@ class CustomerTable(faust.Table):
                 for ktp, recs in batch.items():
                     tp = starts[ktp][1]
                     self.apply_changelog_batch([_Record(r, tp) for r in recs])
+                    tail = self.runtime.tail.setdefault(tp.partition, {})
+                    for r in recs:
+                        tail[r.key] = r.value
                     applied += len(recs)
                 for ktp in list(pending):
                     hw = consumer.highwater(ktp)
@@ -223,7 +233,18 @@ class Runtime:
         self.table: CustomerTable | None = None
         self.out: dict[str, faust.types.TopicT] = {}
         self.recovered_tail = 0
-        self.counts = {"events": 0, "rekeyed": 0, "deadletters": 0, "late": 0}
+        # partition -> {key: newest value} read by the recovery check: Faust's recovery may
+        # still apply records of its last batch after the check (older values over newer),
+        # so these win when the partition's customers are loaded
+        self.tail: dict[int, dict] = {}
+        self.counts = {"events": 0, "rekeyed": 0, "deadletters": 0, "late": 0, "state_writes": 0}
+        self.acks: list = []           # tokens to acknowledge once the output before them is sent
+        self.building: dict = {}       # (topic, partition) -> open producer batch
+        self.sealed: list = []         # (topic, partition, batch) full, not yet sent
+        self.send_lock = asyncio.Lock()
+        self.changelog = topics.changelog(settings.app_id)
+        self.checkpoint_s = settings.checkpoint
+        self.next_checkpoint = 0.0
         self.ready = False
         self.read: dict = {}      # tp -> offset of the last record handled
         self.start_pos: dict = {}  # tp -> offset reading starts at after an assignment
@@ -235,12 +256,16 @@ class Runtime:
         gone = set(self.procs) - partitions
         self.revoked(gone)
         if new:
-            items: dict[int, list] = {p: [] for p in new}
+            items: dict[int, dict] = {p: {} for p in new}
             for k, v in self.table.data.items():
                 key = k.decode() if isinstance(k, bytes) else k
                 p = self.table.partition_for_key(key)
-                if p in items and v is not None:
-                    items[p].append((key, v))
+                if p in items:
+                    items[p][key] = v
+            for p in new:
+                for k, v in self.tail.pop(p, {}).items():
+                    items[p][k.decode() if isinstance(k, bytes) else k] = v
+            items = {p: [(k, v) for k, v in kv.items() if v is not None] for p, kv in items.items()}
             for p in sorted(new):
                 proc = PartitionProcessor(self.config, p, self.lateness, self.idle)
                 proc.anchor = _Anchor(p, self.table.changelog_topic.get_topic_name())
@@ -255,49 +280,61 @@ class Runtime:
         if partitions:
             self.read = {tp: o for tp, o in self.read.items() if tp.partition not in partitions}
             self.start_pos = {tp: o for tp, o in self.start_pos.items() if tp.partition not in partitions}
+            self.acks = [t for t in self.acks if t[0].partition not in partitions]
 
     # -- records -----------------------------------------------------------------------
-    def handle(self, batch) -> None:
-        """Process one batch of Faust events (synchronously: no await, so the batch is
-        one step on the event loop)."""
+    def handle(self, batch: dict) -> None:
+        """Process one fetch, ``{tp: [record, ...]}`` (synchronously: no await, so the
+        batch is one step on the event loop). A record's token is ``(tp, offset)``."""
         wall = int(time.time() * 1000)
         touched = set()
         procs = self.procs
         part = self.partition
-        for fev in batch:
-            msg = fev.message
-            p = msg.partition
+        parse = intake.parse
+        max_bytes = self.max_bytes
+        internal = topics.INTERNAL
+        counts = self.counts
+        acks = self.acks
+        for tp, recs in batch.items():
+            p = tp.partition
             proc = procs.get(p)
             if proc is None:
                 continue  # no longer ours: not acknowledged, the new owner reads it again
-            self.read[msg.tp] = msg.offset
-            raw = fev.value
-            if msg.headers and self._control(proc, fev, msg):
-                touched.add(p)
-                continue
-            if raw is None:
-                raw = b""
-            try:
-                ev = intake.parse(raw, self.max_bytes)
-            except intake.Rejected as r:
-                self._deadletter(r.reason, r.detail, msg, raw)
-                fev.ack()
-                continue
-            key = ev.cid if ev.cid is not None else "anon:" + ev.anon
-            want = part(key)
-            if want != p and msg.topic != topics.INTERNAL:
-                self.counts["rekeyed"] += 1
-                self.out[topics.INTERNAL].send_soon(key=key.encode(), value=raw, partition=want,
-                                                    timestamp=ev.ts / 1000.0)
-                fev.ack()
-                continue
-            self.counts["events"] += 1
-            proc.offer(msg.topic, ev, fev, wall)
+            topic = tp.topic
+            self.read[tp] = recs[-1].offset
             touched.add(p)
+            offer = proc.offer
+            n = 0
+            for rec in recs:
+                if rec.headers and self._control(proc, tp, rec):
+                    continue
+                raw = rec.value
+                if raw is None:
+                    raw = b""
+                try:
+                    ev = parse(raw, max_bytes)
+                except intake.Rejected as r:
+                    self._deadletter(r.reason, r.detail, tp, rec.offset, raw)
+                    acks.append((tp, rec.offset))
+                    continue
+                key = ev.cid if ev.cid is not None else "anon:" + ev.anon
+                if topic != internal:
+                    want = part(key)
+                    if want != p:
+                        counts["rekeyed"] += 1
+                        self.out[internal].send_soon(key=key.encode(), value=raw, partition=want,
+                                                     timestamp=ev.ts / 1000.0)
+                        acks.append((tp, rec.offset))
+                        continue
+                n += 1
+                offer(topic, ev, (tp, rec.offset), wall)
+            counts["events"] += n
         for p in touched:
             proc = procs[p]
             proc.settle(lambda topic: self.behind(topic, p))
             self.flush(proc)
+        if time.monotonic() >= self.next_checkpoint:
+            self.checkpoint()
 
     def behind(self, topic: str, partition: int) -> bool:
         """Has this input records not read yet? (By the high watermark the last Fetch
@@ -316,24 +353,26 @@ class Runtime:
             return start is None or start < hw
         return last + 1 < hw
 
-    def _control(self, proc, fev, msg) -> bool:
-        for k, v in msg.headers:
+    def _control(self, proc, tp, rec) -> bool:
+        for k, v in rec.headers:
             if k == CONTROL_HEADER:
+                token = (tp, rec.offset)
                 if v == b"watermark":
                     try:
-                        proc.mark(msg.topic, int(fev.value), fev)
+                        proc.mark(tp.topic, int(rec.value), token)
                     except (TypeError, ValueError):
-                        self._deadletter("bad_field", "watermark marker without an epoch-ms value", msg, fev.value or b"")
-                        fev.ack()
+                        self._deadletter("bad_field", "watermark marker without an epoch-ms value",
+                                         tp, rec.offset, rec.value or b"")
+                        self.acks.append(token)
                 else:
-                    fev.ack()
+                    self.acks.append(token)
                 return True
         return False
 
-    def _deadletter(self, reason: str, detail: str, msg, raw: bytes) -> None:
+    def _deadletter(self, reason: str, detail: str, tp, offset: int, raw: bytes) -> None:
         self.counts["deadletters"] += 1
-        rec = deadletter_record(reason, detail, {"topic": msg.topic, "partition": msg.partition,
-                                                 "offset": msg.offset}, raw)
+        rec = deadletter_record(reason, detail, {"topic": tp.topic, "partition": tp.partition,
+                                                 "offset": offset}, raw)
         self.out[topics.DEADLETTER].send_soon(key=None, value=orjson.dumps(rec), headers=JSON)
 
     def describe(self) -> dict:
@@ -354,43 +393,121 @@ class Runtime:
                 proc.tick(wall)
             if proc.watermark != before:
                 self.flush(proc)
+        if time.monotonic() >= self.next_checkpoint:
+            self.checkpoint()
 
     def flush(self, proc: PartitionProcessor) -> None:
-        """Hand output and state to the producer, then acknowledge the applied records."""
-        out = self.out
+        """Batch the output of a step for the producer (sent by ``send_outputs`` right after
+        the step: triggers are not held back); the records it applied wait for the next
+        checkpoint to be acknowledged."""
         recs = proc.outbox.records
         if recs:
+            emit = self._emit
+            part = self.partition
             for topic, key, value in recs:
-                out[topic].send_soon(key=key.encode(), value=value,
-                                     headers=CLOUDEVENTS_JSON if topic == topics.TRIGGERS else JSON)
+                emit(topic, part(key), key.encode(), value,
+                     CLOUDEVENTS_JSON if topic == topics.TRIGGERS else JSON)
             recs.clear()
-        dirty = proc.take_dirty()
-        if dirty:
-            table = self.table
-            token = _current_event.set(weakref.ref(proc.anchor))
-            try:
-                for key, value in dirty:
-                    k = key.encode()
-                    if value is None:
-                        if k in table:
-                            del table[k]
-                    else:
-                        table[k] = value
-            finally:
-                _current_event.reset(token)
         released = proc.timeline.released
         if released:
-            for fev in released:
-                fev.ack()
+            proc.applied.extend(released)
             released.clear()
+
+    def _emit(self, topic: str, partition: int, key: bytes, value: bytes, headers) -> None:
+        """Append one record to the open batch of its topic partition (aiokafka's own batch
+        builder: one ``send_batch`` per topic partition per step, not a send per record)."""
+        slot = (topic, partition)
+        b = self.building.get(slot)
+        if b is not None and b.append(timestamp=None, key=key, value=value, headers=headers) is not None:
+            return
+        if b is not None:
+            self.sealed.append((topic, partition, b))
+        b = self.building[slot] = self.app.producer._ensure_producer().create_batch()
+        if b.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            raise ValueError(f"a record of {len(value)} bytes does not fit in a producer batch")
+
+    async def send_outputs(self) -> None:
+        """Hand the batched output to the producer, then acknowledge the records made durable
+        before it (so an acknowledged record's output is always with the producer, which
+        Faust flushes before it commits). Calls are serialized: the drain loop and the
+        idle timer both send."""
+        async with self.send_lock:
+            acks, self.acks = self.acks, []   # their output is all in building/sealed by now
+            if self.building:
+                self.sealed.extend((t, p, b) for (t, p), b in self.building.items())
+                self.building.clear()
+            if self.sealed:
+                producer = self.app.producer._ensure_producer()
+                sealed, self.sealed = self.sealed, []
+                for topic, partition, b in sealed:
+                    fut = await producer.send_batch(b, topic, partition=partition)
+                    if topic == self.changelog:
+                        fut.add_done_callback(self._persisted(partition, b.record_count()))
+            self._ack(acks)
+
+    def checkpoint(self) -> None:
+        """Write every customer state changed since the last checkpoint (one write per
+        customer, whatever number of events changed it) to the table's store and, as one
+        producer batch per partition, to its changelog; the records applied before it are
+        acknowledged once that batch is with the producer (``send_outputs``). Faust commits
+        only acknowledged offsets, after flushing the producer, so a committed offset never
+        runs ahead of the state.
+
+        The changelog records are written here rather than by ``table[key] = value``:
+        Faust's producer buffer gives up flushing after 0.1 s without progress (a busy
+        loop), so a commit could pass state still waiting in it."""
+        self.next_checkpoint = time.monotonic() + self.checkpoint_s
+        data = self.table.data
+        changelog = self.changelog
+        emit = self._emit
+        for proc in self.procs.values():
+            dirty = proc.take_dirty()
+            if dirty:
+                p = proc.partition
+                token = _current_event.set(weakref.ref(proc.anchor))
+                try:
+                    for key, value in dirty:
+                        k = key.encode()
+                        if value is None:
+                            data.pop(k, None)
+                        else:
+                            data[k] = value
+                        emit(changelog, p, k, value, NO_HEADERS)
+                finally:
+                    _current_event.reset(token)
+                self.counts["state_writes"] += len(dirty)
+            if proc.applied:
+                self.acks.extend(proc.applied)
+                proc.applied.clear()
         self.counts["late"] = sum(p.timeline.late for p in self.procs.values())
+
+    def _persisted(self, partition: int, count: int):
+        """Tell the store (RocksDB keeps it) how far the changelog it mirrors was written."""
+        tp = TP(self.changelog, partition)
+
+        def done(fut):
+            if not fut.cancelled() and fut.exception() is None:
+                self.table.data.set_persisted_offset(tp, fut.result().offset + count - 1)
+        return done
+
+    def _ack(self, tokens: list) -> None:
+        if not tokens:
+            return
+        by_tp: dict = {}
+        for tp, offset in tokens:
+            by_tp.setdefault(tp, []).append(offset)
+        tokens.clear()
+        consumer = self.app.consumer
+        for tp, offsets in by_tp.items():
+            if tp.partition in self.procs:  # a revoked partition's records go to its new owner
+                consumer.ack_offsets(tp, offsets)
 
 
 def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.App, Runtime]:
     config = config if config is not None else (load_config(settings.rules) if settings.rules else Config())
     rt = Runtime(settings, config)
     store = settings.store
-    app = faust.App(
+    app = BatchApp(
         settings.app_id,
         broker=faust_url(settings.broker),
         store=store,
@@ -403,6 +520,7 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval,
+        broker_commit_every=1 << 62,  # commits come from the interval timer, not the drain loop
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 5),
         broker_rebalance_timeout=settings.session_timeout,
@@ -421,7 +539,7 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
         producer_linger_ms=5,
         producer_max_batch_size=1 << 20,
         consumer_max_fetch_size=8 << 20,
-        stream_buffer_maxsize=max(settings.batch * 2, 4096),
+        broker_max_poll_records=settings.batch,  # one fetch = one batch: keeps the loop responsive
     )
     table = CustomerTable(app, name=topics.TABLE, partitions=settings.partitions, beacon=app.tables.beacon,
                           key_type=bytes, value_type=bytes, help="per-customer state")
@@ -438,18 +556,24 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
         rt.out[name] = raw_topic(name)
     source = raw_topic(*topics.SOURCES, topics.INTERNAL)
 
-    @app.agent(source, name="journey.process")
-    async def process(stream):
+    # no agent: the consumer hands each fetch to the runtime whole (journey.live.batching)
+    app.topics.add(source)
+    app.batch_handler = rt.handle
+    app.batch_topics = frozenset((*topics.SOURCES, topics.INTERNAL))
+
+    async def after_batch():
+        await rt.send_outputs()
         producer_buffer = app.producer.buffer
-        async for batch in stream.noack_take(settings.batch, within=settings.batch_wait):
-            rt.handle(batch)
-            if producer_buffer.size > 10_000:
-                await producer_buffer.wait_until_ebb()
+        if producer_buffer.size > 10_000:
+            await producer_buffer.wait_until_ebb()
+
+    app.after_batch = after_batch
 
     @app.timer(interval=0.25, name="journey.idle_watermarks")
     async def idle_watermarks():
         if rt.ready:
             rt.tick()
+            await rt.send_outputs()
 
     @app.page("/health")
     async def health(web, request):
