@@ -56,7 +56,7 @@ FAUST_APP = textwrap.dedent('''
             now = time.monotonic()
             if now - seen[1] >= 0.5 or seen[0] >= n:
                 seen[1] = now
-                os.write(1, f"PROGRESS {seen[0]} {now:.6f}\n".encode())
+                os.write(1, f"PROGRESS {seen[0]} {now:.6f}\\n".encode())
     sys.argv = [sys.argv[0], "worker", "-l", "warn"]
     app.main()
 ''')
@@ -173,7 +173,8 @@ async def latency(url, rate, seconds, workdir, lateness):
                      args=("--lateness", lateness))
     while not (ready(port) or {}).get("ready"):
         await asyncio.sleep(0.2)
-    c = AIOKafkaConsumer(topics.TRIGGERS, bootstrap_servers=bootstrap(url), group_id=None, auto_offset_reset="latest")
+    c = AIOKafkaConsumer(topics.TRIGGERS, bootstrap_servers=bootstrap(url), group_id=None, auto_offset_reset="latest",
+                         fetch_max_wait_ms=20)  # the measuring side must not add a long fetch wait
     await c.start()
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap(url), linger_ms=2)
     await prod.start()

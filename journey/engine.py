@@ -121,6 +121,10 @@ class Engine:
             self._run_timers(st, due)
             self._reschedule(key, st)
 
+    def timers_pending(self) -> int:
+        """Customers with an event-time timer waiting (each counts once)."""
+        return sum(1 for st in self.states.values() if st.heap_due is not None)
+
     def next_due(self) -> int | None:
         """The earliest pending timer (skipping stale heap entries)."""
         heap = self.heap

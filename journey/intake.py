@@ -22,6 +22,7 @@ from datetime import date
 
 import orjson
 
+from . import catalog as _catalog
 from .catalog import (ID, MONEY, PRIORITIES, SCORE, SCORE_RANGE, STR, TIME, canonical_type,
                       fields_of, touch_of)
 from .timeutil import TimeError, parse_time, zone
@@ -202,8 +203,14 @@ def _normalize_traits(traits: dict) -> dict:
     return out
 
 
+_KNOWN = _catalog._EXACT  # name -> canonical type, for names seen verbatim (the fast path)
+
+
 def _type_of(name, missing: str) -> tuple[str, bool]:
     """(canonical type, known); an unknown name is kept (trimmed) as its own type."""
+    ctype = _KNOWN.get(name) if type(name) is str else None
+    if ctype is not None:
+        return ctype, True
     if not isinstance(name, str) or not name.strip():
         raise Rejected(NO_TYPE, missing)
     ctype = canonical_type(name)

@@ -84,8 +84,47 @@ def test_end_to_end_triggers_audit_and_deadletters(broker, tmp_path):
             assert r["topic"] == topics.CLICKSTREAM and isinstance(r["offset"], int) and isinstance(r["partition"], int)
             assert r["raw"].encode() in lines
         assert w.proc.poll() is None, "a poison message must not stop the worker"
+        _check_metrics(w, want_t, want_d)
     finally:
         assert w.stop() == 0, w.log.read_text()[-3000:]
+
+
+def _check_metrics(w, want_t, want_d):
+    """/metrics: valid exposition text whose numbers agree with what the worker produced,
+    and no customer id anywhere in it."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{w.port}/metrics", timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("text/plain")
+            return r.read().decode()
+
+    def value(fams, name, **labels):
+        return sum(s.value for f in fams.values() for s in f.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    text = scrape()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    label_values = {v for f in fams.values() for smp in f.samples for v in smp.labels.values()}
+    assert not label_values & {"alice", "bob", "carol", "dave", "erin"}, "no customer id in a label"
+    assert value(fams, "journey_triggers_total") == len(want_t)
+    for rule in {t["data"]["rule"] for t in want_t}:
+        kind = next(t["data"]["kind"] for t in want_t if t["data"]["rule"] == rule)
+        assert value(fams, "journey_triggers_total", rule=rule, kind=kind) == sum(
+            1 for t in want_t if t["data"]["rule"] == rule)
+    assert value(fams, "journey_events_rejected_total") == len(want_d)
+    assert value(fams, "journey_deadletters_total", topic=topics.CLICKSTREAM) == len(want_d)
+    assert value(fams, "journey_events_consumed_total", topic=topics.PURCHASES, type="order.completed",
+                 touch="product") == 2
+    assert value(fams, "journey_processing_latency_seconds_count") == value(fams, "journey_events_applied_total") + (
+        value(fams, "journey_events_duplicate_total"))
+    assert value(fams, "journey_suppressions_total", reason="no_consent") >= 1
+    assert len([s for s in fams["journey_watermark_seconds"].samples]) == 6
+    assert value(fams, "journey_customers") == value(fams, "journey_customers_by_stage") == 3, (
+        fams["journey_customers_by_stage"].samples, fams["journey_customers"].samples)
+    assert value(fams, "journey_build_info") == 1
 
 
 def test_parity_with_replay(broker, tmp_path):

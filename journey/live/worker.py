@@ -32,19 +32,24 @@ import logging
 import os
 import time
 import weakref
+from bisect import bisect_left
+from collections import Counter
 from dataclasses import dataclass
 
 import faust
 import orjson
 from faust.streams import _current_event
 from faust.types import TP
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import intake, topics
 from ..config import Config, load_config
+from ..engine import Engine, Stats
 from ..timeutil import parse_duration
 from ..triggers import deadletter_record
 from .batching import BatchApp
 from .kafka import Partitioner, bootstrap, ensure_topics, faust_url
+from .metrics import LAG_BUCKETS, LATENCY_BUCKETS, Buckets, registry_for
 from .processor import MARKED_TOPICS, PartitionProcessor, WATERMARK_KEY
 
 log = logging.getLogger("journey.worker")
@@ -71,10 +76,10 @@ class Settings:
     partitions: int = topics.PARTITIONS
     replication: int = 1
     app_id: str = topics.APP_ID
-    batch: int = 4000
-    batch_wait: float = 0.02
+    batch: int = 4000                # records per fetch handed over at once (one step of the loop)
     commit_interval: float = 1.0
     checkpoint: float = 0.5          # seconds between state writes (and acknowledgements)
+    fetch_wait: float = 0.05         # the longest a Fetch waits on the broker for new records
     session_timeout: float = 10.0    # a worker that died leaves the group after this long
     loglevel: str = "warning"
 
@@ -151,6 +156,7 @@ class CustomerTable(faust.Table):
         self.runtime.assigned({tp.partition for tp in active_tps})
 
     async def on_rebalance(self, assigned, revoked, newly_assigned, generation_id: int = 0) -> None:
+        self.runtime.rebalances += 1
         self.runtime.revoked({tp.partition for tp in revoked})
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
@@ -219,6 +225,17 @@ class CustomerTable(faust.Table):
                         "(the broker's ListOffsets answer was behind its Fetch high watermark)", applied)
 
 
+def _merge_stats(into: Stats, other: Stats) -> None:
+    into.events.update(other.events)
+    into.touch.update(other.touch)
+    into.duplicates += other.duplicates
+    into.after_erasure += other.after_erasure
+    into.triggers.update(other.triggers)
+    into.suppressed.update(other.suppressed)
+    into.deferred.update(other.deferred)
+    into.transitions.update(other.transitions)
+
+
 class Runtime:
     """Everything between Faust and the per-partition processors."""
 
@@ -238,6 +255,17 @@ class Runtime:
         # so these win when the partition's customers are loaded
         self.tail: dict[int, dict] = {}
         self.counts = {"events": 0, "rekeyed": 0, "deadletters": 0, "late": 0, "state_writes": 0}
+        # for /metrics (journey.live.metrics): counts only, never a customer id
+        self.consumed: Counter = Counter()      # (topic, event type) -> events accepted
+        self.rejected: Counter = Counter()      # reason -> records rejected
+        self.deadletters: Counter = Counter()   # topic read from -> dead letters
+        self.retired = Stats()                  # counters of partitions this worker gave up
+        self.retired_late = 0
+        self.rebalances = 0
+        self.latency = Buckets(LATENCY_BUCKETS)
+        self.event_lag = Buckets(LAG_BUCKETS)
+        self.rule_kinds = {name: rule.kind for name, (rule, _p) in Engine(config).rules.items()}
+        self.faust_version = faust.__version__
         self.acks: list = []           # tokens to acknowledge once the output before them is sent
         self.building: dict = {}       # (topic, partition) -> open producer batch
         self.sealed: list = []         # (topic, partition, batch) full, not yet sent
@@ -276,7 +304,10 @@ class Runtime:
 
     def revoked(self, partitions: set[int]) -> None:
         for p in partitions:
-            self.procs.pop(p, None)  # unacknowledged records go to the new owner
+            proc = self.procs.pop(p, None)  # unacknowledged records go to the new owner
+            if proc is not None:  # its counts stay in this worker's counters
+                _merge_stats(self.retired, proc.engine.stats)
+                self.retired_late += proc.timeline.late
         if partitions:
             self.read = {tp: o for tp, o in self.read.items() if tp.partition not in partitions}
             self.start_pos = {tp: o for tp, o in self.start_pos.items() if tp.partition not in partitions}
@@ -285,8 +316,14 @@ class Runtime:
     # -- records -----------------------------------------------------------------------
     def handle(self, batch: dict) -> None:
         """Process one fetch, ``{tp: [record, ...]}`` (synchronously: no await, so the
-        batch is one step on the event loop). A record's token is ``(tp, offset)``."""
+        batch is one step on the event loop). A record's token is ``(tp, offset, time
+        received)``."""
         wall = int(time.time() * 1000)
+        received = time.monotonic()
+        consumed = self.consumed
+        lag = self.event_lag
+        lag_bounds, lag_counts = lag.bounds, lag.counts
+        lag_sum = 0.0
         touched = set()
         procs = self.procs
         part = self.partition
@@ -314,8 +351,9 @@ class Runtime:
                 try:
                     ev = parse(raw, max_bytes)
                 except intake.Rejected as r:
+                    self.rejected[r.reason] += 1
                     self._deadletter(r.reason, r.detail, tp, rec.offset, raw)
-                    acks.append((tp, rec.offset))
+                    acks.append((tp, rec.offset, received))
                     continue
                 key = ev.cid if ev.cid is not None else "anon:" + ev.anon
                 if topic != internal:
@@ -324,11 +362,16 @@ class Runtime:
                         counts["rekeyed"] += 1
                         self.out[internal].send_soon(key=key.encode(), value=raw, partition=want,
                                                      timestamp=ev.ts / 1000.0)
-                        acks.append((tp, rec.offset))
+                        acks.append((tp, rec.offset, received))
                         continue
                 n += 1
-                offer(topic, ev, (tp, rec.offset), wall)
+                consumed[(topic, ev.type if ev.known else "other")] += 1
+                behind_s = (wall - ev.ts) / 1000.0
+                lag_counts[bisect_left(lag_bounds, behind_s)] += 1
+                lag_sum += behind_s
+                offer(topic, ev, (tp, rec.offset, received), wall)
             counts["events"] += n
+        lag.sum += lag_sum
         for p in touched:
             proc = procs[p]
             proc.settle(lambda topic: self.behind(topic, p))
@@ -356,11 +399,12 @@ class Runtime:
     def _control(self, proc, tp, rec) -> bool:
         for k, v in rec.headers:
             if k == CONTROL_HEADER:
-                token = (tp, rec.offset)
+                token = (tp, rec.offset, None)  # a marker: no event, no latency
                 if v == b"watermark":
                     try:
                         proc.mark(tp.topic, int(rec.value), token)
                     except (TypeError, ValueError):
+                        self.rejected["bad_field"] += 1
                         self._deadletter("bad_field", "watermark marker without an epoch-ms value",
                                          tp, rec.offset, rec.value or b"")
                         self.acks.append(token)
@@ -371,9 +415,40 @@ class Runtime:
 
     def _deadletter(self, reason: str, detail: str, tp, offset: int, raw: bytes) -> None:
         self.counts["deadletters"] += 1
+        self.deadletters[tp.topic] += 1
         rec = deadletter_record(reason, detail, {"topic": tp.topic, "partition": tp.partition,
                                                  "offset": offset}, raw)
         self.out[topics.DEADLETTER].send_soon(key=None, value=orjson.dumps(rec), headers=JSON)
+
+    def stats_total(self) -> Stats:
+        """The engine counters of every partition this worker holds or held."""
+        total = Stats()
+        _merge_stats(total, self.retired)
+        for proc in list(self.procs.values()):
+            _merge_stats(total, proc.engine.stats)
+        return total
+
+    def late_total(self) -> int:
+        return self.retired_late + sum(p.timeline.late for p in list(self.procs.values()))
+
+    def consumer_lag(self) -> dict:
+        """(topic, partition) -> records past the committed offset, by the log end that Fetch
+        reported (ListOffsets is not trusted: some brokers answer it stale)."""
+        consumer = self.app.consumer
+        out = {}
+        for p in sorted(self.procs):
+            for topic in MARKED_TOPICS:
+                tp = TP(topic, p)
+                try:
+                    hw = consumer.highwater(tp)
+                except Exception:
+                    hw = None
+                done = consumer._committed_offset.get(tp)
+                if done is None:
+                    done = self.start_pos.get(tp)
+                if hw is not None and done is not None:
+                    out[(topic, p)] = max(0, hw - done)
+        return out
 
     def describe(self) -> dict:
         """Per assigned partition: watermark, events waiting for it, and the inputs still behind
@@ -410,6 +485,17 @@ class Runtime:
             recs.clear()
         released = proc.timeline.released
         if released:
+            now = time.monotonic()
+            lat = self.latency
+            bounds, counts = lat.bounds, lat.counts
+            total = 0.0
+            for token in released:
+                t = token[2]
+                if t is not None:
+                    d = now - t
+                    counts[bisect_left(bounds, d)] += 1
+                    total += d
+            lat.sum += total
             proc.applied.extend(released)
             released.clear()
 
@@ -494,7 +580,7 @@ class Runtime:
         if not tokens:
             return
         by_tp: dict = {}
-        for tp, offset in tokens:
+        for tp, offset, _received in tokens:
             by_tp.setdefault(tp, []).append(offset)
         tokens.clear()
         consumer = self.app.consumer
@@ -559,6 +645,7 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
     # no agent: the consumer hands each fetch to the runtime whole (journey.live.batching)
     app.topics.add(source)
     app.batch_handler = rt.handle
+    app.fetch_wait_ms = int(settings.fetch_wait * 1000)
     app.batch_topics = frozenset((*topics.SOURCES, topics.INTERNAL))
 
     async def after_batch():
@@ -578,6 +665,13 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
     @app.page("/health")
     async def health(web, request):
         return web.json({"status": "ok"})
+
+    registry = registry_for(rt)
+
+    @app.page("/metrics")
+    async def metrics(web, request):
+        # the exposition format 0.0.4 (aiohttp sets the charset itself)
+        return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
     @app.page("/ready")
     async def ready(web, request):

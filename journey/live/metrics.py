@@ -1,0 +1,232 @@
+"""Prometheus metrics of the live worker, served on ``/metrics`` of its web port.
+
+Nothing here runs per event on the hot path except two bucket increments: the
+counters the engine keeps anyway (``Engine.stats``), the worker's own counts and
+two bulk-filled histograms are turned into metric families when Prometheus
+scrapes (a custom collector), so metrics cost nothing between scrapes.
+
+Names follow Prometheus conventions: ``journey_`` prefix, base units
+(``_seconds``), ``_total`` for counters. Labels are bounded sets: topic,
+partition, canonical event type (unknown types count as ``other``), touch
+point, rule, kind, reason, stage. Never a customer id or anything personal.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from bisect import bisect_left
+from collections import Counter
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .. import __version__, catalog, health
+from .processor import MARKED_TOPICS
+
+# processing latency: record received -> its effects handed to the producer (target: p99 < 250 ms)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0,
+                   2.5, 5.0, 10.0, 30.0, 60.0)
+# event-time lag: processing time - event time (seconds to days: a backfill shows as days)
+LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0,
+               86400.0, 7 * 86400.0, 30 * 86400.0, 365 * 86400.0)
+HEALTH_BUCKETS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+AGGREGATES_EVERY = 10.0  # seconds: relationship aggregates walk every customer in state
+
+
+class Buckets:
+    """A histogram filled in bulk (``prometheus_client``'s takes a lock per observation)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds):
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        cum, acc = [], 0
+        for bound, n in zip(self.bounds, self.counts):
+            acc += n
+            cum.append((_fmt(bound), acc))
+        acc += self.counts[-1]
+        cum.append(("+Inf", acc))
+        return HistogramMetricFamily(name, doc, buckets=cum, sum_value=self.sum)
+
+
+def _fmt(x: float) -> str:
+    return repr(float(x))
+
+
+class WorkerCollector:
+    """Reads the runtime when Prometheus scrapes."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        self._aggregates = None
+        self._aggregates_at = 0.0
+
+    def collect(self):
+        rt = self.rt
+        stats = rt.stats_total()
+        kinds = rt.rule_kinds
+
+        info = GaugeMetricFamily("journey_build_info", "Build of the running worker (always 1)",
+                                 labels=["version", "python", "faust"])
+        info.add_metric([__version__, platform.python_version(), rt.faust_version], 1)
+        yield info
+
+        consumed = CounterMetricFamily("journey_events_consumed_total",
+                                       "Events read and accepted, by source topic, event type and touch point",
+                                       labels=["topic", "type", "touch"])
+        for (topic, etype), n in sorted(rt.consumed.items()):
+            consumed.add_metric([topic, etype, catalog.touch_of(etype) if etype != "other" else "system"], n)
+        yield consumed
+
+        rejected = CounterMetricFamily("journey_events_rejected_total",
+                                       "Records rejected (each one is also a dead letter), by reason",
+                                       labels=["reason"])
+        for reason, n in sorted(rt.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+
+        dead = CounterMetricFamily("journey_deadletters_total",
+                                   "Records written to journey.deadletter, by the topic they were read from",
+                                   labels=["topic"])
+        for topic, n in sorted(rt.deadletters.items()):
+            dead.add_metric([topic], n)
+        yield dead
+
+        applied = CounterMetricFamily("journey_events_applied_total",
+                                      "Events applied to customer state (after reordering and de-duplication)")
+        applied.add_metric([], sum(stats.events.values()))
+        yield applied
+
+        dup = CounterMetricFamily("journey_events_duplicate_total",
+                                  "Events recognized as redeliveries (same id seen, or older than the dedup window)")
+        dup.add_metric([], stats.duplicates)
+        yield dup
+
+        late = CounterMetricFamily("journey_events_late_total",
+                                   "Events that arrived behind the watermark (applied at once, out of order)")
+        late.add_metric([], rt.late_total())
+        yield late
+
+        rekeyed = CounterMetricFamily("journey_events_rekeyed_total",
+                                      "Records re-keyed through journey.internal (read on a partition not their customer's)")
+        rekeyed.add_metric([], rt.counts["rekeyed"])
+        yield rekeyed
+
+        trig = CounterMetricFamily("journey_triggers_total", "Triggers emitted, by rule and kind",
+                                   labels=["rule", "kind"])
+        for rule, n in sorted(stats.triggers.items()):
+            trig.add_metric([rule, kinds.get(rule, "unknown")], n)
+        yield trig
+
+        sup = CounterMetricFamily("journey_suppressions_total",
+                                  "Triggers the contact policy suppressed, by rule and reason",
+                                  labels=["rule", "reason"])
+        for (rule, reason), n in sorted(stats.suppressed.items()):
+            sup.add_metric([rule, reason], n)
+        yield sup
+
+        dfr = CounterMetricFamily("journey_deferrals_total",
+                                  "Triggers deferred by the contact policy, by rule and reason",
+                                  labels=["rule", "reason"])
+        for rule, n in sorted(stats.deferred.items()):
+            dfr.add_metric([rule, "quiet_hours"], n)
+        yield dfr
+
+        trans = CounterMetricFamily("journey_stage_transitions_total",
+                                    "Relationship stage changes, by stage left and stage entered",
+                                    labels=["from_stage", "to_stage"])
+        for key, n in sorted(stats.transitions.items()):
+            old, _, new = key.partition("->")
+            trans.add_metric([old, new], n)
+        yield trans
+
+        writes = CounterMetricFamily("journey_state_writes_total",
+                                     "Customer states written to the table changelog (one per customer per checkpoint)")
+        writes.add_metric([], rt.counts["state_writes"])
+        yield writes
+
+        reb = CounterMetricFamily("journey_rebalances_total", "Partition assignments this worker took part in")
+        reb.add_metric([], rt.rebalances)
+        yield reb
+
+        yield rt.latency.family("journey_processing_latency_seconds",
+                                "Record received by the worker -> its event applied and its output handed to "
+                                "the producer (includes the wait for the watermark)")
+        yield rt.event_lag.family("journey_event_time_lag_seconds",
+                                  "Processing time minus event time, per event read")
+
+        wm = GaugeMetricFamily("journey_watermark_seconds", "Event-time watermark per partition (Unix seconds)",
+                               labels=["partition"])
+        timers = GaugeMetricFamily("journey_timers_pending", "Event-time timers waiting, per partition",
+                                   labels=["partition"])
+        waiting = GaugeMetricFamily("journey_reorder_buffer_events",
+                                    "Events held for the watermark, per partition", labels=["partition"])
+        customers = GaugeMetricFamily("journey_customers", "Customers in state, per partition",
+                                      labels=["partition"])
+        for p, proc in sorted(rt.procs.items()):
+            if proc.watermark is not None:
+                wm.add_metric([str(p)], proc.watermark / 1000.0)
+            timers.add_metric([str(p)], proc.engine.timers_pending())
+            waiting.add_metric([str(p)], proc.pending())
+            customers.add_metric([str(p)], len(proc.engine.states))
+        yield wm
+        yield timers
+        yield waiting
+        yield customers
+
+        assigned = GaugeMetricFamily("journey_assigned_partitions", "Partitions assigned to this worker")
+        assigned.add_metric([], len(rt.procs))
+        yield assigned
+
+        lag = GaugeMetricFamily("journey_consumer_lag_records",
+                                "Records not yet committed per input partition: the log end (the high watermark "
+                                "the last Fetch reported) minus the committed offset",
+                                labels=["topic", "partition"])
+        for (topic, p), n in sorted(rt.consumer_lag().items()):
+            lag.add_metric([topic, str(p)], n)
+        yield lag
+
+        yield from self._relationship()
+
+    def _relationship(self):
+        now = time.monotonic()
+        if self._aggregates is None or now - self._aggregates_at >= AGGREGATES_EVERY:
+            self._aggregates = self._compute()
+            self._aggregates_at = now
+        stages, buckets = self._aggregates
+        by_stage = GaugeMetricFamily("journey_customers_by_stage",
+                                     "Customers in state by relationship stage (aggregate)", labels=["stage"])
+        for s in health.STAGES:
+            by_stage.add_metric([s], stages.get(s, 0))
+        yield by_stage
+        yield buckets.family("journey_customer_health", "Relationship health (0-100) of the customers in state, "
+                                                        "at each partition's watermark (aggregate)")
+
+    def _compute(self):
+        stages: Counter = Counter()
+        buckets = Buckets(HEALTH_BUCKETS)
+        hl = self.rt.config.health.half_life
+        for proc in list(self.rt.procs.values()):
+            now = proc.watermark
+            for st in list(proc.engine.states.values()):
+                stage = getattr(st, "stage", None)
+                if stage is None:
+                    continue  # an erased customer's marker
+                stages[stage] += 1
+                buckets.observe(health.score(st.hdev, st.hts, now if now is not None else (st.hts or 0), hl))
+        return stages, buckets
+
+
+def registry_for(rt) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(WorkerCollector(rt))
+    return reg
