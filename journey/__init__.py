@@ -3,7 +3,7 @@ events into relationship-aware triggers.
 
 The package is split into a pure, deterministic core (``intake``, ``state``,
 ``rules``, ``policy``, ``triggers``, ``engine``) and thin shells around it
-(``replay``, ``backtest``, ``cli``; the live worker comes later). The core
+(``replay``, ``backtest``, ``cli``, and the live worker in ``live``). The core
 never reads the wall clock and does no I/O.
 """
 

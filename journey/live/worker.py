@@ -1,20 +1,21 @@
 """The live worker: a Faust app around the same core as ``journey replay``.
 
-One agent reads the three source topics and ``journey.internal`` (all
-co-partitioned) as raw bytes, in batches (``noack_take``). Each record is
-parsed by ``intake.parse``; a record that fails goes to ``journey.deadletter``
-with its topic, partition and offset. A record found on a partition other
-than its customer's is re-keyed through ``journey.internal`` (its event time
-becomes the record timestamp). Everything else is offered to the
+The app reads the three source topics and ``journey.internal`` (all
+co-partitioned) as raw bytes; its consumer hands each fetch over whole
+(``journey.live.batching``) to ``Runtime.handle``. Each record is parsed by
+``intake.parse``; a record that fails goes to ``journey.deadletter`` with its
+topic, partition and offset. A record found on a partition other than its
+customer's is re-keyed through ``journey.internal`` (its event time becomes
+the record timestamp). Everything else is offered to the
 ``PartitionProcessor`` of its partition: one engine and one event-time
 timeline per partition, exactly the calls replay makes.
 
 State lives in the Faust table ``customers`` (changelog
 ``journey-customers-changelog``), one record per customer, written once per
-customer per batch (coalesced), always to the customer's own partition. A
-record is acknowledged only after its event was applied and the state and
-output it caused were handed to the producer; Faust commits the contiguous
-acknowledged prefix after flushing the producer, so the guarantee is
+customer per checkpoint (``checkpoint``), always to the customer's own
+partition. A record is acknowledged only after its event was applied and the
+state and output it caused were handed to the producer; Faust commits the
+unbroken acknowledged run after flushing the producer, so the guarantee is
 at-least-once, and a redelivered event is recognized by its id (and any
 trigger it causes again has the same id).
 
