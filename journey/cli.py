@@ -45,6 +45,12 @@ def cmd_replay(a) -> int:
     if a.summary_json:
         with open(a.summary_json, "wb") as f:
             f.write(orjson.dumps(s, option=orjson.OPT_INDENT_2) + b"\n")
+    if a.metrics_file:
+        from .engine import Engine
+        from .replay_metrics import write_replay_metrics
+
+        kinds = {name: rule.kind for name, (rule, _p) in Engine(cfg).rules.items()}
+        write_replay_metrics(a.metrics_file, s, kinds, run=a.metrics_run)
     if not a.quiet:
         print(format_summary(s), file=sys.stderr)
     return 0
@@ -114,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--until", type=_time, metavar="TIME",
                    help="after the last event, move the watermark to TIME so timers due by then fire")
     r.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
+    r.add_argument("--metrics-file", metavar="FILE",
+                   help="also write the summary as a Prometheus text file (journey_replay_* gauges; for "
+                        "node-exporter's textfile collector, e.g. DIR/journey_replay.prom)")
+    r.add_argument("--metrics-run", default="replay", metavar="NAME",
+                   help="value of the run label in --metrics-file (default: replay)")
     r.add_argument("--sort-buffer", type=int, default=200_000, metavar="N",
                    help="events held in memory while sorting; more spill to temporary files (default 200000)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")

@@ -63,3 +63,15 @@ def run(tmp_path):
         return Result(read(outs["out"]), read(outs["audit"]), read(outs["dl"]), read(outs["tr"]), s)
 
     return _run
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A real Kafka-protocol broker (Tansu) on a free loopback port, stopped after the test."""
+    from journey.live.broker import EmbeddedBroker
+
+    b = EmbeddedBroker(log_path=str(tmp_path / "broker.log")).start()
+    try:
+        yield b.url
+    finally:
+        b.stop()

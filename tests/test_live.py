@@ -9,27 +9,16 @@ from __future__ import annotations
 import time
 
 import orjson
-import pytest
 
 from conftest import T, ev, identify
 from journey import topics
 from journey.config import Config
-from journey.live.broker import EmbeddedBroker
 from journey.replay import replay
 from journey.state import CustomerState
 from journey.synth import write_log
 from live_support import Worker, produce_log, read_topic, trigger_ids, wait_for
 
 UNTIL = "2027-01-01T00:00:00Z"   # after every synthetic event
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = EmbeddedBroker(log_path=str(tmp_path / "broker.log")).start()
-    try:
-        yield b.url
-    finally:
-        b.stop()
 
 
 def replayed(tmp_path, log, until=UNTIL, keep=None):

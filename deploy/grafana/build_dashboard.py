@@ -1,0 +1,221 @@
+"""Writes deploy/grafana/dashboards/journey.json, the journey dashboard.
+
+The dashboard is generated so that its panels, queries and layout stay
+consistent (one datasource uid, unique panel ids, a grid without overlaps);
+edit this file and run it, then commit both:
+
+    python deploy/grafana/build_dashboard.py
+
+The tests load the JSON as a Grafana dashboard model, check that it is what this
+script writes, and evaluate every query against a real Prometheus scraping a
+worker.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DATASOURCE = {"type": "prometheus", "uid": "journey-prometheus"}  # pinned in provisioning/datasources
+UID = "journey-overview"
+RATE = "$__rate_interval"
+OUT = Path(__file__).parent / "dashboards" / "journey.json"
+WIDTH = 24
+
+
+def q(expr: str, legend: str = "", instant: bool = False, fmt: str | None = None) -> dict:
+    t = {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend or "__auto", "range": not instant,
+         "instant": instant}
+    if fmt:
+        t["format"] = fmt
+    return t
+
+
+def rate(metric: str, by: str = "", where: str = "") -> str:
+    sel = f"{metric}{{{where}}}" if where else metric
+    group = f" by ({by})" if by else ""
+    return f"sum{group} (rate({sel}[{RATE}]))"
+
+
+def quantile(qv: float, metric: str) -> str:
+    return f"histogram_quantile({qv}, sum by (le) (rate({metric}_bucket[{RATE}])))"
+
+
+class Board:
+    def __init__(self):
+        self.panels: list[dict] = []
+        self.y = 0
+        self.x = 0
+        self.row_h = 0
+
+    def row(self, title: str) -> None:
+        self._newline()
+        self.panels.append({"type": "row", "title": title, "collapsed": False, "panels": [],
+                            "gridPos": {"h": 1, "w": WIDTH, "x": 0, "y": self.y}})
+        self.y += 1
+
+    def _newline(self):
+        if self.x:
+            self.y += self.row_h
+            self.x, self.row_h = 0, 0
+
+    def panel(self, kind: str, title: str, targets: list[dict], w: int = 8, h: int = 8, unit: str = "short",
+              description: str = "", options: dict | None = None, custom: dict | None = None) -> None:
+        if self.x + w > WIDTH:
+            self._newline()
+        p = {
+            "type": kind, "title": title, "description": description, "datasource": DATASOURCE,
+            "gridPos": {"h": h, "w": w, "x": self.x, "y": self.y},
+            "targets": [dict(t, refId=chr(ord("A") + i)) for i, t in enumerate(targets)],
+            "fieldConfig": {"defaults": {"unit": unit, **({"custom": custom} if custom else {})}, "overrides": []},
+            "options": options or {},
+        }
+        self.panels.append(p)
+        self.x += w
+        self.row_h = max(self.row_h, h)
+
+    def stat(self, title, expr, unit="short", description="", w=4):
+        self.panel("stat", title, [q(expr, instant=True)], w=w, h=4, unit=unit, description=description,
+                   options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                            "colorMode": "value", "graphMode": "area", "textMode": "auto"})
+
+    def series(self, title, targets, unit="short", description="", w=8, h=8, stack=False):
+        custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10 if not stack else 40,
+                  "stacking": {"mode": "normal" if stack else "none", "group": "A"}, "showPoints": "never"}
+        self.panel("timeseries", title, targets, w=w, h=h, unit=unit, description=description, custom=custom,
+                   options={"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                            "tooltip": {"mode": "multi", "sort": "desc"}})
+
+    def build(self) -> dict:
+        for i, p in enumerate(self.panels, start=1):
+            p["id"] = i
+        return {
+            "uid": UID,
+            "title": "journey",
+            "description": "Live journey workers: intake, triggers and the contact policy, latency and lag, "
+                           "event-time watermarks, errors, relationship aggregates, and the last replay.",
+            "tags": ["journey", "kafka", "triggers"],
+            "timezone": "utc",
+            "editable": True,
+            "graphTooltip": 1,
+            "refresh": "10s",
+            "schemaVersion": 39,
+            "version": 1,
+            "time": {"from": "now-1h", "to": "now"},
+            "timepicker": {},
+            "fiscalYearStartMonth": 0,
+            "liveNow": False,
+            "weekStart": "",
+            "links": [],
+            "templating": {"list": []},
+            "annotations": {"list": [{
+                "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
+                "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
+                "type": "dashboard"}]},
+            "panels": self.panels,
+        }
+
+
+def dashboard() -> dict:
+    b = Board()
+    triggers = rate("journey_triggers_total")
+    suppressed = rate("journey_suppressions_total")
+
+    b.row("Overview")
+    b.stat("Events/s", rate("journey_events_consumed_total"), "ops",
+           "Events accepted per second, all source topics and workers")
+    b.stat("Triggers/s", triggers, "ops", "Triggers emitted per second, all rules")
+    b.stat("Suppressed share", f"{suppressed} / ({suppressed} + {triggers})", "percentunit",
+           "Of the triggers the rules wanted to send, the share the contact policy held back")
+    b.stat("Workers up", 'sum(up{job="journey"})', "short", "Workers Prometheus reaches")
+    b.stat("Customers", "sum(journey_customers)", "short", "Customers in state, all partitions")
+    b.stat("Consumer lag", "sum(journey_consumer_lag_records)", "short",
+           "Records not yet committed, all input partitions (log end minus committed offset)")
+    b.series("Events/s by stream", [q(rate("journey_events_consumed_total", "topic"), "{{topic}}")], "ops",
+             "Events accepted per second by source topic", stack=True)
+    b.series("Events/s by touch point", [q(rate("journey_events_consumed_total", "touch"), "{{touch}}")], "ops",
+             "Product, human and system touch points of the relationship", stack=True)
+    b.series("Triggers/s by rule", [q(rate("journey_triggers_total", "rule"), "{{rule}}")], "ops",
+             "Triggers emitted per second, by rule", stack=True)
+    b.series("Suppressions/s by reason", [q(rate("journey_suppressions_total", "reason"), "{{reason}}")], "ops",
+             "Triggers the contact policy suppressed, by reason (each one is in journey.audit with its why)",
+             w=12, stack=True)
+    b.series("Deferrals/s by reason", [q(rate("journey_deferrals_total", "reason"), "{{reason}}")], "ops",
+             "Triggers held for a later send (quiet hours)", w=12, stack=True)
+
+    b.row("Latency and lag")
+    lat = "journey_processing_latency_seconds"
+    b.series("Processing latency", [q(quantile(0.5, lat), "p50"), q(quantile(0.9, lat), "p90"),
+                                    q(quantile(0.99, lat), "p99")], "s",
+             "Record received by a worker -> its output handed to the producer. Includes the allowed lateness "
+             "an event waits for its watermark.")
+    lag = "journey_event_time_lag_seconds"
+    b.series("Event-time lag", [q(quantile(0.5, lag), "p50"), q(quantile(0.99, lag), "p99")], "s",
+             "Processing time minus event time: how far behind the events are (a backfill shows as days)")
+    b.series("Consumer lag by topic", [q("sum by (topic) (journey_consumer_lag_records)", "{{topic}}")],
+             "short", "Records not yet committed: log end (Fetch high watermark) minus committed offset")
+    b.series("Consumer lag by partition",
+             [q("sum by (topic, partition) (journey_consumer_lag_records)", "{{topic}}/{{partition}}")],
+             "short", "Per input partition; one growing partition points at a hot customer or a stuck worker",
+             w=24)
+
+    b.row("Event time: watermarks and timers")
+    b.series("Watermark delay by partition",
+             [q("time() - max by (partition) (journey_watermark_seconds)", "p{{partition}}")], "s",
+             "Wall clock minus each partition's event-time watermark. Steady at about the allowed lateness when "
+             "live; large during a backfill; rising without bound means the partition is stuck.")
+    b.series("Timers pending by partition", [q("sum by (partition) (journey_timers_pending)", "p{{partition}}")],
+             "short", "Event-time timers (cart, tickets, deliveries) waiting for their watermark", stack=True)
+    b.series("Events waiting for the watermark",
+             [q("sum by (partition) (journey_reorder_buffer_events)", "p{{partition}}")], "short",
+             "Events held in the reorder buffer, per partition", stack=True)
+    b.series("Partitions by worker", [q('sum by (instance) (journey_assigned_partitions)', "{{instance}}")],
+             "short", "How the consumer group split the partitions", w=12, stack=True)
+    b.series("Rebalances", [q(f"sum by (instance) (increase(journey_rebalances_total[{RATE}]))", "{{instance}}")],
+             "short", "Partition assignments each worker took part in", w=12)
+
+    b.row("Errors and dead letters")
+    b.series("Dead letters/s by topic", [q(rate("journey_deadletters_total", "topic"), "{{topic}}")], "ops",
+             "Records written to journey.deadletter, by the topic they came from")
+    b.series("Rejected/s by reason", [q(rate("journey_events_rejected_total", "reason"), "{{reason}}")], "ops",
+             "Why records were rejected (each one is a dead letter)")
+    b.series("Redeliveries, late and re-keyed events/s",
+             [q(rate("journey_events_duplicate_total"), "duplicate"), q(rate("journey_events_late_total"), "late"),
+              q(rate("journey_events_rekeyed_total"), "re-keyed")], "ops",
+             "Duplicates are redeliveries recognized by event id; late events arrived behind the watermark")
+
+    b.row("Relationships (aggregates)")
+    b.series("Customers by stage", [q("sum by (stage) (journey_customers_by_stage)", "{{stage}}")], "short",
+             "Customers in state by relationship stage", stack=True)
+    b.panel("bargauge", "Relationship health", [q("sum by (le) (journey_customer_health_bucket)", "{{le}}",
+                                                   instant=True, fmt="heatmap")],
+            unit="short", description="Customers by health score (0-100), at each partition's watermark",
+            options={"orientation": "vertical", "displayMode": "gradient", "showUnfilled": True,
+                     "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}})
+    b.series("Stage transitions/s",
+             [q(rate("journey_stage_transitions_total", "from_stage, to_stage"), "{{from_stage}} → {{to_stage}}")],
+             "ops", "Customers moving between stages")
+    b.series("State writes/s", [q(rate("journey_state_writes_total"), "writes")], "ops",
+             "Customer states written to the changelog (one per changed customer per checkpoint)", w=24, h=6)
+
+    b.row("Last replay or backfill")
+    b.stat("Replay events", "max(journey_replay_lines)", "short",
+           "Lines read by the last `journey replay --metrics-file`", w=6)
+    b.stat("Replay triggers", "sum(journey_replay_triggers)", "short", "Triggers the last replay produced", w=6)
+    b.stat("Replay throughput", "max(journey_replay_events_per_second)", "ops", "Lines per second", w=6)
+    b.stat("Replay finished", "max(journey_replay_finished_timestamp_seconds) * 1000", "dateTimeFromNow",
+           "When the last replay finished", w=6)
+    b.series("Replay triggers by rule", [q("sum by (rule) (journey_replay_triggers)", "{{rule}}")], "short",
+             "Triggers of the last replay, by rule: compare with the live rates above", w=12)
+    b.series("Replay suppressions by reason", [q("sum by (reason) (journey_replay_suppressions)", "{{reason}}")],
+             "short", "Suppressions of the last replay, by reason", w=12)
+    return b.build()
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    OUT.write_text(render())
+    print(f"wrote {OUT}")
