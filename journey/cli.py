@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .live.cli import add_commands
 
     add_commands(sub, _time)
+    from .dispatch.cli import add_commands as add_dispatch
+
+    add_dispatch(sub)
     return p
 
 

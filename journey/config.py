@@ -75,6 +75,10 @@ class Param:
             if not isinstance(v, dict):
                 raise ValueError(f"{path}: expected a table (an object), got {v!r}")
             return v
+        if k == "strs":  # a list of strings (may be empty)
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ValueError(f"{path}: expected a list of strings")  # never echo: may hold secrets
+            return list(v)
         if k == "ints":  # ascending positive whole numbers
             if (not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in v)
                     or v != sorted(set(v))):
@@ -229,22 +233,28 @@ def _load_model(path: str, source: str, problems: list):
     return None
 
 
-def load_config(path: str | Path | None) -> Config:
-    """Load and validate a TOML (``.toml``) or YAML (``.yaml``/``.yml``) rule file."""
-    if path is None:
-        return Config()
+def read_table(path: str | Path) -> dict:
+    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) file as a dict; ConfigError if unreadable."""
     p = Path(path)
     try:
         text = p.read_bytes()
     except OSError as e:
         raise ConfigError([f"{p}: cannot read: {e.strerror}"]) from None
+    yaml_file = p.suffix.lower() in (".yaml", ".yml")
     try:
-        if p.suffix.lower() in (".yaml", ".yml"):
+        if yaml_file:
             import yaml
 
             data = yaml.safe_load(text) or {}
         else:
             data = tomllib.loads(text.decode())
     except Exception as e:  # the parsers' own messages say where
-        raise ConfigError([f"{p}: not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'TOML'}: {e}"]) from None
-    return Config(data, source=str(p))
+        raise ConfigError([f"{p}: not valid {'YAML' if yaml_file else 'TOML'}: {e}"]) from None
+    return data
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate a TOML (``.toml``) or YAML (``.yaml``/``.yml``) rule file."""
+    if path is None:
+        return Config()
+    return Config(read_table(path), source=str(Path(path)))

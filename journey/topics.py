@@ -20,6 +20,8 @@ CLICKSTREAM, PURCHASES, SUPPORT = "journey.clickstream", "journey.purchases", "j
 SOURCES = (CLICKSTREAM, PURCHASES, SUPPORT)
 INTERNAL = "journey.internal"
 TRIGGERS, AUDIT, DEADLETTER = "journey.triggers", "journey.audit", "journey.deadletter"
+TRIGGERS_DEADLETTER = "journey.triggers.deadletter"   # journey dispatch: triggers it could not deliver
+DELIVERED = "journey.dispatch.delivered"              # journey dispatch: delivered (endpoint, trigger id)
 APP_ID = "journey"
 
 # which source topic carries each canonical event type (anything else: clickstream)
@@ -61,6 +63,12 @@ _CATALOG = [
      "triggers held back by the contact policy, with the reason; keyed by customer id"),
     (DEADLETTER, "output", "delete", 30 * DAY_MS, "deadletter.schema.json",
      "rejected input: the reason, where it came from (topic/partition/offset) and the original bytes"),
+    (TRIGGERS_DEADLETTER, "output", "delete", 30 * DAY_MS, "triggers-deadletter.schema.json",
+     "triggers `journey dispatch` could not deliver: the endpoint, the reason, attempts, the last error and "
+     "the trigger; keyed by customer id"),
+    (DELIVERED, "state", "delete", 14 * DAY_MS, "delivered.schema.json",
+     "`journey dispatch`: (endpoint, trigger id) delivered, on the trigger's partition, read back after a "
+     "restart so a delivered trigger is not sent again; keyed by trigger id"),
     ("@changelog", "state", "compact", None, None,
      "per-customer state (Faust table changelog), keyed by customer id; compacted"),
 ]

@@ -198,6 +198,27 @@ def dashboard() -> dict:
     b.series("State writes/s", [q(rate("journey_state_writes_total"), "writes")], "ops",
              "Customer states written to the changelog (one per changed customer per checkpoint)", w=24, h=6)
 
+    b.row("Webhook delivery (journey dispatch)")
+    b.series("Deliveries/s by endpoint and outcome",
+             [q(rate("journey_dispatch_deliveries_total", "endpoint, outcome"), "{{endpoint}} {{outcome}}")], "ops",
+             "Triggers delivered (2xx), dead-lettered, or found already delivered after a restart")
+    b.series("Delivery latency", [q(quantile(0.5, "journey_dispatch_delivery_latency_seconds"), "p50"),
+                                  q(quantile(0.99, "journey_dispatch_delivery_latency_seconds"), "p99")], "s",
+             "Trigger read -> 2xx, retries included")
+    b.series("Retries/s and attempts/s by result",
+             [q(rate("journey_dispatch_retries_total", "endpoint"), "retry {{endpoint}}"),
+              q(rate("journey_dispatch_attempts_total", "endpoint, result"), "{{endpoint}} {{result}}")], "ops",
+             "HTTP attempts by answer class (2xx, 4xx, 5xx, timeout, error) and the retries they cause")
+    b.series("Webhook dead letters/s by reason",
+             [q(rate("journey_dispatch_deadletters_total", "endpoint, reason"), "{{endpoint}} {{reason}}")], "ops",
+             "Triggers written to journey.triggers.deadletter, with why (re-drive them from there)")
+    b.series("Pending deliveries and disabled endpoints",
+             [q("sum by (endpoint) (journey_dispatch_pending)", "pending {{endpoint}}"),
+              q("max by (endpoint) (journey_dispatch_endpoint_disabled)", "disabled {{endpoint}}")], "short",
+             "Deliveries waiting or in progress per endpoint; 1 = disabled by a 410 Gone until restart")
+    b.series("Skipped on purpose", [q(rate("journey_dispatch_skipped_total", "reason"), "{{reason}}")], "ops",
+             "Not delivered by design: not_live (a replay's triggers), stale (older than max_age), no_route")
+
     b.row("Last replay or backfill")
     b.stat("Replay events", "max(journey_replay_lines)", "short",
            "Lines read by the last `journey replay --metrics-file`", w=6)

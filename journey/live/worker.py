@@ -56,7 +56,8 @@ from .processor import MARKED_TOPICS, PartitionProcessor, WATERMARK_KEY
 log = logging.getLogger("journey.worker")
 
 ENV_PREFIX = "JOURNEY_"
-CLOUDEVENTS_JSON = [("content-type", b"application/cloudevents+json")]
+# journey-origin: live marks triggers a live worker wrote; journey dispatch delivers only those by default
+CLOUDEVENTS_JSON = [("content-type", b"application/cloudevents+json"), ("journey-origin", b"live")]
 JSON = [("content-type", b"application/json")]
 NO_HEADERS: list = []
 CONTROL_HEADER = "journey-control"

@@ -1,0 +1,229 @@
+"""The dispatcher's configuration file: endpoints and routes, validated whole.
+
+    [dispatch]
+    max_age = "24h"                 # older triggers (event time vs now) are not delivered
+
+    [endpoints.crm]
+    url = "https://crm.example.com/hooks/journey"
+    secrets_env = "CRM_WEBHOOK_SECRETS"   # whsec_... values, comma-separated (or: secrets = [...])
+    concurrency = 8
+    rate = 50                       # requests per second (0: no limit)
+
+    [[routes]]
+    rules = ["cart_abandoned"]      # or "*"; kinds and channels likewise
+    endpoints = ["crm"]
+
+``load_dispatch_config(path)`` raises :class:`~journey.config.ConfigError`
+listing every problem.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from ..config import ConfigError, Param, _section, _suggest, read_table
+
+SECRET_PREFIX = "whsec_"
+
+DISPATCH = {
+    "group": Param("str", "journey-dispatch", "Kafka consumer group of the dispatchers"),
+    "max_age": Param("duration", "24h", "a trigger whose time is older than this when read is not delivered "
+                                        "(a backfill through Kafka must not message customers); 0: no limit"),
+    "delivered_memory": Param("int", 100_000, "delivered trigger ids remembered per partition across restarts",
+                              minimum=0),
+    "max_in_flight": Param("int", 2_000, "triggers read but not yet finished, at most (then reading pauses)",
+                           minimum=1),
+}
+
+ENDPOINT = {
+    "url": Param("str", "http://127.0.0.1:1/", "where triggers are POSTed"),
+    "secrets": Param("strs", [], "signing secrets (whsec_...); the first signs, all are sent during a rotation"),
+    "secrets_env": Param("str", "-", "an environment variable holding the secrets, comma-separated"),
+    "timeout": Param("duration", "10s", "one attempt's time limit"),
+    "concurrency": Param("int", 8, "requests in flight to this endpoint at most", minimum=1),
+    "rate": Param("number", 0, "requests per second at most (0: no limit)", minimum=0),
+    "max_attempts": Param("int", 8, "attempts per trigger, the first included", minimum=1),
+    "retry_budget": Param("duration", "1h", "time from the first attempt after which a trigger is dead-lettered"),
+    "backoff_base": Param("duration", "1s", "wait before the first retry; doubles each retry"),
+    "backoff_max": Param("duration", "5m", "the longest wait between two attempts"),
+    "max_retry_after": Param("duration", "1h", "the longest Retry-After honoured (longer: dead letter)"),
+    "max_pending": Param("int", 1_000, "triggers waiting for this endpoint at most; beyond, new ones are "
+                                       "dead-lettered so a stuck endpoint cannot hold up the others", minimum=1),
+    "headers": Param("table", {}, "extra HTTP headers"),
+}
+
+ROUTE_KEYS = ("rules", "kinds", "channels", "endpoints")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    url: str
+    secrets: tuple[bytes, ...]          # decoded keys
+    timeout: float                      # seconds
+    concurrency: int
+    rate: float
+    max_attempts: int
+    retry_budget: float
+    backoff_base: float
+    backoff_max: float
+    max_retry_after: float
+    max_pending: int
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Route:
+    rules: frozenset | None             # None: any
+    kinds: frozenset | None
+    channels: frozenset | None
+    endpoints: tuple[str, ...]
+
+    def matches(self, rule: str, kind: str, channel: str | None) -> bool:
+        return ((self.rules is None or rule in self.rules) and (self.kinds is None or kind in self.kinds)
+                and (self.channels is None or channel in self.channels))
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    group: str
+    max_age: float                      # seconds; 0: no limit
+    delivered_memory: int
+    max_in_flight: int
+    endpoints: dict[str, Endpoint]
+    routes: tuple[Route, ...]
+    source: str = "config"
+
+    def route(self, trigger: dict) -> list[str]:
+        """Endpoint names a trigger goes to (each once, in route order)."""
+        data = trigger.get("data") or {}
+        rule, kind, channel = data.get("rule"), data.get("kind"), data.get("channel")
+        out: list[str] = []
+        for r in self.routes:
+            if r.matches(rule, kind, channel):
+                out += [e for e in r.endpoints if e not in out]
+        return out
+
+
+def decode_secret(value: str) -> bytes:
+    """``whsec_<base64>`` -> the key bytes (Standard Webhooks)."""
+    if not isinstance(value, str) or not value.startswith(SECRET_PREFIX):
+        raise ValueError("a secret starts with whsec_ followed by base64 (e.g. from `journey dispatch --new-secret`)")
+    try:
+        key = base64.b64decode(value[len(SECRET_PREFIX):], validate=True)
+    except Exception:
+        raise ValueError("the part after whsec_ is not valid base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"the key is {len(key)} bytes; use 24 to 64 (32 recommended)")
+    return key
+
+
+def _strings(v, path: str, problems: list, allow_any: bool = False):
+    if allow_any and v == "*":
+        return None
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+        alt = ' or "*"' if allow_any else ""
+        problems.append(f"{path}: expected a list of names{alt}, got {v!r}")
+        return None
+    return v
+
+
+def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) -> DispatchConfig:
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: expected a table at the top level"])
+    for name in data:
+        if name not in ("dispatch", "endpoints", "routes"):
+            problems.append(f"{name}: unknown section{_suggest(name, ['dispatch', 'endpoints', 'routes'])}")
+    d = _section(DISPATCH, data.get("dispatch", {}), "dispatch", problems)
+
+    endpoints: dict[str, Endpoint] = {}
+    given = data.get("endpoints", {})
+    if not isinstance(given, dict) or not given:
+        problems.append("endpoints: define at least one, e.g. [endpoints.crm] url = \"https://...\"")
+        given = {}
+    for name, spec in given.items():
+        path = f"endpoints.{name}"
+        if isinstance(spec, dict) and "url" not in spec:
+            problems.append(f"{path}.url: missing (where to POST the triggers)")
+        e = _section(ENDPOINT, spec, path, problems)
+        u = urlsplit(e.url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            problems.append(f"{path}.url: expected an http:// or https:// address, got {e.url!r}")
+        raw = list(e.secrets)
+        env_missing = False
+        if e.secrets_env != "-":
+            from_env = env.get(e.secrets_env)
+            if from_env is None:
+                env_missing = True
+                problems.append(f"{path}.secrets_env: the environment variable {e.secrets_env} is not set "
+                                f"(its value: whsec_ secrets, comma-separated)")
+            else:
+                raw += [s.strip() for s in from_env.replace(" ", ",").split(",") if s.strip()]
+        if not raw and not env_missing:
+            problems.append(f"{path}: no signing secret; set secrets = [\"whsec_...\"] or secrets_env "
+                            f"(generate one with `journey dispatch --new-secret`)")
+        keys = []
+        for i, s in enumerate(raw):
+            try:
+                keys.append(decode_secret(s))
+            except ValueError as err:
+                problems.append(f"{path}.secrets[{i}]: {err}")  # the value itself is never printed
+        bad_headers = [k for k, v in e.headers.items() if not isinstance(v, str)]
+        if bad_headers:
+            problems.append(f"{path}.headers: values must be strings ({', '.join(bad_headers)})")
+        if any(k.lower().startswith("webhook-") or k.lower() == "content-type" for k in e.headers):
+            problems.append(f"{path}.headers: content-type and webhook-* are set by the dispatcher")
+        if e.backoff_max < e.backoff_base:
+            problems.append(f"{path}.backoff_max: must not be shorter than backoff_base")
+        endpoints[name] = Endpoint(
+            name=name, url=e.url, secrets=tuple(keys), timeout=e.timeout / 1000, concurrency=e.concurrency,
+            rate=e.rate, max_attempts=e.max_attempts, retry_budget=e.retry_budget / 1000,
+            backoff_base=e.backoff_base / 1000, backoff_max=e.backoff_max / 1000,
+            max_retry_after=e.max_retry_after / 1000, max_pending=e.max_pending, headers=dict(e.headers))
+
+    routes: list[Route] = []
+    given_routes = data.get("routes", [])
+    if not isinstance(given_routes, list) or not given_routes:
+        problems.append("routes: define at least one, e.g. [[routes]] rules = \"*\" endpoints = [\"crm\"]")
+        given_routes = []
+    for i, r in enumerate(given_routes):
+        path = f"routes[{i}]"
+        if not isinstance(r, dict):
+            problems.append(f"{path}: expected a table")
+            continue
+        for k in r:
+            if k not in ROUTE_KEYS:
+                problems.append(f"{path}.{k}: unknown setting{_suggest(k, ROUTE_KEYS)}")
+        sets = {k: _strings(r.get(k, "*"), f"{path}.{k}", problems, allow_any=True) for k in ROUTE_KEYS[:3]}
+        if "kinds" in r and sets["kinds"]:
+            for k in sets["kinds"]:
+                if k not in ("recovery", "recognition"):
+                    problems.append(f"{path}.kinds: {k!r} is not a kind (recovery, recognition)")
+        if "rules" in r and sets["rules"]:
+            from ..rules import REGISTRY
+
+            for name in sets["rules"]:
+                if name not in REGISTRY:
+                    problems.append(f"{path}.rules: unknown rule {name!r}{_suggest(name, REGISTRY)}")
+        eps = _strings(r.get("endpoints"), f"{path}.endpoints", problems) or []
+        for name in eps:
+            if name not in endpoints and name in (given or {}):
+                continue
+            if name not in given:
+                problems.append(f"{path}.endpoints: no endpoint named {name!r}{_suggest(name, given)}")
+        routes.append(Route(*(frozenset(sets[k]) if sets[k] is not None else None for k in ROUTE_KEYS[:3]),
+                            tuple(eps)))
+    if problems:
+        raise ConfigError(problems)
+    return DispatchConfig(group=d.group, max_age=d.max_age / 1000, delivered_memory=d.delivered_memory,
+                          max_in_flight=d.max_in_flight, endpoints=endpoints, routes=tuple(routes), source=source)
+
+
+def load_dispatch_config(path: str, env=os.environ) -> DispatchConfig:
+    return parse_dispatch_config(read_table(path), source=str(path), env=env)
