@@ -66,6 +66,11 @@ def test_config_problems_are_listed_together_and_secrets_never_echoed():
         parse_dispatch_config({"endpoints": {"a": {"url": "http://h/", "secrets_env": "NOPE_X"}},
                                "routes": [{"endpoints": ["a"]}]}, env={})
     assert "NOPE_X is not set" in e.value.problems[0]
+    with pytest.raises(ConfigError) as e:
+        parse_dispatch_config({"dispatch": {"max_in_flight": 1500},
+                               "endpoints": {n: {"url": "http://h/", "secrets": [SECRET]} for n in "ab"},
+                               "routes": [{"endpoints": ["a", "b"]}]})
+    assert "stall" in e.value.problems[0]
 
 
 def test_routing_by_rule_kind_and_channel():
@@ -393,3 +398,15 @@ def test_live_worker_triggers_reach_the_endpoint(broker, tmp_path):
         if d:
             assert d.stop() == 0, d.log.read_text()[-3000:]
         assert w.stop() == 0
+
+
+def test_the_example_configuration_is_valid():
+    from pathlib import Path
+
+    from journey.dispatch.config import load_dispatch_config
+
+    path = Path(__file__).resolve().parent.parent / "deploy" / "dispatch.example.toml"
+    cfg = load_dispatch_config(str(path), env={"JOURNEY_CRM_SECRETS": f"{SECRET},{OLD_SECRET}",
+                                               "JOURNEY_SMS_SECRETS": SECRET})
+    assert set(cfg.endpoints) == {"crm", "sms"} and len(cfg.endpoints["crm"].secrets) == 2
+    assert cfg.route({"data": {"rule": "payment_failed", "kind": "recovery", "channel": "sms"}}) == ["crm", "sms"]

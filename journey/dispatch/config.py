@@ -34,8 +34,8 @@ DISPATCH = {
                                         "(a backfill through Kafka must not message customers); 0: no limit"),
     "delivered_memory": Param("int", 100_000, "delivered trigger ids remembered per partition across restarts",
                               minimum=0),
-    "max_in_flight": Param("int", 2_000, "triggers read but not yet finished, at most (then reading pauses)",
-                           minimum=1),
+    "max_in_flight": Param("int", 10_000, "triggers read but not yet finished, at most (then reading pauses); "
+                                          "must exceed the endpoints' max_pending together", minimum=1),
 }
 
 ENDPOINT = {
@@ -219,6 +219,10 @@ def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) ->
                 problems.append(f"{path}.endpoints: no endpoint named {name!r}{_suggest(name, given)}")
         routes.append(Route(*(frozenset(sets[k]) if sets[k] is not None else None for k in ROUTE_KEYS[:3]),
                             tuple(eps)))
+    backlog = sum(e.max_pending for e in endpoints.values())
+    if endpoints and d.max_in_flight <= backlog:
+        problems.append(f"dispatch.max_in_flight: {d.max_in_flight} does not exceed the endpoints' max_pending "
+                        f"together ({backlog}), so stuck endpoints could stall every other delivery")
     if problems:
         raise ConfigError(problems)
     return DispatchConfig(group=d.group, max_age=d.max_age / 1000, delivered_memory=d.delivered_memory,
