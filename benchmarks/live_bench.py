@@ -164,6 +164,9 @@ def journey_throughput(url, n, workdir, lateness=None):
         w.wait(30)
 
 
+WARMUP = 3.0
+
+
 async def latency(url, rate, seconds, workdir, lateness):
     """Offer `rate` events/s with event time = now; latency = trigger record time - produce time of the
     event that caused it (the last id in its evidence)."""
@@ -179,7 +182,9 @@ async def latency(url, rate, seconds, workdir, lateness):
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap(url), linger_ms=2)
     await prod.start()
     sent: dict[str, float] = {}
-    lat: list[float] = []
+    lat: list[float] = []       # produce -> trigger read back by this process
+    made: list[float] = []      # produce -> the trigger record's CreateTime (set by the worker's producer)
+    trace: list = []
 
     async def collect():
         while True:
@@ -191,6 +196,8 @@ async def latency(url, rate, seconds, workdir, lateness):
                     t = sent.get(ev[-1]) if ev else None
                     if t is not None:
                         lat.append(now - t)
+                        made.append(r.timestamp / 1000.0 - t)
+                        trace.append((t, r.timestamp / 1000.0 - t))
 
     task = asyncio.create_task(collect())
     i, t0 = 0, time.monotonic()
@@ -214,9 +221,17 @@ async def latency(url, rate, seconds, workdir, lateness):
     await c.stop()
     w.terminate()
     w.wait(30)
+    if os.environ.get("BENCH_TRACE"):
+        Path(os.environ["BENCH_TRACE"]).write_bytes(orjson.dumps(trace))
+    # steady state: events produced after the first WARMUP seconds (the worker's first fetches, checkpoint
+    # and any backlog left by an earlier run fall in the warm-up)
+    start = min((t for t, _ in trace), default=0.0)
+    steady = sorted(m for t, m in trace if t - start >= WARMUP)
     lat.sort()
-    q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] * 1000 if lat else float("nan")
-    return len(lat), q(0.5), q(0.99), i / seconds
+    made.sort()
+    q = lambda xs, f: xs[min(len(xs) - 1, int(f * len(xs)))] * 1000 if xs else float("nan")  # noqa: E731
+    return len(lat), q(lat, 0.5), q(lat, 0.99), i / seconds, q(made, 0.5), q(made, 0.99), q(steady, 0.5), q(
+        steady, 0.99)
 
 
 def main():
@@ -227,13 +242,16 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--skip-baselines", action="store_true", help="journey only (no aiokafka, Faust or Quix runs)")
     ap.add_argument("--skip-latency", action="store_true", help="throughput only")
+    ap.add_argument("--latency-only", action="store_true", help="no throughput runs")
+    ap.add_argument("--lateness", default="10s,0s", help="allowed lateness values of the latency runs")
     a = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="journey-bench-")
     log = Path(workdir) / "log.jsonl"
     n = write_log(str(log), a.customers, a.events, seed=7, noise=False)
     print(f"log: {n:,} events, {a.customers:,} customers; workdir {workdir}", flush=True)
     with EmbeddedBroker(log_path=str(Path(workdir) / "broker.log")) as b:
-        asyncio.run(produce([log], b.url, progress=None))
+        if not a.latency_only:
+            asyncio.run(produce([log], b.url, progress=None))
         rows = []
 
         def row(name, result):
@@ -241,6 +259,8 @@ def main():
             rows.append((name, rate, done))
             print(f"  {name:<44} {rate:>10,.0f} events/s  ({done:,} events)", flush=True)
 
+        if a.latency_only:
+            a.skip_baselines = True
         print("\nthroughput, one process each, same broker and log (from first to last progress report):",
               flush=True)
         if not a.skip_baselines:
@@ -252,8 +272,9 @@ def main():
                 row("Quix Streams 3, per-customer state + changelog", quix_baseline(b.url, n, workdir))
             except ImportError:
                 print("  (Quix Streams not installed: pip install -e '.[test]')")
-        row("journey worker, full rule pack", journey_throughput(b.url, n, workdir))
-        top = rows[-1][1]
+        if not a.latency_only:
+            row("journey worker, full rule pack", journey_throughput(b.url, n, workdir))
+        top = rows[-1][1] if rows else 0
         print("\nratios (journey / other, same run):")
         for name, v, _done in rows[:-1]:
             print(f"  journey / {name:<44} {top / v:6.2f}x" if v == v and v else f"  {name}: no figure")
@@ -261,10 +282,14 @@ def main():
             return
         print(f"\nlatency at {a.rate:,.0f} events/s offered for {a.seconds:.0f} s (produce -> trigger on the topic):",
               flush=True)
-        for lateness in ("10s", "0s"):
-            k, p50, p99, offered = asyncio.run(latency(b.url, a.rate, a.seconds, workdir, lateness))
-            print(f"  allowed lateness {lateness:>4}: {k:,} triggers, p50 {p50:,.0f} ms, p99 {p99:,.0f} ms "
-                  f"(offered {offered:,.0f}/s)", flush=True)
+        for lateness in a.lateness.split(","):
+            k, p50, p99, offered, m50, m99, s50, s99 = asyncio.run(
+                latency(b.url, a.rate, a.seconds, workdir, lateness))
+            print(f"  allowed lateness {lateness:>4}: {k:,} triggers (offered {offered:,.0f}/s)\n"
+                  f"    read back by the benchmark:        p50 {p50:,.0f} ms, p99 {p99:,.0f} ms\n"
+                  f"    to the trigger record's timestamp: p50 {m50:,.0f} ms, p99 {m99:,.0f} ms\n"
+                  f"    same, after the first {WARMUP:.0f} s:        p50 {s50:,.0f} ms, p99 {s99:,.0f} ms",
+                  flush=True)
 
 
 if __name__ == "__main__":
