@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import urllib.request
 
@@ -71,6 +72,18 @@ def ready(port: int) -> dict | None:
         return None
 
 
+def stop_process(proc, timeout: float = 30) -> int:
+    """SIGTERM a child process, SIGKILL it if it has not exited within ``timeout``; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
 class Worker:
     """A ``journey worker`` child process."""
 
@@ -93,11 +106,4 @@ class Worker:
         self.proc.wait(10)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except Exception:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process(self.proc)

@@ -29,7 +29,7 @@ import yaml
 from journey import topics
 from journey.live.broker import free_port
 from journey.synth import write_log
-from live_support import Worker, produce_log, read_topic, wait_for
+from live_support import Worker, produce_log, read_topic, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -232,12 +232,7 @@ class _Prometheus:
         return self.api("query", query=expr)
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def _serve_dir(path: Path) -> tuple[http.server.ThreadingHTTPServer, int]:

@@ -25,7 +25,7 @@ from journey.dispatch.signing import new_secret
 from journey.live.broker import die_with_parent, free_port
 from journey.live.kafka import bootstrap
 from journey.timeutil import format_time
-from live_support import Worker, produce_log, read_topic, wait_for
+from live_support import Worker, produce_log, read_topic, stop_process, wait_for
 
 SECRET, OLD_SECRET = new_secret(), new_secret()
 
@@ -185,14 +185,7 @@ class Dispatch:
         return sum(v for (n, ls), v in m.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 def _committed_all(broker, group: str) -> bool:

@@ -165,10 +165,7 @@ class Dispatcher:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            try:
-                batch = await asyncio.wait_for(self.consumer.getmany(timeout_ms=200, max_records=room), 5)
-            except asyncio.TimeoutError:
-                continue
+            batch = await self.consumer.getmany(timeout_ms=200, max_records=room)
             self.ready = True
             for tp, records in batch.items():
                 for rec in records:
