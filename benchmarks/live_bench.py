@@ -174,13 +174,20 @@ async def latency(url, rate, seconds, workdir, lateness):
     port = free_port()
     w = spawn_worker(url, web_port=port, log_path=str(Path(workdir) / f"worker-lat-{lateness}.log"),
                      args=("--lateness", lateness))
-    while not (ready(port) or {}).get("ready"):
+    # offer load once the worker has caught up: assigned, and no input of any partition with unread
+    # records (a backlog left by an earlier run would otherwise be measured as latency)
+    while True:
+        r = ready(port) or {}
+        if r.get("ready") and r.get("detail") and not any(d["behind"] for d in r["detail"].values()):
+            break
         await asyncio.sleep(0.2)
     c = AIOKafkaConsumer(topics.TRIGGERS, bootstrap_servers=bootstrap(url), group_id=None, auto_offset_reset="latest",
                          fetch_max_wait_ms=20)  # the measuring side must not add a long fetch wait
     await c.start()
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap(url), linger_ms=2)
     await prod.start()
+    for t in (topics.PURCHASES, topics.CLICKSTREAM):
+        await prod.partitions_for(t)  # the producer's metadata, fetched before the clock starts
     sent: dict[str, float] = {}
     lat: list[float] = []       # produce -> trigger read back by this process
     made: list[float] = []      # produce -> the trigger record's CreateTime (set by the worker's producer)

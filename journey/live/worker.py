@@ -29,6 +29,7 @@ their timers.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -83,6 +84,7 @@ class Settings:
     checkpoint: float = 0.5          # seconds between state writes (and acknowledgements)
     fetch_wait: float = 0.05         # the longest a Fetch waits on the broker for new records
     session_timeout: float = 10.0    # a worker that died leaves the group after this long
+    gc_gen0: int = 50_000            # allocations between young-generation GC passes (Python's default: 700)
     loglevel: str = "warning"
 
     @classmethod
@@ -302,6 +304,7 @@ class Runtime:
                 proc.load(items[p])
                 self.procs[p] = proc
                 log.info("partition %d: %d customer(s) loaded, watermark %s", p, len(proc.engine.states), proc.watermark)
+        full_gc()
         self.ready = True
 
     def revoked(self, partitions: set[int]) -> None:
@@ -568,6 +571,9 @@ class Runtime:
                 self.acks.extend(proc.applied)
                 proc.applied.clear()
         self.counts["late"] = sum(p.timeline.late for p in self.procs.values())
+        # what lives past a checkpoint is mostly customer state: keep it out of the collector's
+        # full passes, whose pause grows with the number of customers held (see tune_gc)
+        gc.freeze()
 
     def _persisted(self, partition: int, count: int):
         """Tell the store (RocksDB keeps it) how far the changelog it mirrors was written."""
@@ -683,6 +689,33 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
     return app, rt
 
 
+def tune_gc(gen0: int) -> None:
+    """Python's cyclic garbage collector, set for a process holding many long-lived
+    customer states and allocating a few dozen short-lived objects per event.
+
+    * Young passes every ``gen0`` allocations instead of 700: with the default, the
+      collector took about a quarter of the worker's time.
+    * Full passes walk every tracked object, and the customer states are most of them
+      (about 20 per customer: a pause of about 0.2 s per 13,000 customers, 1 s and more
+      for a large partition, in the middle of the stream). So what exists at each
+      checkpoint is frozen (``gc.freeze``: moved out of the collector's sight; it is
+      still freed by reference counting as usual), and full passes only see what is
+      newer. The one thing freezing could keep is a reference cycle that becomes garbage
+      after it was frozen; measured, the worker makes none in steady state (only at
+      start-up, about 800 objects), and ``full_gc`` collects everything after each
+      assignment, while processing is stopped anyway."""
+    gc.freeze()
+    _g0, g1, g2 = gc.get_threshold()
+    gc.set_threshold(max(1, gen0), g1, g2)
+
+
+def full_gc() -> None:
+    """A complete collection, frozen objects included, then freeze again (after an assignment)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def run(settings: Settings) -> int:
     """Create missing topics, then run the worker until SIGINT/SIGTERM."""
     logging.basicConfig(level=getattr(logging, settings.loglevel.upper(), logging.WARNING),
@@ -694,6 +727,7 @@ def run(settings: Settings) -> int:
             raise SystemExit(f"journey worker: topic {name} {what}")
     asyncio.set_event_loop(asyncio.new_event_loop())
     app, _rt = build_app(settings, config)
+    tune_gc(settings.gc_gen0)
     worker = faust.Worker(app, loglevel=settings.loglevel.upper(), quiet=True,
                           override_logging=False)
     worker.execute_from_commandline()
