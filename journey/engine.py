@@ -138,7 +138,7 @@ class Engine:
 
     def rebuild_timers(self) -> None:
         """Rebuild the timer heap from state (after loading state from a store)."""
-        self.heap = []
+        self.heap.clear()  # in place: the timeline holds on to this list
         for key, st in self.states.items():
             st.heap_due = None
             self._reschedule(key, st)

@@ -123,6 +123,9 @@ def _normalize_fields(ctype: str, props: dict) -> dict:
         v = props.get(name)
         if v is None:
             continue
+        if kind is ID and type(v) is str and 0 < len(v) <= MAX_ID_LEN:  # the usual case
+            out[name] = v
+            continue
         field = "properties." + name
         if kind is ID:
             v = _ident(v, field)
@@ -221,6 +224,8 @@ def _type_of(name, missing: str) -> tuple[str, bool]:
 
 def _event_id(d: dict, key: str, raw: bytes) -> str:
     v = d.get(key)
+    if type(v) is str and 0 < len(v) <= MAX_ID_LEN:
+        return v
     if v is None or v == "":
         # No id: derive one from the bytes, so an identical redelivery still counts once.
         return "h:" + hashlib.blake2b(raw, digest_size=12).hexdigest()
@@ -244,8 +249,12 @@ def parse(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Event:
 
 
 def _parse_segment(d: dict, call: str, raw: bytes) -> Event:
-    cid = _ident(d.get("userId"), "userId")
-    anon = _ident(d.get("anonymousId"), "anonymousId")
+    cid = d.get("userId")
+    if not (type(cid) is str and 0 < len(cid) <= MAX_ID_LEN):  # the usual case, checked inline
+        cid = _ident(cid, "userId")
+    anon = d.get("anonymousId")
+    if anon is not None:
+        anon = _ident(anon, "anonymousId")
     traits = None
     fields = {}
     if call == "track":
@@ -268,12 +277,15 @@ def _parse_segment(d: dict, call: str, raw: bytes) -> Event:
         ctype, known = call, False
     if cid is None and anon is None:
         raise Rejected(NO_CUSTOMER, "no userId or anonymousId")
-    for key in SEGMENT_TIME_FIELDS:
-        t = d.get(key)
-        if t is not None:
-            break
-    else:
-        raise Rejected(MISSING_TIME, "no timestamp (or originalTimestamp, sentAt, receivedAt)")
+    key = "timestamp"
+    t = d.get(key)
+    if t is None:
+        for key in SEGMENT_TIME_FIELDS[1:]:
+            t = d.get(key)
+            if t is not None:
+                break
+        else:
+            raise Rejected(MISSING_TIME, "no timestamp (or originalTimestamp, sentAt, receivedAt)")
     try:
         ts = parse_time(t)
     except TimeError as e:

@@ -81,13 +81,16 @@ class Timeline:
             return
         self.watermark = watermark
         buf, engine = self.buffer, self.engine
+        fire_due, apply, pop, released = engine.fire_due, engine.apply, heapq.heappop, self.released
+        timers = engine.heap  # the engine's timer heap (always the same list)
         while buf and buf[0][0] <= watermark:
-            ts, _id, _seq, ev, token = heapq.heappop(buf)
-            engine.fire_due(ts - 1)
-            engine.apply(ev)
+            ts, _id, _seq, ev, token = pop(buf)
+            if timers and timers[0][0] < ts:
+                fire_due(ts - 1)
+            apply(ev)
             if token is not None:
-                self.released.append(token)
-        engine.fire_due(watermark)
+                released.append(token)
+        fire_due(watermark)
 
     def flush(self, until: int | None = None) -> None:
         """Apply everything buffered (end of input)."""

@@ -25,6 +25,7 @@ MAX_TS = 7258118400000
 
 
 _MS = timedelta(milliseconds=1)
+_fromisoformat = datetime.fromisoformat
 
 
 class TimeError(ValueError):
@@ -37,6 +38,16 @@ def parse_time(value) -> int:
     Returns epoch milliseconds. Raises :class:`TimeError` with a readable
     message otherwise. Booleans are not numbers here.
     """
+    if type(value) is str and not value.isdigit():
+        # the usual case first: ISO-8601 as sent (whitespace and the rest take the long way)
+        try:
+            dt = _fromisoformat(value)
+        except ValueError:
+            dt = None
+        if dt is not None and dt.tzinfo is not None:
+            ms = round(dt.timestamp() * 1000) if dt.microsecond % 1000 == 0 else (dt - EPOCH) // _MS
+            if MIN_TS <= ms <= MAX_TS:
+                return ms
     if isinstance(value, str):
         s = value.strip()
         if not s:

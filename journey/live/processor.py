@@ -110,14 +110,19 @@ class PartitionProcessor:
 
     # -- time ----------------------------------------------------------------------
     def offer(self, topic: str, ev, token, wall_ms: int) -> None:
-        """Take one event read from ``topic``; call ``settle`` after a batch."""
+        """Take one event read from ``topic``; call ``settle`` after a batch. (The worker
+        offers a fetch's events to ``timeline.offer(ev, token, False)`` itself, then
+        calls ``arrived`` once with their latest time.)"""
+        self.timeline.offer(ev, token, auto=False)
+        self.arrived(topic, ev.ts, wall_ms)
+
+    def arrived(self, topic: str, latest_ts: int, wall_ms: int) -> None:
+        """Events up to ``latest_ts`` were read from ``topic`` at ``wall_ms``."""
         self.last_arrival = wall_ms
         self.quiet_base = None
-        latest = self.latest
-        m = latest.get(topic)
-        if m is None or ev.ts > m:
-            latest[topic] = ev.ts
-        self.timeline.offer(ev, token, auto=False)
+        m = self.latest.get(topic)
+        if m is None or latest_ts > m:
+            self.latest[topic] = latest_ts
 
     def settle(self, behind) -> None:
         """Move the watermark as far as the inputs allow; ``behind(topic)`` tells whether

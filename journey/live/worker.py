@@ -332,6 +332,7 @@ class Runtime:
         touched = set()
         procs = self.procs
         part = self.partition
+        memo = part.memo
         parse = intake.parse
         max_bytes = self.max_bytes
         internal = topics.INTERNAL
@@ -345,7 +346,8 @@ class Runtime:
             topic = tp.topic
             self.read[tp] = recs[-1].offset
             touched.add(p)
-            offer = proc.offer
+            offer = proc.timeline.offer
+            top = None   # the latest event time among them
             n = 0
             for rec in recs:
                 if rec.headers and self._control(proc, tp, rec):
@@ -362,7 +364,9 @@ class Runtime:
                     continue
                 key = ev.cid if ev.cid is not None else "anon:" + ev.anon
                 if topic != internal:
-                    want = part(key)
+                    want = memo.get(key)
+                    if want is None:
+                        want = part(key)
                     if want != p:
                         counts["rekeyed"] += 1
                         self.out[internal].send_soon(key=key.encode(), value=raw, partition=want,
@@ -371,10 +375,15 @@ class Runtime:
                         continue
                 n += 1
                 consumed[(topic, ev.type if ev.known else "other")] += 1
-                behind_s = (wall - ev.ts) / 1000.0
+                ts = ev.ts
+                if top is None or ts > top:
+                    top = ts
+                behind_s = (wall - ts) / 1000.0
                 lag_counts[bisect_left(lag_bounds, behind_s)] += 1
                 lag_sum += behind_s
-                offer(topic, ev, (tp, rec.offset, received), wall)
+                offer(ev, (tp, rec.offset, received), False)
+            if n:
+                proc.arrived(topic, top, wall)
             counts["events"] += n
         lag.sum += lag_sum
         for p in touched:
