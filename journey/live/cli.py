@@ -9,7 +9,10 @@ from .. import topics
 
 ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION> (for example "
             "JOURNEY_BROKER, JOURNEY_STORE, JOURNEY_WEB_PORT, JOURNEY_RULES, JOURNEY_LATENESS); "
-            "a flag wins over the environment.")
+            "a flag wins over the environment. Tuning, environment only: JOURNEY_BATCH (records "
+            "handed over per fetch, 4000), JOURNEY_CHECKPOINT (seconds between state writes, 0.5), "
+            "JOURNEY_FETCH_WAIT (the longest a Fetch waits on the broker, 0.05), JOURNEY_COMMIT_INTERVAL "
+            "(seconds, 1), JOURNEY_GC_GEN0 (allocations between young garbage-collector passes, 50000).")
 
 
 def cmd_worker(a) -> int:
