@@ -66,6 +66,10 @@ class Stats:
         }
 
 
+def _second(kv):
+    return kv[1]
+
+
 class ListSink:
     """Collects outputs in lists (tests, backtest)."""
 
@@ -102,6 +106,10 @@ class Engine:
         # the live worker sets a set here to learn which customers' state changed (to persist
         # them); replay leaves it None
         self.dirty: set | None = None
+        # live only: ``owns(key)`` tells whether a state key lives on this engine's partition,
+        # and ``handoffs`` collects what must go to another partition (see ``hand_off``)
+        self.owns = None
+        self.handoffs: list | None = None
 
     # -- the timeline --------------------------------------------------------------
     def fire_due(self, upto: int) -> None:
@@ -174,7 +182,13 @@ class Engine:
         """Apply one validated event (``intake.Event``) at its event time."""
         cid = ev.cid
         if cid is None:
-            key = self.aliases.get(ev.anon) or "anon:" + ev.anon
+            key = self.aliases.get(ev.anon)
+            if key is None:
+                key = "anon:" + ev.anon
+            elif self.owns is not None and not self.owns(key):
+                # live: the visitor was handed off to a customer on another partition
+                self.handoffs.append(("forward", key, ev))
+                return
         else:
             key = cid
             if ev.anon is not None and self.aliases.get(ev.anon) != cid:
@@ -221,6 +235,10 @@ class Engine:
             # restart, Kafka redelivers from the last committed offset), so it counts as one
             return True
         seen[h] = ev.ts
+        if st.last_ts is not None and ev.ts < st.last_ts:
+            # an event older than the customer's newest (late, or a visitor's event forwarded
+            # live): keep the memory oldest first, as in-order input leaves it
+            st.seen = seen = dict(sorted(seen.items(), key=_second))
         if len(seen) > self._dedup_max or next(iter(seen.values())) < ev.ts - self._dedup_window:
             # forget ids older than the window, and the oldest beyond the cap (down to 3/4 of
             # it, so the pruning is amortized over several events)
@@ -232,11 +250,21 @@ class Engine:
         return False
 
     def _link(self, anon: str, cid: str) -> None:
-        """Attribute an anonymous visitor to a customer (identify, alias, or an event with both ids)."""
+        """Attribute an anonymous visitor to a customer (identify, alias, or an event with both ids).
+
+        Live, the visitor's state may live on another partition: then it is asked for there
+        (a ``link`` hand-off) and arrives later through ``absorb_visitor``."""
         self.aliases[anon] = cid
+        vkey = "anon:" + anon
+        if self.owns is not None and not self.owns(vkey):
+            self.handoffs.append(("link", vkey, anon, cid))
+            old = None
+        else:
+            old = self.states.pop(vkey, None)
         if self.dirty is not None:
-            self.dirty.update((cid, "anon:" + anon))
-        old = self.states.pop("anon:" + anon, None)
+            self.dirty.add(cid)
+            if old is not None:
+                self.dirty.add(vkey)
         st = self.states.get(cid)
         if st is None:
             st = self.states[cid] = CustomerState()
@@ -247,6 +275,44 @@ class Engine:
         if old is not None:
             st.absorb(old)
             self._reschedule(cid, st)
+
+    # -- live: a visitor and its customer on different partitions --------------------
+    def hand_off(self, anon: str, cid: str) -> CustomerState | None:
+        """On the visitor's partition: the visitor is now ``cid`` (a ``link`` hand-off). Its
+        state is replaced by a forwarding stub (so later events of the visitor go to the
+        customer, also after a restart) and returned, to be absorbed where ``cid`` lives;
+        None when there is nothing to hand over (no state, or already handed off)."""
+        vkey = "anon:" + anon
+        old = self.states.get(vkey)
+        self.aliases[anon] = cid
+        if old is not None and old.fwd == cid:
+            return None  # a hand-off read again (redelivery)
+        stub = CustomerState()
+        stub.anon = True
+        stub.fwd = cid
+        self.states[vkey] = stub
+        if self.dirty is not None:
+            self.dirty.add(vkey)
+        if old is None or old.fwd is not None or old.erased is not None:
+            return None
+        return old
+
+    def absorb_visitor(self, cid: str, anon: str, old: CustomerState) -> None:
+        """On the customer's partition: merge a visitor's state handed over by ``hand_off``
+        (once per visitor, however often the hand-off is delivered)."""
+        st = self.states.get(cid)
+        if st is None:
+            st = self.states[cid] = CustomerState()
+        if st.erased is not None or anon in st.merged:
+            return
+        st.merged.append(anon)
+        if anon not in st.anons:
+            st.anons.append(anon)
+        self.aliases[anon] = cid
+        st.absorb(old)
+        if self.dirty is not None:
+            self.dirty.add(cid)
+        self._reschedule(cid, st)
 
     def _erase(self, key: str, st: CustomerState, ts: int) -> None:
         """Delete everything kept about the customer; keep only the erasure marker."""

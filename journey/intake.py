@@ -59,7 +59,7 @@ class Event:
     normalized fields the rules read, ``traits`` the profile traits of a
     ``profile.updated``."""
 
-    __slots__ = ("id", "cid", "anon", "type", "ts", "f", "touch", "known", "traits")
+    __slots__ = ("id", "cid", "anon", "type", "ts", "f", "touch", "known", "traits", "raw")
 
     def __init__(self, id, cid, anon, type, ts, f, touch, known, traits=None):
         self.id = id
@@ -71,6 +71,7 @@ class Event:
         self.touch = touch
         self.known = known
         self.traits = traits
+        self.raw = None  # live: the record's bytes, kept for a visitor's event (it may be forwarded)
 
     @property
     def key(self) -> str:

@@ -39,6 +39,8 @@ class CustomerState:
         "anons",       # anonymous ids linked to this customer
         "erased",      # erasure time: nothing else is kept
         "clv",         # purchase statistics for the CLV model: [repeat_periods, last_period_day, spend_sum]
+        "fwd",         # live, a visitor handed off to a customer on another partition: that customer
+        "merged",      # live, visitors whose state was handed over and absorbed here
         "heap_due",    # (not serialized) the due time this state has in the engine's timer heap
     )
 
@@ -67,6 +69,8 @@ class CustomerState:
         self.anons = []
         self.erased = None
         self.clv = None
+        self.fwd = None
+        self.merged = []
         self.heap_due = None
 
     # -- timers --------------------------------------------------------------
@@ -79,6 +83,8 @@ class CustomerState:
     def to_dict(self) -> dict:
         if self.erased is not None:
             return {"x": self.erased}
+        if self.fwd is not None:
+            return {"fw": self.fwd}
         d = {}
         if self.anon:
             d["a"] = 1
@@ -115,6 +121,8 @@ class CustomerState:
             d["an"] = self.anons
         if self.clv is not None:
             d["cv"] = self.clv
+        if self.merged:
+            d["mg"] = self.merged
         return d
 
     def to_bytes(self) -> bytes:
@@ -125,6 +133,10 @@ class CustomerState:
         s = cls()
         if "x" in d:
             s.erased = d["x"]
+            return s
+        if "fw" in d:
+            s.anon = True
+            s.fwd = d["fw"]
             return s
         s.anon = bool(d.get("a"))
         s.tz = d.get("tz")
@@ -147,6 +159,7 @@ class CustomerState:
         s.last_ts = d.get("l")
         s.anons = d.get("an", [])
         s.clv = d.get("cv")
+        s.merged = d.get("mg", [])
         return s
 
     @classmethod
@@ -188,7 +201,9 @@ class CustomerState:
                 self.hdev = max(-50.0, min(50.0, self.hdev + other.hdev))
                 self.hts = max(self.hts, other.hts)
         self.tickets.update(other.tickets)
-        self.seen.update(other.seen)
+        # oldest first, as the dedup memory is pruned from its start (and the same whichever
+        # side arrived first: live, the visitor's state may be absorbed after newer events)
+        self.seen = dict(sorted({**self.seen, **other.seen}.items(), key=lambda kv: kv[1]))
         for k, v in other.occ.items():
             self.occ.setdefault(k, v)
         if other.last_ts is not None:

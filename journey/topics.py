@@ -55,8 +55,10 @@ _CATALOG = [
     (SUPPORT, "source", "delete", 7 * DAY_MS, "event.schema.json",
      "tickets, agent replies, resolutions, surveys, reviews, referrals; keyed by customer id"),
     (INTERNAL, "internal", "delete", 7 * DAY_MS, "event.schema.json",
-     "events re-keyed by customer id (their producer keyed them otherwise), and watermark markers "
-     "from `journey produce --until`; the record timestamp is the event time"),
+     "events re-keyed by customer id (their producer keyed them otherwise), watermark markers "
+     "from `journey produce --until`, and visitor hand-offs (header journey-control: link or absorb) "
+     "between the partitions of an anonymous visitor and its customer; the record timestamp of an "
+     "event is its event time"),
     (TRIGGERS, "output", "delete", 14 * DAY_MS, "trigger.schema.json",
      "triggers as CloudEvents 1.0 (structured JSON), keyed by customer id"),
     (AUDIT, "output", "delete", 14 * DAY_MS, "audit.schema.json",

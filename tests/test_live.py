@@ -224,3 +224,71 @@ def test_two_workers_split_partitions(broker, tmp_path):
 def _debug_state_diff(a: bytes, b: bytes) -> str:
     da, db = orjson.loads(a), orjson.loads(b)
     return "; ".join(f"{k}: {da.get(k)!r} != {db.get(k)!r}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)) or f"bytes {a!r} != {b!r}"
+
+
+def test_visitors_on_other_partitions_are_attributed_to_their_customers(broker, tmp_path):
+    # Visitors browse and start checkouts anonymously, then log in (identify with both ids).
+    # Most visitors hash to another partition than their customer: the worker hands their
+    # state over through journey.internal, and later events of a visitor are forwarded. The
+    # log is produced in two steps, so the hand-offs are done before event time reaches the
+    # visitors' cart timers (as live, where a hand-off takes milliseconds and a cart waits an
+    # hour); then triggers and customer states equal replay's.
+    from journey.live.kafka import Partitioner
+
+    part = Partitioner(topics.PARTITIONS)
+    first, later = [], []
+    n = 30
+    for i in range(n):
+        anon, cid = f"visitor-{i}", f"cust-h{i}"
+        t0 = T("2026-03-01T10:00:00Z") + i * 60_000
+        v = lambda type_, dt, id_, **p: {"id": id_, "anonymous_id": anon, "type": type_, "ts": t0 + dt, "props": p}  # noqa: E731
+        first += [v("product.viewed", 0, f"{anon}-1", product_id="p1"),
+                  v("cart.product_added", 30_000, f"{anon}-2", product_id="p1", price=20),
+                  v("checkout.started", 60_000, f"{anon}-3", checkout_id=f"k{i}", value=20),
+                  identify(cid, t0 + 300_000, id=f"{anon}-login", timezone="Europe/Berlin")]
+        first[-1]["anonymousId"] = anon
+        later.append(v("page.viewed", 2 * 3600_000, f"{anon}-4"))
+        if i % 2:
+            later.append(ev("order.completed", cid, t0 + 600_000, id=f"{cid}-o", order_id=f"o{i}", revenue=20))
+    apart = sum(part("anon:" + f"visitor-{i}") != part(f"cust-h{i}") for i in range(n))
+    assert apart >= n // 2, "most visitors must live on another partition than their customer"
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in first + later))
+    keep = []
+    want_t, _a, _d = replayed(tmp_path, log, keep=keep)
+    engine = keep[0]
+    assert want_t, "abandoned checkouts of the visitors who did not order"
+
+    (tmp_path / "first.jsonl").write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in first))
+    (tmp_path / "later.jsonl").write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in later))
+    w = Worker(broker, tmp_path, name="w")
+    try:
+        w.wait_ready()
+        # event time to 10:40 (every login is before; the first cart timer is due after 11:00)
+        produce_log(broker, tmp_path / "first.jsonl", until=T("2026-03-01T10:40:00Z"))
+
+        def linked():
+            heads = [dict(h).get("journey-control") for *_r, h in read_topic(broker, topics.INTERNAL, idle_ms=200)]
+            return heads.count(b"link") >= apart
+
+        def idle():
+            detail = w.wait_ready()["detail"].values()
+            return all(not d["behind"] and not d["waiting"] for d in detail)
+        wait_for(linked, 60, "the customers' partitions to ask for their visitors", every=0.3)
+        time.sleep(1.0)
+        wait_for(idle, 30, "the hand-offs to be read", every=0.3)
+        produce_log(broker, tmp_path / "later.jsonl", until=T(UNTIL))
+        want = {t["id"] for t in want_t}
+        wait_for(lambda: set(trigger_ids(broker)) >= want, 60, "every trigger")
+        time.sleep(1.5)
+        assert set(trigger_ids(broker)) == want
+        states = _changelog_states(broker)
+        for i in range(n):
+            cid, anon = f"cust-h{i}", f"visitor-{i}"
+            got = orjson.loads(_comparable(states[cid]))
+            assert got.pop("mg", [anon]) == [anon]
+            assert got == orjson.loads(_comparable(engine.states[cid])), cid
+            if part("anon:" + anon) != part(cid):
+                assert states["anon:" + anon].fwd == cid  # later events of the visitor go to the customer
+    finally:
+        w.stop()

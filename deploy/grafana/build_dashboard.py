@@ -181,8 +181,10 @@ def dashboard() -> dict:
              "Why records were rejected (each one is a dead letter)")
     b.series("Redeliveries, late and re-keyed events/s",
              [q(rate("journey_events_duplicate_total"), "duplicate"), q(rate("journey_events_late_total"), "late"),
-              q(rate("journey_events_rekeyed_total"), "re-keyed")], "ops",
-             "Duplicates are redeliveries recognized by event id; late events arrived behind the watermark")
+              q(rate("journey_events_rekeyed_total"), "re-keyed"),
+              q(rate("journey_visitor_handoffs_total", "kind"), "visitor hand-off: {{kind}}")], "ops",
+             "Duplicates are redeliveries recognized by event id; late events arrived behind the watermark; "
+             "visitor hand-offs move an anonymous visitor's state and later events to its customer's partition")
 
     b.row("Relationships (aggregates)")
     b.series("Customers by stage", [q("sum by (stage) (journey_customers_by_stage)", "{{stage}}")], "short",

@@ -121,6 +121,14 @@ class WorkerCollector:
         rekeyed.add_metric([], rt.counts["rekeyed"])
         yield rekeyed
 
+        handoffs = CounterMetricFamily("journey_visitor_handoffs_total",
+                                       "Records written to journey.internal because a visitor and its customer live on "
+                                       "different partitions: link (state asked for), absorb (state handed over), "
+                                       "forward (a later event of the visitor)", labels=["kind"])
+        for kind in ("link", "absorb", "forward"):
+            handoffs.add_metric([kind], rt.handoffs[kind])
+        yield handoffs
+
         trig = CounterMetricFamily("journey_triggers_total", "Triggers emitted, by rule and kind",
                                    labels=["rule", "kind"])
         for rule, n in sorted(stats.triggers.items()):

@@ -59,12 +59,16 @@ class Outbox:
 
 
 class PartitionProcessor:
-    def __init__(self, config, partition: int, lateness_ms: int, idle_ms: int):
+    def __init__(self, config, partition: int, lateness_ms: int, idle_ms: int, partition_of=None):
         self.partition = partition
         self.idle_ms = idle_ms
         self.outbox = Outbox()
         self.engine = Engine(config, self.outbox)
         self.engine.dirty = set()
+        if partition_of is not None:
+            # keys of other partitions: a visitor and its customer may live apart (see handoff)
+            self.engine.owns = lambda key: partition_of(key) == partition
+            self.engine.handoffs = []
         self.timeline = Timeline(self.engine, lateness_ms)
         self.last_arrival: int | None = None   # wall ms of the last record
         self.wm_saved: int | None = None
@@ -88,6 +92,8 @@ class PartitionProcessor:
             else:
                 st = CustomerState.from_bytes(raw)
                 states[key] = st
+                if st.fwd is not None:  # a visitor handed off to a customer elsewhere
+                    self.engine.aliases[key[len("anon:"):]] = st.fwd
                 for anon in st.anons:
                     self.engine.aliases[anon] = key
         self.engine.rebuild_timers()
@@ -107,6 +113,27 @@ class PartitionProcessor:
             self.wm_saved = wm
             out.append((watermark_key(self.partition), str(wm).encode()))
         return out
+
+    # -- a visitor and its customer on different partitions ---------------------------
+    def handoff(self, kind: str, body: dict, token) -> None:
+        """A hand-off record read from ``journey.internal``:
+
+        * ``link`` (on the visitor's partition): the visitor ``anon`` is customer ``cid``;
+          its state is sent on to the customer's partition as an ``absorb``, and later
+          events of the visitor are forwarded there.
+        * ``absorb`` (on the customer's partition): merge the visitor's state.
+
+        Like an event, the record is acknowledged only after the state it changed is
+        written (the next checkpoint)."""
+        engine = self.engine
+        if kind == "link":
+            old = engine.hand_off(body["anon"], body["cid"])
+            if old is not None:
+                engine.handoffs.append(("absorb", body["cid"], body["anon"], old.to_dict()))
+        else:
+            engine.absorb_visitor(body["cid"], body["anon"], CustomerState.from_dict(body["state"]))
+        if token is not None:
+            self.timeline.released.append(token)
 
     # -- time ----------------------------------------------------------------------
     def offer(self, topic: str, ev, token, wall_ms: int) -> None:

@@ -62,6 +62,9 @@ CLOUDEVENTS_JSON = [("content-type", b"application/cloudevents+json"), ("journey
 JSON = [("content-type", b"application/json")]
 NO_HEADERS: list = []
 CONTROL_HEADER = "journey-control"
+LINK_HEADERS = [(CONTROL_HEADER, b"link")]
+ABSORB_HEADERS = [(CONTROL_HEADER, b"absorb")]
+HANDOFFS = (b"link", b"absorb")
 
 
 @dataclass
@@ -259,6 +262,7 @@ class Runtime:
         # so these win when the partition's customers are loaded
         self.tail: dict[int, dict] = {}
         self.counts = {"events": 0, "rekeyed": 0, "deadletters": 0, "late": 0, "state_writes": 0}
+        self.handoffs: Counter = Counter()      # link / absorb / forward records written
         # for /metrics (journey.live.metrics): counts only, never a customer id
         self.consumed: Counter = Counter()      # (topic, event type) -> events accepted
         self.rejected: Counter = Counter()      # reason -> records rejected
@@ -299,7 +303,7 @@ class Runtime:
                     items[p][k.decode() if isinstance(k, bytes) else k] = v
             items = {p: [(k, v) for k, v in kv.items() if v is not None] for p, kv in items.items()}
             for p in sorted(new):
-                proc = PartitionProcessor(self.config, p, self.lateness, self.idle)
+                proc = PartitionProcessor(self.config, p, self.lateness, self.idle, partition_of=self.partition)
                 proc.anchor = _Anchor(p, self.table.changelog_topic.get_topic_name())
                 proc.load(items[p])
                 self.procs[p] = proc
@@ -362,7 +366,10 @@ class Runtime:
                     self._deadletter(r.reason, r.detail, tp, rec.offset, raw)
                     acks.append((tp, rec.offset, received))
                     continue
-                key = ev.cid if ev.cid is not None else "anon:" + ev.anon
+                key = ev.cid
+                if key is None:  # a visitor: under its customer's id once they are linked
+                    ev.raw = raw
+                    key = proc.engine.aliases.get(ev.anon) or "anon:" + ev.anon
                 if topic != internal:
                     want = memo.get(key)
                     if want is None:
@@ -414,7 +421,16 @@ class Runtime:
         for k, v in rec.headers:
             if k == CONTROL_HEADER:
                 token = (tp, rec.offset, None)  # a marker: no event, no latency
-                if v == b"watermark":
+                if v in HANDOFFS:
+                    try:
+                        body = orjson.loads(rec.value)
+                        proc.handoff(v.decode(), body, token)
+                    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError):
+                        self.rejected["bad_field"] += 1
+                        self._deadletter("bad_field", f"a {v.decode()} hand-off record that cannot be read",
+                                         tp, rec.offset, rec.value or b"")
+                        self.acks.append(token)
+                elif v == b"watermark":
                     try:
                         proc.mark(tp.topic, int(rec.value), token)
                     except (TypeError, ValueError):
@@ -489,6 +505,9 @@ class Runtime:
         """Batch the output of a step for the producer (sent by ``send_outputs`` right after
         the step: triggers are not held back); the records it applied wait for the next
         checkpoint to be acknowledged."""
+        handoffs = proc.engine.handoffs
+        if handoffs:
+            self._send_handoffs(handoffs)
         recs = proc.outbox.records
         if recs:
             emit = self._emit
@@ -513,17 +532,39 @@ class Runtime:
             proc.applied.extend(released)
             released.clear()
 
-    def _emit(self, topic: str, partition: int, key: bytes, value: bytes, headers) -> None:
+    def _send_handoffs(self, handoffs: list) -> None:
+        """A visitor and its customer on different partitions (``PartitionProcessor.handoff``):
+        ``link`` asks the visitor's partition for its state, ``absorb`` carries the state to the
+        customer's, ``forward`` takes a later event of the visitor there (its event time kept
+        as the record timestamp). All go through ``journey.internal``, keyed as the table is."""
+        part = self.partition
+        for h in handoffs:
+            kind = h[0]
+            if kind == "forward":
+                _k, cid, ev = h
+                self._emit(topics.INTERNAL, part(cid), cid.encode(), ev.raw, NO_HEADERS, timestamp=ev.ts)
+            elif kind == "link":
+                _k, vkey, anon, cid = h
+                self._emit(topics.INTERNAL, part(vkey), vkey.encode(), orjson.dumps({"anon": anon, "cid": cid}),
+                           LINK_HEADERS)
+            else:
+                _k, cid, anon, state = h
+                self._emit(topics.INTERNAL, part(cid), cid.encode(),
+                           orjson.dumps({"anon": anon, "cid": cid, "state": state}), ABSORB_HEADERS)
+            self.handoffs[kind] += 1
+        handoffs.clear()
+
+    def _emit(self, topic: str, partition: int, key: bytes, value: bytes, headers, timestamp: int | None = None) -> None:
         """Append one record to the open batch of its topic partition (aiokafka's own batch
         builder: one ``send_batch`` per topic partition per step, not a send per record)."""
         slot = (topic, partition)
         b = self.building.get(slot)
-        if b is not None and b.append(timestamp=None, key=key, value=value, headers=headers) is not None:
+        if b is not None and b.append(timestamp=timestamp, key=key, value=value, headers=headers) is not None:
             return
         if b is not None:
             self.sealed.append((topic, partition, b))
         b = self.building[slot] = self.app.producer._ensure_producer().create_batch()
-        if b.append(timestamp=None, key=key, value=value, headers=headers) is None:
+        if b.append(timestamp=timestamp, key=key, value=value, headers=headers) is None:
             raise ValueError(f"a record of {len(value)} bytes does not fit in a producer batch")
 
     async def send_outputs(self) -> None:
