@@ -79,6 +79,45 @@ def test_end_to_end_triggers_audit_and_deadletters(broker, tmp_path):
         assert w.stop() == 0, w.log.read_text()[-3000:]
 
 
+def test_an_oversized_record_is_dead_lettered_and_the_worker_carries_on(broker, tmp_path):
+    # a record past [engine] max_record_bytes, and past what a dead letter keeps of it
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from journey.live.kafka import bootstrap
+    from journey.live.worker import DEADLETTER_RAW_MAX
+
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[engine]\nmax_record_bytes = 1000\n")
+    big = orjson.dumps(ev("page.viewed", "zed", "2026-03-01T10:00:00Z", id="big", note="x" * 300_000))
+    order = orjson.dumps(ev("order.completed", "zed", "2026-03-01T10:01:00Z", id="o", order_id="o-9", revenue=10))
+
+    async def send():
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap(broker), max_request_size=4 << 20)
+        await p.start()
+        try:
+            await p.send_and_wait(topics.CLICKSTREAM, big, key=b"zed")
+            await p.send_and_wait(topics.PURCHASES, order, key=b"zed")
+        finally:
+            await p.stop()
+
+    w = Worker(broker, tmp_path, rules=str(rules), idle="1s")
+    try:
+        w.wait_ready()
+        asyncio.run(send())
+        dls = wait_for(lambda: read_topic(broker, topics.DEADLETTER, idle_ms=200), 30, "the dead letter")
+        (rec,) = [orjson.loads(v) for _k, v, *_ in dls]
+        assert rec["reason"] == "too_large" and rec["topic"] == topics.CLICKSTREAM
+        assert big.startswith(rec["raw"].encode()) and len(rec["raw"]) == DEADLETTER_RAW_MAX
+        assert f"the first {DEADLETTER_RAW_MAX} of {len(big)} bytes" in rec["detail"]
+        got = wait_for(lambda: read_topic(broker, topics.TRIGGERS, idle_ms=200), 30, "the next event's trigger")
+        assert [orjson.loads(v)["subject"] for _k, v, *_ in got] == ["zed"]
+        assert w.proc.poll() is None
+    finally:
+        assert w.stop() == 0, w.log.read_text()[-3000:]
+
+
 def _check_metrics(w, want_t, want_d):
     """/metrics: valid exposition text whose numbers agree with what the worker produced,
     and no customer id anywhere in it."""

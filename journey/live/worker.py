@@ -61,6 +61,8 @@ ENV_PREFIX = "JOURNEY_"
 CLOUDEVENTS_JSON = [("content-type", b"application/cloudevents+json"), ("journey-origin", b"live")]
 JSON = [("content-type", b"application/json")]
 NO_HEADERS: list = []
+DEADLETTER_RAW_MAX = 128 << 10   # bytes of a rejected record kept in its dead letter (JSON escaping may grow
+                                 # them up to 6x; a producer batch holds 1 MiB)
 CONTROL_HEADER = "journey-control"
 LINK_HEADERS = [(CONTROL_HEADER, b"link")]
 ABSORB_HEADERS = [(CONTROL_HEADER, b"absorb")]
@@ -255,7 +257,6 @@ class Runtime:
         self.partition = Partitioner(settings.partitions)
         self.procs: dict[int, PartitionProcessor] = {}
         self.table: CustomerTable | None = None
-        self.out: dict[str, faust.types.TopicT] = {}
         self.recovered_tail = 0
         # partition -> {key: newest value} read by the recovery check: Faust's recovery may
         # still apply records of its last batch after the check (older values over newer),
@@ -376,8 +377,7 @@ class Runtime:
                         want = part(key)
                     if want != p:
                         counts["rekeyed"] += 1
-                        self.out[internal].send_soon(key=key.encode(), value=raw, partition=want,
-                                                     timestamp=ev.ts / 1000.0)
+                        self._emit(internal, want, key.encode(), raw, NO_HEADERS, timestamp=ev.ts)
                         acks.append((tp, rec.offset, received))
                         continue
                 n += 1
@@ -444,11 +444,18 @@ class Runtime:
         return False
 
     def _deadletter(self, reason: str, detail: str, tp, offset: int, raw: bytes) -> None:
+        """A rejected record to ``journey.deadletter`` (on its source partition), batched like
+        all output: acknowledged only once it is with the producer."""
         self.counts["deadletters"] += 1
         self.deadletters[tp.topic] += 1
+        if len(raw) > DEADLETTER_RAW_MAX:
+            # a record past the size limit: its head is enough to find it (topic, partition and
+            # offset say where the whole is), and the dead letter must fit in a producer batch
+            detail = f"{detail} (the first {DEADLETTER_RAW_MAX} of {len(raw)} bytes are kept here)"
+            raw = raw[:DEADLETTER_RAW_MAX]
         rec = deadletter_record(reason, detail, {"topic": tp.topic, "partition": tp.partition,
                                                  "offset": offset}, raw)
-        self.out[topics.DEADLETTER].send_soon(key=None, value=orjson.dumps(rec), headers=JSON)
+        self._emit(topics.DEADLETTER, tp.partition, None, orjson.dumps(rec), JSON)
 
     def stats_total(self) -> Stats:
         """The engine counters of every partition this worker holds or held."""
@@ -696,8 +703,6 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
         return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
                          value_serializer="raw", partitions=settings.partitions)
 
-    for name in (topics.TRIGGERS, topics.AUDIT, topics.DEADLETTER, topics.INTERNAL):
-        rt.out[name] = raw_topic(name)
     source = raw_topic(*topics.SOURCES, topics.INTERNAL)
 
     # no agent: the consumer hands each fetch to the runtime whole (journey.live.batching)
