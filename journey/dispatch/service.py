@@ -357,10 +357,13 @@ class Dispatcher:
                 await lane.limiter.acquire()
                 async with lane.slots:
                     status, error, retry_after = await self._post(ep, trigger["id"], rec.value)
+                    outcome = policy.classify(status)
+                    if outcome == policy.DELIVERED:
+                        # still holding the slot: a delivery counts as in flight until it is recorded,
+                        # so a crash repeats at most `concurrency` deliveries of an endpoint
+                        await self._record_delivered(ep.name, trigger["id"], where["partition"])
                 m.attempts.labels(ep.name, result_of(status, error)).inc()
-                outcome = policy.classify(status)
                 if outcome == policy.DELIVERED:
-                    await self._record_delivered(ep.name, trigger["id"], where["partition"])
                     m.deliveries.labels(ep.name, "delivered").inc()
                     m.latency.labels(ep.name).observe(time.monotonic() - read_at)
                     return
