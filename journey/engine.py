@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from operator import itemgetter
 
 from . import health, policy
 from .catalog import TOUCH_KINDS
@@ -64,10 +65,6 @@ class Stats:
             "deferred_by_rule": dict(sorted(self.deferred.items())),
             "transitions": dict(sorted(self.transitions.items())),
         }
-
-
-def _second(kv):
-    return kv[1]
 
 
 class ListSink:
@@ -238,7 +235,7 @@ class Engine:
         if st.last_ts is not None and ev.ts < st.last_ts:
             # an event older than the customer's newest (late, or a visitor's event forwarded
             # live): keep the memory oldest first, as in-order input leaves it
-            st.seen = seen = dict(sorted(seen.items(), key=_second))
+            st.seen = seen = dict(sorted(seen.items(), key=itemgetter(1)))
         if len(seen) > self._dedup_max or next(iter(seen.values())) < ev.ts - self._dedup_window:
             # forget ids older than the window, and the oldest beyond the cap (down to 3/4 of
             # it, so the pruning is amortized over several events)

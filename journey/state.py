@@ -8,6 +8,7 @@ customer per batch) and rebuild its timers from it after a restart.
 from __future__ import annotations
 
 import hashlib
+from operator import itemgetter
 
 import orjson
 
@@ -203,7 +204,7 @@ class CustomerState:
         self.tickets.update(other.tickets)
         # oldest first, as the dedup memory is pruned from its start (and the same whichever
         # side arrived first: live, the visitor's state may be absorbed after newer events)
-        self.seen = dict(sorted({**self.seen, **other.seen}.items(), key=lambda kv: kv[1]))
+        self.seen = dict(sorted({**self.seen, **other.seen}.items(), key=itemgetter(1)))
         for k, v in other.occ.items():
             self.occ.setdefault(k, v)
         if other.last_ts is not None:

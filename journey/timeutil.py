@@ -32,6 +32,11 @@ class TimeError(ValueError):
     """A time value that cannot be understood."""
 
 
+def _epoch_ms(dt: datetime) -> int:
+    """An aware datetime as epoch milliseconds (exact below the millisecond: floored)."""
+    return round(dt.timestamp() * 1000) if dt.microsecond % 1000 == 0 else (dt - EPOCH) // _MS
+
+
 def parse_time(value) -> int:
     """Parse an event time: ISO-8601 with ``Z`` or an offset, or epoch milliseconds.
 
@@ -45,7 +50,7 @@ def parse_time(value) -> int:
         except ValueError:
             dt = None
         if dt is not None and dt.tzinfo is not None:
-            ms = round(dt.timestamp() * 1000) if dt.microsecond % 1000 == 0 else (dt - EPOCH) // _MS
+            ms = _epoch_ms(dt)
             if MIN_TS <= ms <= MAX_TS:
                 return ms
     if isinstance(value, str):
@@ -61,7 +66,7 @@ def parse_time(value) -> int:
                 raise TimeError(f"not ISO-8601: {s[:40]!r}") from None
             if dt.tzinfo is None:
                 raise TimeError(f"time has no UTC offset or Z: {s[:40]!r}")
-            ms = round(dt.timestamp() * 1000) if dt.microsecond % 1000 == 0 else (dt - EPOCH) // _MS
+            ms = _epoch_ms(dt)
     elif isinstance(value, bool) or value is None:
         raise TimeError(f"not a time: {value!r}")
     elif isinstance(value, int):
