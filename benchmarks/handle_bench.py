@@ -26,11 +26,14 @@ from aiokafka.producer.message_accumulator import BatchBuilder  # noqa: E402
 from aiokafka.structs import ConsumerRecord  # noqa: E402
 from faust.types import TP  # noqa: E402
 
-from journey import intake, topics  # noqa: E402
-from journey.config import Config  # noqa: E402
-from journey.live.kafka import Partitioner  # noqa: E402
-from journey.live.worker import Runtime, Settings, tune_gc  # noqa: E402
-from journey.synth import write_log  # noqa: E402
+from journey.core import intake
+from journey.core.config import Config  # noqa: E402
+from journey.history.synth import write_log  # noqa: E402
+from journey.io import topics  # noqa: E402
+from journey.io.kafka import Partitioner  # noqa: E402
+from journey.live.gcpolicy import tune_gc  # noqa: E402
+from journey.live.runtime import Runtime  # noqa: E402
+from journey.live.settings import Settings  # noqa: E402
 
 BATCH = 4000
 
@@ -69,7 +72,7 @@ def records(path: str) -> tuple[dict, dict]:
 
 def run(by_tp: dict, ends: dict) -> tuple[int, float]:
     from journey.live.processor import PartitionProcessor
-    from journey.live.worker import _Anchor
+    from journey.live.table import _Anchor
 
     rt = Runtime(Settings(), Config())
     rt.app = SimpleNamespace(consumer=_Consumer(ends), producer=_Producer())

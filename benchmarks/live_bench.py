@@ -31,11 +31,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from journey import topics  # noqa: E402
+from journey.history.synth import write_log  # noqa: E402
+from journey.io import topics  # noqa: E402
+from journey.io.kafka import bootstrap  # noqa: E402
 from journey.live.broker import EmbeddedBroker, die_with_parent, free_port, spawn_worker  # noqa: E402
-from journey.live.kafka import bootstrap  # noqa: E402
 from journey.live.produce import produce  # noqa: E402
-from journey.synth import write_log  # noqa: E402
 
 FAUST_APP = textwrap.dedent('''
     import os, sys, time, faust

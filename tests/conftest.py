@@ -3,9 +3,9 @@ import itertools
 import orjson
 import pytest
 
-from journey.config import Config
-from journey.replay import replay
-from journey.timeutil import format_time, parse_time
+from journey.core.timeutil import format_time, parse_time
+from journey.history.replay import replay
+from journey.io.rulefile import config_from
 
 _ids = itertools.count()
 
@@ -58,7 +58,7 @@ def run(tmp_path):
         outs = {k: tmp_path / f"{k}{n}.jsonl" for k in ("out", "audit", "dl", "tr")}
         s = replay([src], str(outs["out"]), str(outs["audit"]), str(outs["dl"]),
                    until=T(until) if until else None, transitions=str(outs["tr"]),
-                   config=Config(rules or {}))
+                   config=config_from(rules or {}))
         read = lambda p: [orjson.loads(line) for line in p.read_bytes().splitlines()]
         return Result(read(outs["out"]), read(outs["audit"]), read(outs["dl"]), read(outs["tr"]), s)
 

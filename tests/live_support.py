@@ -9,9 +9,9 @@ import urllib.request
 
 import orjson
 
-from journey import topics
+from journey.io import topics
+from journey.io.kafka import bootstrap
 from journey.live.broker import free_port, spawn_worker
-from journey.live.kafka import bootstrap
 from journey.live.produce import produce
 
 

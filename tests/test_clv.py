@@ -12,14 +12,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from journey.clv import Model, summary
-from journey.config import Config
-from journey.engine import Engine, ListSink
-from journey.replay import Reader, replay
-from journey.timeline import drive
-from journey.timeutil import MS_DAY, MS_WEEK, format_time, parse_time
 from conftest import T, ev
+
+from journey.core.clv import Model, summary
+from journey.core.engine import Engine, ListSink
+from journey.core.timeline import drive
+from journey.core.timeutil import MS_DAY, MS_WEEK, format_time, parse_time
+from journey.io.logs import Reader
+from journey.io.rulefile import config_from
 
 CAL_END = "1997-09-30"
 
@@ -80,7 +80,7 @@ def test_p_alive_from_the_stream_equals_batch(cdnow, model_file, tmp_path):
     batch = {row["customer_id"]: row for row in csv.DictReader(io.StringIO(r.stdout))}
     assert len(batch) == 2357
     # stream: replay the calibration period with the model configured, up to the calibration end
-    cfg = Config({"clv": {"model": str(model_file)}})
+    cfg = config_from({"clv": {"model": str(model_file)}})
     eng = Engine(cfg, ListSink())
     end = parse_time(CAL_END + "T00:00:00Z")
     drive(eng, Reader([cdnow[1]]).events(), end)
@@ -150,15 +150,15 @@ def test_stages_follow_p_alive(run, clv_rules):
 
 
 def test_bad_model_path_is_a_clear_config_error(tmp_path):
-    from journey.config import ConfigError
+    from journey.core.config import ConfigError
 
     with pytest.raises(ConfigError) as e:
-        Config({"clv": {"model": str(tmp_path / "missing.json")}})
+        config_from({"clv": {"model": str(tmp_path / "missing.json")}})
     assert "journey clv fit" in str(e.value)
 
 
 def test_batch_statistics_share_the_streams_dedup_stitching_and_erasure(tmp_path):
-    from journey.clv import stats_from_log
+    from journey.history.clvfit import stats_from_log
 
     day = "2026-01-0{}T10:00:00Z"
     recs = [ev("order.completed", "c1", day.format(1), id="a", order_id="o1", revenue=10),

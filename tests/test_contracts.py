@@ -7,11 +7,12 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from journey.config import Config, load_config
-from journey.intake import REASONS
-from journey.replay import replay
-from journey.synth import write_log
-from journey.timeutil import parse_time
+from journey.core.config import Config
+from journey.core.intake import REASONS
+from journey.core.timeutil import parse_time
+from journey.history.replay import replay
+from journey.history.synth import write_log
+from journey.io.rulefile import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

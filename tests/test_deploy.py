@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -25,11 +24,11 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-
-from journey import topics
-from journey.live.broker import free_port
-from journey.synth import write_log
 from live_support import Worker, produce_log, read_topic, stop_process, wait_for
+
+from journey.history.synth import write_log
+from journey.io import topics
+from journey.live.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -11,21 +11,22 @@ import urllib.request
 
 import orjson
 import pytest
-from standardwebhooks import Webhook
-
 from conftest import T, ev
 from dispatch_support import Receiver
-from journey import topics
-from journey.config import ConfigError
+from live_support import Worker, produce_log, read_topic, stop_process, wait_for
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from journey.core.config import ConfigError
+from journey.core.timeutil import format_time
 from journey.dispatch import policy
 from journey.dispatch.config import parse_dispatch_config
 from journey.dispatch.ledger import Delivered, Offsets
 from journey.dispatch.signing import headers as sign_headers
 from journey.dispatch.signing import new_secret
+from journey.io import topics
+from journey.io.kafka import bootstrap
 from journey.live.broker import die_with_parent, free_port
-from journey.live.kafka import bootstrap
-from journey.timeutil import format_time
-from live_support import Worker, produce_log, read_topic, stop_process, wait_for
 
 SECRET, OLD_SECRET = new_secret(), new_secret()
 
@@ -46,9 +47,9 @@ def test_signatures_verify_with_the_standardwebhooks_package_for_every_secret_in
     assert h["webhook-id"] == "t1" and h["webhook-signature"].count("v1,") == 2
     for s in (SECRET, OLD_SECRET):
         assert Webhook(s).verify(body, h) == orjson.loads(body)
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(new_secret()).verify(body, h)
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(SECRET).verify(body.replace(b"t1", b"t2"), h)
 
 
@@ -137,7 +138,7 @@ LIVE = [("content-type", b"application/cloudevents+json"), ("journey-origin", b"
 def _produce(broker: str, triggers: list, headers=LIVE, raw: list[bytes] = ()) -> None:
     from aiokafka import AIOKafkaProducer
 
-    from journey.live.kafka import ensure_topics
+    from journey.io.kafka import ensure_topics
 
     async def go():
         await ensure_topics(broker)
@@ -329,9 +330,9 @@ def test_kill9_mid_delivery_loses_nothing_and_repeats_keep_their_webhook_id(brok
 
 
 def test_replayed_triggers_are_never_delivered_by_default(broker, tmp_path):
-    from journey.config import Config
-    from journey.replay import replay
-    from journey.synth import write_log
+    from journey.core.config import Config
+    from journey.history.replay import replay
+    from journey.history.synth import write_log
 
     log = tmp_path / "log.jsonl"
     write_log(str(log), customers=60, events=1200, seed=5)

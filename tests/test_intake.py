@@ -1,8 +1,8 @@
 import orjson
 import pytest
-
-from journey.intake import Rejected, parse
 from conftest import T
+
+from journey.core.intake import Rejected, parse
 
 
 def p(d):

@@ -10,14 +10,14 @@ import time
 
 import orjson
 import pytest
-
 from conftest import T, ev, identify
-from journey import topics
-from journey.config import Config
-from journey.replay import replay
-from journey.state import CustomerState
-from journey.synth import write_log
 from live_support import Worker, produce_log, read_topic, trigger_ids, wait_for
+
+from journey.core.config import Config
+from journey.core.state import CustomerState
+from journey.history.replay import replay
+from journey.history.synth import write_log
+from journey.io import topics
 
 UNTIL = "2027-01-01T00:00:00Z"   # after every synthetic event
 
@@ -85,8 +85,8 @@ def test_an_oversized_record_is_dead_lettered_and_the_worker_carries_on(broker, 
 
     from aiokafka import AIOKafkaProducer
 
-    from journey.live.kafka import bootstrap
-    from journey.live.worker import DEADLETTER_RAW_MAX
+    from journey.io.kafka import bootstrap
+    from journey.live.runtime import DEADLETTER_RAW_MAX
 
     rules = tmp_path / "rules.toml"
     rules.write_text("[engine]\nmax_record_bytes = 1000\n")
@@ -272,7 +272,7 @@ def test_visitors_on_other_partitions_are_attributed_to_their_customers(broker, 
     # log is produced in two steps, so the hand-offs are done before event time reaches the
     # visitors' cart timers (as live, where a hand-off takes milliseconds and a cart waits an
     # hour); then triggers and customer states equal replay's.
-    from journey.live.kafka import Partitioner
+    from journey.io.kafka import Partitioner
 
     part = Partitioner(topics.PARTITIONS)
     first, later = [], []
@@ -280,7 +280,8 @@ def test_visitors_on_other_partitions_are_attributed_to_their_customers(broker, 
     for i in range(n):
         anon, cid = f"visitor-{i}", f"cust-h{i}"
         t0 = T("2026-03-01T10:00:00Z") + i * 60_000
-        v = lambda type_, dt, id_, **p: {"id": id_, "anonymous_id": anon, "type": type_, "ts": t0 + dt, "props": p}  # noqa: E731
+        def v(type_, dt, id_, anon=anon, t0=t0, **p):
+            return {"id": id_, "anonymous_id": anon, "type": type_, "ts": t0 + dt, "props": p}
         first += [v("product.viewed", 0, f"{anon}-1", product_id="p1"),
                   v("cart.product_added", 30_000, f"{anon}-2", product_id="p1", price=20),
                   v("checkout.started", 60_000, f"{anon}-3", checkout_id=f"k{i}", value=20),

@@ -1,9 +1,9 @@
 """The contact policy: quiet hours, consent, gates, caps, erasure, anonymous visitors."""
 
 import pytest
-
-from journey.timeutil import MS_HOUR
 from conftest import T, ev, identify
+
+from journey.core.timeutil import MS_HOUR
 
 REQUIRED_AUDIT = {"trigger_id", "customer_id", "rule", "reason", "time"}
 

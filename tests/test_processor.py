@@ -2,10 +2,11 @@
 watermark of a quiet partition, watermark markers, and acknowledgement only once applied."""
 
 import orjson
-
 from conftest import T, ev
-from journey import intake, topics
-from journey.config import Config
+
+from journey.core import intake
+from journey.core.config import Config
+from journey.io import topics
 from journey.live.processor import PartitionProcessor
 
 SEC = 1000
@@ -81,7 +82,7 @@ def test_gc_tuning_freezes_and_a_full_pass_still_collects_frozen_cycles():
     import gc
     import weakref
 
-    from journey.live.worker import full_gc, tune_gc
+    from journey.live.gcpolicy import full_gc, tune_gc
 
     class Node:
         pass
@@ -118,7 +119,7 @@ def _apart(part, cid):
 def _live(events, until, deliver_twice=False):
     """The events through one PartitionProcessor per partition, routed as the worker routes
     them (by key, with the hand-offs going through journey.internal), applied as they come."""
-    from journey.live.kafka import Partitioner
+    from journey.io.kafka import Partitioner
 
     part = Partitioner(topics.PARTITIONS)
     cfg = Config()
@@ -129,7 +130,7 @@ def _live(events, until, deliver_twice=False):
         moved = True
         while moved:
             moved = False
-            for q, pr in procs.items():
+            for pr in procs.values():
                 out, pr.engine.handoffs[:] = list(pr.engine.handoffs), []
                 for h in out:
                     moved = True
@@ -161,8 +162,8 @@ def _live(events, until, deliver_twice=False):
 
 
 def _replayed(events, until):
-    from journey.engine import Engine
-    from journey.timeline import drive
+    from journey.core.engine import Engine
+    from journey.core.timeline import drive
 
     engine = Engine(Config())
     drive(engine, sorted((parse(d) for d in events), key=lambda e: (e.ts, e.id)), until)
@@ -170,7 +171,7 @@ def _replayed(events, until):
 
 
 def test_a_visitor_on_another_partition_is_handed_to_its_customer_as_replay_attributes_it():
-    from journey.live.kafka import Partitioner
+    from journey.io.kafka import Partitioner
 
     cid = "c-handoff"
     anon = _apart(Partitioner(topics.PARTITIONS), cid)

@@ -7,17 +7,17 @@ import sys
 
 import orjson
 import pytest
+from conftest import T, ev
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from journey.config import Config
-from journey.engine import Engine, ListSink
-from journey.intake import parse
-from journey.replay import replay
-from journey.state import CustomerState
-from journey.synth import generate, write_log
-from journey.timeline import Timeline, drive, order_key
-from conftest import T, ev
+from journey.core.config import Config
+from journey.core.engine import Engine, ListSink
+from journey.core.intake import parse
+from journey.core.state import CustomerState
+from journey.core.timeline import Timeline, drive, order_key
+from journey.history.replay import replay
+from journey.history.synth import generate, write_log
 
 UNTIL = T("2026-08-01T00:00:00Z")
 
@@ -231,7 +231,7 @@ def test_cli_backtest_shows_added_and_removed(tmp_path, population):
 def test_trigger_id_is_uuid5_of_customer_rule_occasion():
     import uuid
 
-    from journey.triggers import NAMESPACE, trigger_id
+    from journey.core.triggers import NAMESPACE, trigger_id
 
     for parts in [("c1", "cart_abandoned", "chk-9"), ("kunde-ü", "birthday", "2026")]:
         assert trigger_id(*parts) == str(uuid.uuid5(NAMESPACE, "\x1f".join(parts)))

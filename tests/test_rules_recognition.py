@@ -3,9 +3,9 @@ of the contact policy does not hide what the rule did (the policy has its
 own tests)."""
 
 import pytest
-
-from journey.timeutil import MS_DAY
 from conftest import T, ev, identify
+
+from journey.core.timeutil import MS_DAY
 
 
 def orders(n, cid="c1", start="2026-01-05T12:00:00Z", every=MS_DAY * 3, revenue=10):

@@ -1,8 +1,7 @@
 """Recovery rules: fires, does not fire, and the edges of each window."""
 
 import pytest
-
-from conftest import T, ev
+from conftest import ev
 
 
 def checkout(ts, cid="c1", chk="chk-1", **kw):

@@ -8,10 +8,10 @@ import jsonschema
 import orjson
 import yaml
 
-from journey import topics
+from journey.history.synth import generate
+from journey.io import topics
 from journey.live.broker import EmbeddedBroker
-from journey.synth import generate
-from journey.topicdocs import asyncapi_doc, catalog_doc, render
+from journey.live.topicdocs import asyncapi_doc, catalog_doc, render
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,100 +6,17 @@ policy and the engine, overridable from a TOML or YAML file.
     [rules.cart_abandoned]
     delay = "45m"
 
-``load_config(path)`` validates the whole file and raises :class:`ConfigError`
-listing every problem (``journey rules check FILE`` prints them).
+``Config(data)`` validates a whole rule file's contents and raises
+:class:`ConfigError` listing every problem (``journey rules check FILE``
+prints them). Reading the file is the shells' part (``journey.io.rulefile``):
+the core reads nothing.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
-import tomllib
-from pathlib import Path
-from types import SimpleNamespace
+from .params import ConfigError, Param, section, suggest
 
-from .timeutil import TimeError, format_duration, parse_clock, parse_duration, zone
-
-
-class ConfigError(ValueError):
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class Param:
-    """One configurable value: its kind, default and a line of help."""
-
-    def __init__(self, kind: str, default, help: str = "", choices=None, minimum=None):
-        self.kind, self.default, self.help, self.choices, self.minimum = kind, default, help, choices, minimum
-
-    def parse(self, v, path: str):
-        k = self.kind
-        if k == "duration":
-            try:
-                return parse_duration(v)
-            except TimeError as e:
-                raise ValueError(f"{path}: {e}") from None
-        if k in ("int", "number"):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or (k == "int" and not float(v).is_integer()):
-                raise ValueError(f"{path}: expected {'a whole number' if k == 'int' else 'a number'}, got {v!r}")
-            if self.minimum is not None and v < self.minimum:
-                raise ValueError(f"{path}: must be at least {self.minimum}, got {v!r}")
-            return int(v) if k == "int" else float(v)
-        if k == "bool":
-            if not isinstance(v, bool):
-                raise ValueError(f"{path}: expected true or false, got {v!r}")
-            return v
-        if k == "str":
-            if not isinstance(v, str) or not v.strip():
-                raise ValueError(f"{path}: expected a non-empty string, got {v!r}")
-            if self.choices and v not in self.choices:
-                raise ValueError(f"{path}: expected one of {', '.join(self.choices)}, got {v!r}")
-            return v
-        if k == "path":
-            if not isinstance(v, str):
-                raise ValueError(f"{path}: expected a file path, got {v!r}")
-            return v
-        if k == "clock":
-            try:
-                return parse_clock(v)
-            except TimeError as e:
-                raise ValueError(f"{path}: {e}") from None
-        if k == "timezone":
-            try:
-                zone(v)
-            except TimeError as e:
-                raise ValueError(f"{path}: {e}") from None
-            return v
-        if k == "table":
-            if not isinstance(v, dict):
-                raise ValueError(f"{path}: expected a table (an object), got {v!r}")
-            return v
-        if k == "strs":  # a list of strings (may be empty)
-            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                raise ValueError(f"{path}: expected a list of strings")  # never echo: may hold secrets
-            return list(v)
-        if k == "ints":  # ascending positive whole numbers
-            if (not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in v)
-                    or v != sorted(set(v))):
-                raise ValueError(f"{path}: expected an ascending list of positive whole numbers, got {v!r}")
-            return list(v)
-        if k == "tiers":  # name -> threshold, ascending
-            if (not isinstance(v, dict) or not v
-                    or any(isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in v.values())):
-                raise ValueError(f"{path}: expected a table of tier name = positive amount, got {v!r}")
-            vals = list(v.values())
-            if vals != sorted(vals) or len(set(vals)) != len(vals):
-                raise ValueError(f"{path}: tier thresholds must rise in the order given, got {v!r}")
-            return {str(n): float(x) for n, x in v.items()}
-        raise AssertionError(k)
-
-    def show(self, value) -> str:
-        if self.kind == "duration":
-            return format_duration(value)
-        if self.kind == "clock":
-            return f"{value // 60:02d}:{value % 60:02d}"
-        return repr(value)
+__all__ = ["SECTIONS", "Config", "ConfigError", "Param"]
 
 
 SECTIONS: dict[str, dict[str, Param]] = {
@@ -141,33 +58,12 @@ SECTIONS: dict[str, dict[str, Param]] = {
 }
 
 
-def _suggest(name: str, options) -> str:
-    m = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {m[0]!r}?)" if m else ""
-
-
-def _section(params: dict[str, Param], given: dict, path: str, problems: list[str]) -> SimpleNamespace:
-    ns = SimpleNamespace()
-    for name, p in params.items():
-        setattr(ns, name, p.parse(copy.deepcopy(p.default), f"{path}.{name}"))  # defaults parse like given values
-    if not isinstance(given, dict):
-        problems.append(f"{path}: expected a table, got {given!r}")
-        return ns
-    for name, v in given.items():
-        if name not in params:
-            problems.append(f"{path}.{name}: unknown setting{_suggest(name, params)}")
-            continue
-        try:
-            setattr(ns, name, params[name].parse(v, f"{path}.{name}"))
-        except ValueError as e:
-            problems.append(str(e))
-    return ns
-
-
 class Config:
     """A validated configuration. ``rules`` maps rule name -> parameters."""
 
-    def __init__(self, data: dict | None = None, source: str = "defaults"):
+    def __init__(self, data: dict | None = None, source: str = "defaults", load_model=None):
+        """``load_model(path, source)`` returns the fitted CLV model that ``[clv] model``
+        names, or raises ValueError saying why not (the shells read the file)."""
         from .rules import REGISTRY  # the registry imports rule modules, which import this one
 
         data = data or {}
@@ -177,17 +73,17 @@ class Config:
             raise ConfigError([f"{source}: expected a table at the top level"])
         for name in data:
             if name not in SECTIONS and name != "rules":
-                problems.append(f"{name}: unknown section{_suggest(name, list(SECTIONS) + ['rules'])}")
+                problems.append(f"{name}: unknown section{suggest(name, list(SECTIONS) + ['rules'])}")
         for sec, params in SECTIONS.items():
-            setattr(self, sec, _section(params, data.get(sec, {}), sec, problems))
+            setattr(self, sec, section(params, data.get(sec, {}), sec, problems))
         rules_given = data.get("rules", {})
         if not isinstance(rules_given, dict):
             problems.append("rules: expected a table of rule tables")
             rules_given = {}
         for name in rules_given:
             if name not in REGISTRY:
-                problems.append(f"rules.{name}: unknown rule{_suggest(name, REGISTRY)}; known rules: {', '.join(REGISTRY)}")
-        self.rules = {name: _section(rule.all_params(), rules_given.get(name, {}), f"rules.{name}", problems)
+                problems.append(f"rules.{name}: unknown rule{suggest(name, REGISTRY)}; known rules: {', '.join(REGISTRY)}")
+        self.rules = {name: section(rule.all_params(), rules_given.get(name, {}), f"rules.{name}", problems)
                       for name, rule in REGISTRY.items()}
         if not problems:
             for rule in REGISTRY.values():
@@ -196,7 +92,13 @@ class Config:
             problems.append("stages.lapsed_after: must not be shorter than stages.at_risk_after")
         self.clv_model = None
         if self.clv.model and not problems:
-            self.clv_model = _load_model(self.clv.model, source, problems)
+            if load_model is None:
+                problems.append("clv.model: a model file is read only from a rule file (journey.io.rulefile)")
+            else:
+                try:
+                    self.clv_model = load_model(self.clv.model, source)
+                except ValueError as e:
+                    problems.append(f"clv.model: {e}")
         if not 0 < self.clv.lapsed_below <= self.clv.at_risk_below < 1:
             problems.append("clv: need 0 < lapsed_below <= at_risk_below < 1")
         if problems:
@@ -214,47 +116,3 @@ class Config:
             for name, p in rule.all_params().items():
                 lines.append(f"rules.{rname}.{name} = {p.show(getattr(self.rules[rname], name))}")
         return lines
-
-
-def _load_model(path: str, source: str, problems: list):
-    import orjson
-
-    from .clv import Model
-
-    p = Path(path)
-    if not p.is_absolute() and source not in ("defaults", ""):
-        p = Path(source).parent / p
-    try:
-        return Model.from_dict(orjson.loads(p.read_bytes()))
-    except OSError as e:
-        problems.append(f"clv.model: cannot read {p}: {e.strerror} (create it with: journey clv fit)")
-    except (ValueError, orjson.JSONDecodeError) as e:
-        problems.append(f"clv.model: {p}: {e}")
-    return None
-
-
-def read_table(path: str | Path) -> dict:
-    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) file as a dict; ConfigError if unreadable."""
-    p = Path(path)
-    try:
-        text = p.read_bytes()
-    except OSError as e:
-        raise ConfigError([f"{p}: cannot read: {e.strerror}"]) from None
-    yaml_file = p.suffix.lower() in (".yaml", ".yml")
-    try:
-        if yaml_file:
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = tomllib.loads(text.decode())
-    except Exception as e:  # the parsers' own messages say where
-        raise ConfigError([f"{p}: not valid {'YAML' if yaml_file else 'TOML'}: {e}"]) from None
-    return data
-
-
-def load_config(path: str | Path | None) -> Config:
-    """Load and validate a TOML (``.toml``) or YAML (``.yaml``/``.yml``) rule file."""
-    if path is None:
-        return Config()
-    return Config(read_table(path), source=str(Path(path)))

@@ -314,7 +314,7 @@ class Engine:
     def _erase(self, key: str, st: CustomerState, ts: int) -> None:
         """Delete everything kept about the customer; keep only the erasure marker."""
         self.key = key
-        for tk, (due, data) in sorted(st.timers.items()):
+        for tk, (_due, data) in sorted(st.timers.items()):
             if tk.startswith(DEFERRED + "|"):
                 self._audit(st, data, "erased", ts, "customer erased before delivery")
         for anon in st.anons:

@@ -23,8 +23,7 @@ from datetime import date
 import orjson
 
 from . import catalog as _catalog
-from .catalog import (ID, MONEY, PRIORITIES, SCORE, SCORE_RANGE, STR, TIME, canonical_type,
-                      fields_of, touch_of)
+from .catalog import ID, MONEY, PRIORITIES, SCORE, SCORE_RANGE, STR, TIME, canonical_type, fields_of, touch_of
 from .timeutil import TimeError, parse_time, zone
 
 MAX_RECORD_BYTES = 1 << 20

@@ -130,7 +130,7 @@ class CustomerState:
         return orjson.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CustomerState":
+    def from_dict(cls, d: dict) -> CustomerState:
         s = cls()
         if "x" in d:
             s.erased = d["x"]
@@ -164,14 +164,14 @@ class CustomerState:
         return s
 
     @classmethod
-    def from_bytes(cls, b: bytes) -> "CustomerState":
+    def from_bytes(cls, b: bytes) -> CustomerState:
         return cls.from_dict(orjson.loads(b))
 
     def __eq__(self, other):
         return isinstance(other, CustomerState) and self.to_dict() == other.to_dict()
 
     # -- merging an anonymous visitor into a customer --------------------------
-    def absorb(self, other: "CustomerState") -> None:
+    def absorb(self, other: CustomerState) -> None:
         """Merge an anonymous visitor's state into this customer's."""
         for k, v in other.timers.items():
             if k not in self.timers or self.timers[k][0] < v[0]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import re
 import time as _time
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS_SECOND = 1000
 MS_MINUTE = 60 * MS_SECOND

@@ -9,7 +9,7 @@ DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 
 
 def cmd_dispatch(a) -> int:
-    from ..config import ConfigError
+    from ..core.config import ConfigError
     from .config import load_dispatch_config
     from .signing import new_secret
 

@@ -13,7 +13,7 @@
     rules = ["cart_abandoned"]      # or "*"; kinds and channels likewise
     endpoints = ["crm"]
 
-``load_dispatch_config(path)`` raises :class:`~journey.config.ConfigError`
+``load_dispatch_config(path)`` raises :class:`~journey.core.params.ConfigError`
 listing every problem.
 """
 
@@ -24,7 +24,8 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..config import ConfigError, Param, _section, _suggest, read_table
+from ..core.params import ConfigError, Param, section, suggest
+from ..io.rulefile import read_table
 
 SECRET_PREFIX = "whsec_"
 
@@ -139,8 +140,8 @@ def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) ->
         raise ConfigError([f"{source}: expected a table at the top level"])
     for name in data:
         if name not in ("dispatch", "endpoints", "routes"):
-            problems.append(f"{name}: unknown section{_suggest(name, ['dispatch', 'endpoints', 'routes'])}")
-    d = _section(DISPATCH, data.get("dispatch", {}), "dispatch", problems)
+            problems.append(f"{name}: unknown section{suggest(name, ['dispatch', 'endpoints', 'routes'])}")
+    d = section(DISPATCH, data.get("dispatch", {}), "dispatch", problems)
 
     endpoints: dict[str, Endpoint] = {}
     given = data.get("endpoints", {})
@@ -151,7 +152,7 @@ def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) ->
         path = f"endpoints.{name}"
         if isinstance(spec, dict) and "url" not in spec:
             problems.append(f"{path}.url: missing (where to POST the triggers)")
-        e = _section(ENDPOINT, spec, path, problems)
+        e = section(ENDPOINT, spec, path, problems)
         u = urlsplit(e.url)
         if u.scheme not in ("http", "https") or not u.hostname:
             problems.append(f"{path}.url: expected an http:// or https:// address, got {e.url!r}")
@@ -199,24 +200,24 @@ def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) ->
             continue
         for k in r:
             if k not in ROUTE_KEYS:
-                problems.append(f"{path}.{k}: unknown setting{_suggest(k, ROUTE_KEYS)}")
+                problems.append(f"{path}.{k}: unknown setting{suggest(k, ROUTE_KEYS)}")
         sets = {k: _strings(r.get(k, "*"), f"{path}.{k}", problems, allow_any=True) for k in ROUTE_KEYS[:3]}
         if "kinds" in r and sets["kinds"]:
             for k in sets["kinds"]:
                 if k not in ("recovery", "recognition"):
                     problems.append(f"{path}.kinds: {k!r} is not a kind (recovery, recognition)")
         if "rules" in r and sets["rules"]:
-            from ..rules import REGISTRY
+            from ..core.rules import REGISTRY
 
             for name in sets["rules"]:
                 if name not in REGISTRY:
-                    problems.append(f"{path}.rules: unknown rule {name!r}{_suggest(name, REGISTRY)}")
+                    problems.append(f"{path}.rules: unknown rule {name!r}{suggest(name, REGISTRY)}")
         eps = _strings(r.get("endpoints"), f"{path}.endpoints", problems) or []
         for name in eps:
             if name not in endpoints and name in (given or {}):
                 continue
             if name not in given:
-                problems.append(f"{path}.endpoints: no endpoint named {name!r}{_suggest(name, given)}")
+                problems.append(f"{path}.endpoints: no endpoint named {name!r}{suggest(name, given)}")
         routes.append(Route(*(frozenset(sets[k]) if sets[k] is not None else None for k in ROUTE_KEYS[:3]),
                             tuple(eps)))
     backlog = sum(e.max_pending for e in endpoints.values())

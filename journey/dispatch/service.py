@@ -34,9 +34,9 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .. import topics
-from ..live.kafka import bootstrap
-from ..timeutil import TimeError, parse_time
+from ..core.timeutil import TimeError, parse_time
+from ..io import topics
+from ..io.kafka import bootstrap
 from . import policy, signing
 from .ledger import Delivered, Offsets
 from .metrics import DispatchMetrics, result_of
@@ -142,7 +142,7 @@ class Dispatcher:
         count of journey.triggers: a delivery record goes to its trigger's partition number."""
         from aiokafka.admin import AIOKafkaAdminClient
 
-        from ..live.kafka import _partition_counts, _retry, ensure_topics
+        from ..io.kafka import _partition_counts, _retry, ensure_topics
 
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(self.broker))
         await _retry(admin.start, 30)
@@ -162,7 +162,7 @@ class Dispatcher:
                 self.room.clear()
                 try:
                     await asyncio.wait_for(self.room.wait(), 0.5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             batch = await self.consumer.getmany(timeout_ms=200, max_records=room)
@@ -401,7 +401,7 @@ class Dispatcher:
                                       timeout=aiohttp.ClientTimeout(total=ep.timeout)) as r:
                 await r.read()
                 return r.status, None if r.status < 300 else f"HTTP {r.status}", r.headers.get("retry-after")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None, "timeout", None
         except aiohttp.ClientError as e:
             return None, f"{type(e).__name__}: {e}", None

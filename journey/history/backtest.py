@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .engine import Engine, ListSink
+from ..core.engine import Engine, ListSink
+from ..core.timeline import drive
 from .replay import Reader, no_cyclic_gc
-from .timeline import drive
 
 
 class _Tee:

@@ -15,7 +15,7 @@ import time
 
 import orjson
 
-from .config import Config
+from ..core.config import Config
 from .replay import replay
 from .synth import write_log
 

@@ -1,12 +1,13 @@
 """``journey replay``: historical JSON-lines logs through the same core as the live worker.
 
-Reading: any number of ``.jsonl`` / ``.jsonl.gz`` files (gzip is recognized
-by its magic bytes), any mix of the three streams and both event shapes, in
-any order. Events are put in event-time order by an external merge sort:
-at most ``sort_buffer`` parsed events (default 200,000) are held in memory at
-a time; larger inputs are sorted in runs that spill to temporary files and
-are merged back. Beyond that, replay holds the customer states and the
-timer heap. Rejected lines go to the dead-letter output as they are read.
+Reading (``journey.io.logs``): any number of ``.jsonl`` / ``.jsonl.gz`` files
+(gzip is recognized by its magic bytes), any mix of the three streams and
+both event shapes, in any order. Events are put in event-time order by an
+external merge sort: at most ``sort_buffer`` parsed events (default 200,000)
+are held in memory at a time; larger inputs are sorted in runs that spill to
+temporary files and are merged back. Beyond that, replay holds the customer
+states and the timer heap. Rejected lines go to the dead-letter output as
+they are read.
 
 Output is deterministic: the same input (in any line order) and rules give
 byte-identical trigger, audit and dead-letter files.
@@ -15,126 +16,19 @@ byte-identical trigger, audit and dead-letter files.
 from __future__ import annotations
 
 import gc
-import gzip
-import heapq
-import os
-import pickle
 import sys
-import tempfile
 import time
-import zlib
-from collections import Counter
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 
-from .config import load_config
-from .engine import Engine
-from .intake import Event, Rejected, parse
-from .progress import Progress
-from .timeline import drive
-from .triggers import deadletter_record
-
-SORT_BUFFER = 200_000
-_SPILL_BATCH = 8192
-
-
-def open_log(path: str | Path):
-    """Open a log file for binary line reading; gzip by magic bytes. Returns (file, raw file)."""
-    raw = open(path, "rb")
-    magic = raw.read(2)
-    raw.seek(0)
-    if magic == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
-    return raw, raw
-
-
-class Reader:
-    """Reads, validates and sorts events from log files."""
-
-    def __init__(self, paths, deadletter=None, max_bytes: int = 1 << 20, progress: Progress | None = None,
-                 sort_buffer: int = SORT_BUFFER):
-        self.paths = [str(p) for p in paths]
-        self.deadletter = deadletter  # callable(record dict) or None
-        self.max_bytes = max_bytes
-        self.progress = progress or Progress(enabled=False)
-        self.sort_buffer = max(1, sort_buffer)
-        self.lines = 0
-        self.valid = 0
-        self.rejected = Counter()
-        self.runs = 0
-        for p in self.paths:
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"{p}: no such file (journey replay takes JSON-lines files, .jsonl or .jsonl.gz)")
-
-    def _parsed(self):
-        """(sort key..., event) tuples in file order; rejects go to the dead-letter output."""
-        total = sum(os.path.getsize(p) for p in self.paths) or 1
-        done_before = 0
-        seq = 0
-        for path in self.paths:
-            f, raw = open_log(path)
-            with f, raw:
-                for n, line in enumerate(f, 1):
-                    self.lines += 1
-                    line = line.rstrip(b"\r\n")
-                    if not line.strip():
-                        self.lines -= 1
-                        continue
-                    try:
-                        ev = parse(line, self.max_bytes)
-                    except Rejected as r:
-                        self.rejected[r.reason] += 1
-                        if self.deadletter is not None:
-                            self.deadletter(deadletter_record(r.reason, r.detail, {"file": path, "line": n}, line))
-                        continue
-                    self.valid += 1
-                    seq += 1
-                    yield (ev.ts, ev.id, zlib.crc32(line), seq, ev)
-                    if not self.lines & 4095:
-                        self.progress.update("reading", done_before + raw.tell(), total)
-            done_before += os.path.getsize(path)
-
-    def events(self):
-        """All valid events in event-time order (ties: event id, then content)."""
-        with ExitStack() as stack:
-            runs, chunk = [], []
-            for item in self._parsed():
-                chunk.append(item)
-                if len(chunk) >= self.sort_buffer:
-                    runs.append(self._spill(chunk, stack))
-                    chunk = []
-            chunk.sort()  # (ts, id, crc, seq, event): seq is unique, so the event is never compared
-            self.runs = len(runs) + (1 if chunk else 0)
-            if not runs:
-                for item in chunk:
-                    yield item[4]
-                return
-            runs.append(iter(chunk))
-            for item in heapq.merge(*runs):
-                yield item[4]
-
-    def _spill(self, chunk, stack):
-        """Sort a chunk and write it to a temporary file as plain tuples (fast to pickle)."""
-        chunk.sort()
-        tmp = stack.enter_context(tempfile.TemporaryFile(prefix="journey-run-"))
-        for i in range(0, len(chunk), _SPILL_BATCH):
-            batch = [(ts, i_, c, q, e.cid, e.anon, e.type, e.f, e.touch, e.known, e.traits)
-                     for ts, i_, c, q, e in chunk[i:i + _SPILL_BATCH]]
-            pickle.dump(batch, tmp, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.seek(0)
-        return _read_run(tmp)
-
-
-def _read_run(f):
-    while True:
-        try:
-            batch = pickle.load(f)
-        except EOFError:
-            return
-        for ts, eid, crc, seq, cid, anon, typ, fields, touch, known, traits in batch:
-            yield ts, eid, crc, seq, Event(eid, cid, anon, typ, ts, fields, touch, known, traits)
+from ..core.engine import Engine
+from ..core.timeline import drive
+from ..core.timeutil import format_time
+from ..io.logs import SORT_BUFFER, Reader
+from ..io.progress import Progress
+from ..io.rulefile import load_config
 
 
 class JsonLines:
@@ -260,8 +154,6 @@ def _chain(first, rest):
 
 
 def format_summary(s: dict) -> str:
-    from .timeutil import format_time
-
     def table(title, d):
         if not d:
             return [f"  {title}: none"]

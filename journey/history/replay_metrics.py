@@ -13,7 +13,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
-from . import catalog
+from ..core import catalog
 
 
 def write_replay_metrics(path: str, summary: dict, rule_kinds: dict[str, str], run: str = "replay",

@@ -16,13 +16,15 @@ import sys
 
 import orjson
 
-from .timeutil import MS_DAY, MS_HOUR, MS_MINUTE, format_time, parse_time
+from ..core.timeutil import MS_DAY, MS_HOUR, MS_MINUTE, format_time, parse_time
+from ..io.topics import CLICKSTREAM as CLICK
+from ..io.topics import PURCHASES as PURCHASE
+from ..io.topics import STREAM_OF
 
 ZONES = ["UTC", "Europe/Berlin", "Europe/London", "America/New_York", "America/Los_Angeles",
          "Asia/Tokyo", "Asia/Kolkata", "Australia/Sydney", "America/Sao_Paulo"]
 PERSONAS = [("browser", 0.32), ("one_time", 0.20), ("loyal", 0.12), ("steady", 0.10),
             ("trouble", 0.12), ("promoter", 0.07), ("detractor", 0.07)]
-from .topics import CLICKSTREAM as CLICK, PURCHASES as PURCHASE, SUPPORT, STREAM_OF  # noqa: E402
 SEGMENT_NAME = {
     "product.viewed": "Product Viewed", "cart.product_added": "Product Added", "checkout.started": "Checkout Started",
     "app.error": "Error Occurred", "ticket.opened": "Ticket Opened", "ticket.agent_replied": "Ticket Agent Replied",
@@ -181,7 +183,7 @@ def write_log(path: str, customers: int, events: int, seed: int = 7, start: int 
     opener = gzip.open if path.endswith(".gz") else open
     n = 0
     with opener(path, "wb") as f:
-        for ts, _stream, rec in items:
+        for _ts, _stream, rec in items:
             line = orjson.dumps(rec)
             f.write(line + b"\n")
             n += 1

@@ -14,7 +14,7 @@ import asyncio
 
 from aiokafka.partitioner import murmur2
 
-from .. import topics
+from . import topics
 
 
 def bootstrap(url: str) -> str:

@@ -27,7 +27,7 @@ bookkeeping ``Consumer.ack`` keeps, so commits work unchanged.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka

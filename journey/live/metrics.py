@@ -21,8 +21,8 @@ from collections import Counter
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .. import __version__, catalog, health
-from .processor import MARKED_TOPICS
+from .. import __version__
+from ..core import catalog, health
 
 # processing latency: record received -> its effects handed to the producer (target: p99 < 250 ms)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0,

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import orjson
 
-from ..engine import Engine
-from ..state import CustomerState
-from ..timeline import Timeline
-from .. import topics
+from ..core.engine import Engine
+from ..core.state import CustomerState
+from ..core.timeline import Timeline
+from ..io import topics
 
 WATERMARK_KEY = "\x00watermark:"
 MARKED_TOPICS = (*topics.SOURCES, topics.INTERNAL)

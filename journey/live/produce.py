@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .. import intake, topics
-from ..progress import Progress
-from ..replay import open_log
-from .kafka import bootstrap, ensure_topics
+from ..core import intake
+from ..io import topics
+from ..io.kafka import bootstrap, ensure_topics
+from ..io.logs import open_log
+from ..io.progress import Progress
 
 CONTROL = [("journey-control", b"watermark")]
 

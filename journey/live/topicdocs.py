@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from . import topics
+from ..io import topics
 
 HEADER = "# Written by `journey topics export` from journey/topics.py; do not edit by hand.\n"
 

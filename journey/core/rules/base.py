@@ -18,7 +18,7 @@ id is a pure function of (customer, rule, occasion).
 
 from __future__ import annotations
 
-from ..config import Param
+from ..params import Param
 
 RECOVERY, RECOGNITION = "recovery", "recognition"
 PRIORITIES = ("low", "normal", "high", "urgent")

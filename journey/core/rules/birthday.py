@@ -1,4 +1,4 @@
-from ..config import Param
+from ..params import Param
 from ..policy import customer_zone
 from ..timeutil import MS_DAY, format_duration, next_yearly
 from .base import RECOGNITION, Rule

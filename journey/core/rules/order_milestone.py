@@ -1,4 +1,4 @@
-from ..config import Param
+from ..params import Param
 from .base import RECOGNITION, Rule
 
 

@@ -1,4 +1,4 @@
-from ..config import Param
+from ..params import Param
 from ..policy import customer_zone
 from ..timeutil import month_index
 from .base import RECOGNITION, Rule

@@ -1,4 +1,4 @@
-from ..config import Param
+from ..params import Param
 from ..timeutil import format_time
 from .base import RECOVERY, Rule
 
