@@ -375,7 +375,10 @@ def test_live_worker_triggers_reach_the_endpoint(broker, tmp_path):
         ev("order.completed", "carol", format_time(now - 3_000_000), order_id="o-1", revenue=2500),
     ]) + b"\n")
     rx = Receiver()
-    w = Worker(broker, tmp_path)
+    # quiet hours off: between 21:00 and 08:00 UTC both (marketing) triggers would wait for 08:00
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[policy]\nquiet_start = "00:00"\nquiet_end = "00:00"\n')
+    w = Worker(broker, tmp_path, rules=str(rules))
     d = None
     try:
         w.wait_ready()
