@@ -76,7 +76,7 @@ def canonical_type(name: str) -> str | None:
         return _EXACT[name]
     except KeyError:
         found = SEGMENT_NAMES.get(_key(name))
-        if len(_EXACT) < 4096:  # names seen verbatim; bounded against junk names
+        if len(_EXACT) < 4096 and len(name) <= 64:  # names seen verbatim; bounded (in bytes too) against junk
             _EXACT[name] = found
         return found
 

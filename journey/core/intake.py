@@ -24,10 +24,13 @@ import orjson
 
 from . import catalog as _catalog
 from .catalog import ID, MONEY, PRIORITIES, SCORE, SCORE_RANGE, STR, TIME, canonical_type, fields_of, touch_of
-from .timeutil import TimeError, parse_time, zone
+from .timeutil import MAX_YEAR, MIN_YEAR, TimeError, parse_time, zone
 
 MAX_RECORD_BYTES = 1 << 20
 MAX_ID_LEN = 256
+# the largest amount of money one event may carry (in currency units): cents stay exact
+# integers, and sums over a customer's orders stay far inside 64 bits (state is serialized)
+MAX_MONEY = 1e12
 SEGMENT_CALLS = frozenset(("track", "identify", "page", "screen", "alias", "group"))
 SEGMENT_TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
 
@@ -40,7 +43,8 @@ NO_CUSTOMER = "no_customer"
 MISSING_TIME = "missing_time"
 BAD_TIME = "bad_time"
 BAD_FIELD = "bad_field"
-REASONS = (TOO_LARGE, NOT_JSON, NOT_OBJECT, NO_TYPE, NO_CUSTOMER, MISSING_TIME, BAD_TIME, BAD_FIELD)
+UNPROCESSABLE = "unprocessable"  # read, but applying it failed (the record is dead-lettered, nothing stops)
+REASONS = (TOO_LARGE, NOT_JSON, NOT_OBJECT, NO_TYPE, NO_CUSTOMER, MISSING_TIME, BAD_TIME, BAD_FIELD, UNPROCESSABLE)
 
 
 class Rejected(Exception):
@@ -81,7 +85,12 @@ class Event:
         return f"Event({self.type} {self.key} @{self.ts} id={self.id})"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _ident(value, field: str) -> str | None:
+    """An id as a string: strings as given, numbers (which the event schema allows) in
+    their shortest form (``7``, ``1.5``)."""
     if type(value) is str and 0 < len(value) <= MAX_ID_LEN:
         return value
     if value is None or value == "":
@@ -91,8 +100,25 @@ def _ident(value, field: str) -> str | None:
             raise Rejected(BAD_FIELD, f"{field} is longer than {MAX_ID_LEN} characters")
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise Rejected(BAD_FIELD, f"{field} must be a string, got {type(value).__name__}")
+        s = str(value)
+    elif isinstance(value, float) and value == value and value not in (float("inf"), float("-inf")):
+        s = str(int(value)) if value.is_integer() else repr(value)
+    else:
+        raise Rejected(BAD_FIELD, f"{field} must be a string or a number, got {type(value).__name__}")
+    if len(s) > MAX_ID_LEN:
+        raise Rejected(BAD_FIELD, f"{field} is longer than {MAX_ID_LEN} characters")
+    return s
+
+
+def _who(value, field: str) -> str | None:
+    """A customer or visitor id: as :func:`_ident`, and without control characters (the
+    worker keeps its own records under keys no customer id can take)."""
+    if type(value) is str and 0 < len(value) <= MAX_ID_LEN and value.isprintable():
+        return value  # the usual case
+    v = _ident(value, field)
+    if v is not None and _CONTROL.search(v):
+        raise Rejected(BAD_FIELD, f"{field} contains control characters")
+    return v
 
 
 def _number(value, field: str) -> float:
@@ -132,7 +158,10 @@ def _normalize_fields(ctype: str, props: dict) -> dict:
             if v is None:
                 continue
         elif kind is MONEY:
-            v = round(_number(v, field) * 100)
+            v = _number(v, field)
+            if not -MAX_MONEY <= v <= MAX_MONEY:
+                raise Rejected(BAD_FIELD, f"{field} is out of range (at most {MAX_MONEY:,.0f} in absolute value)")
+            v = round(v * 100)
         elif kind is SCORE:
             v = _number(v, field)
             lo, hi = SCORE_RANGE[name]
@@ -145,6 +174,8 @@ def _normalize_fields(ctype: str, props: dict) -> dict:
                     v = date(y, m, d)  # a date without a time: end of that day, customer-local
                 except ValueError:
                     raise Rejected(BAD_FIELD, f"{field} is not a valid date: {v!r}") from None
+                if not MIN_YEAR <= y <= MAX_YEAR:
+                    raise Rejected(BAD_FIELD, f"{field} must be a date from {MIN_YEAR} to {MAX_YEAR}")
             else:
                 try:
                     v = parse_time(v)
@@ -233,7 +264,18 @@ def _event_id(d: dict, key: str, raw: bytes) -> str:
 
 
 def parse(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Event:
-    """Parse and validate one record. Raises :class:`Rejected`."""
+    """Parse and validate one record. Raises :class:`Rejected`, and only that: whatever
+    else goes wrong with a record is a ``bad_field`` rejection, never an error that
+    could stop a worker or a replay."""
+    try:
+        return _parse(raw, max_bytes)
+    except Rejected:
+        raise
+    except Exception as e:  # any record, however hostile, is only rejected
+        raise Rejected(BAD_FIELD, f"a field cannot be read ({type(e).__name__})") from None
+
+
+def _parse(raw: bytes, max_bytes: int) -> Event:
     if len(raw) > max_bytes:
         raise Rejected(TOO_LARGE, f"record is {len(raw)} bytes, the limit is {max_bytes}")
     try:
@@ -243,18 +285,18 @@ def parse(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Event:
     if not isinstance(d, dict):
         raise Rejected(NOT_OBJECT, f"expected a JSON object, got {type(d).__name__}")
     call = d.get("type")
-    if call in SEGMENT_CALLS and "customer_id" not in d:
+    if type(call) is str and call in SEGMENT_CALLS and "customer_id" not in d:
         return _parse_segment(d, call, raw)
     return _parse_canonical(d, raw)
 
 
 def _parse_segment(d: dict, call: str, raw: bytes) -> Event:
     cid = d.get("userId")
-    if not (type(cid) is str and 0 < len(cid) <= MAX_ID_LEN):  # the usual case, checked inline
-        cid = _ident(cid, "userId")
+    if not (type(cid) is str and 0 < len(cid) <= MAX_ID_LEN and cid.isprintable()):  # the usual case, inline
+        cid = _who(cid, "userId")
     anon = d.get("anonymousId")
     if anon is not None:
-        anon = _ident(anon, "anonymousId")
+        anon = _who(anon, "anonymousId")
     traits = None
     fields = {}
     if call == "track":
@@ -271,7 +313,7 @@ def _parse_segment(d: dict, call: str, raw: bytes) -> Event:
         ctype, known = "page.viewed", True
     elif call == "alias":
         ctype, known = "profile.updated", True
-        anon = _ident(d.get("previousId"), "previousId") or anon
+        anon = _who(d.get("previousId"), "previousId") or anon
         traits = {}
     else:  # group
         ctype, known = call, False
@@ -300,8 +342,8 @@ def _parse_segment(d: dict, call: str, raw: bytes) -> Event:
 
 def _parse_canonical(d: dict, raw: bytes) -> Event:
     ctype, known = _type_of(d.get("type"), "no 'type' (canonical) and not a Segment call (track/identify/page)")
-    cid = _ident(d.get("customer_id"), "customer_id")
-    anon = _ident(d.get("anonymous_id"), "anonymous_id")
+    cid = _who(d.get("customer_id"), "customer_id")
+    anon = _who(d.get("anonymous_id"), "anonymous_id")
     if cid is None and anon is None:
         raise Rejected(NO_CUSTOMER, "no customer_id (or anonymous_id)")
     if "ts" not in d or d["ts"] is None:

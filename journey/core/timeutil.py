@@ -21,6 +21,8 @@ MS_WEEK = 7 * MS_DAY
 # Accept event times between 1970 and 2200; anything else is a producer bug.
 MIN_TS = 0
 MAX_TS = 7258118400000
+MIN_YEAR, MAX_YEAR = 1970, 2199   # the years of MIN_TS .. MAX_TS
+MAX_TIME_CHARS = 64               # no ISO-8601 time or epoch-ms string is longer
 
 
 _MS = timedelta(milliseconds=1)
@@ -42,6 +44,8 @@ def parse_time(value) -> int:
     Returns epoch milliseconds. Raises :class:`TimeError` with a readable
     message otherwise. Booleans are not numbers here.
     """
+    if type(value) is str and len(value) > MAX_TIME_CHARS:
+        raise TimeError(f"not a time: a string of {len(value)} characters")
     if type(value) is str and not value.isdigit():
         # the usual case first: ISO-8601 as sent (whitespace and the rest take the long way)
         try:
@@ -82,11 +86,15 @@ def parse_time(value) -> int:
 
 
 def format_time(ms: int) -> str:
-    """Format epoch milliseconds as RFC 3339 UTC (``2026-03-01T10:30:00Z``)."""
+    """Format epoch milliseconds as RFC 3339 UTC (``2026-03-01T10:30:00Z``; four-digit years)."""
     s, frac = divmod(ms, 1000)
-    if frac:
-        return _time.strftime("%Y-%m-%dT%H:%M:%S.", _time.gmtime(s)) + f"{frac:03d}Z"
-    return _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(s))
+    if 0 <= s < 253402300800:  # years 1970 to 9999: strftime's %Y has four digits
+        if frac:
+            return _time.strftime("%Y-%m-%dT%H:%M:%S.", _time.gmtime(s)) + f"{frac:03d}Z"
+        return _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(s))
+    t = EPOCH + timedelta(milliseconds=ms)  # before 1970 (a customer-local day of 1970-01-01)
+    out = f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+    return out + (f".{frac:03d}Z" if frac else "Z")
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
