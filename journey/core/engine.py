@@ -47,6 +47,7 @@ class Stats:
         self.suppressed = Counter()      # by (rule, reason)
         self.deferred = Counter()        # by rule
         self.transitions = Counter()     # by "from->to"
+        self.timer_errors = 0            # timers whose rule failed (dropped, reported)
 
     def suppressed_by_reason(self) -> Counter:
         c = Counter()
@@ -64,6 +65,7 @@ class Stats:
             "suppressed_by_reason": dict(sorted(self.suppressed_by_reason().items())),
             "deferred_by_rule": dict(sorted(self.deferred.items())),
             "transitions": dict(sorted(self.transitions.items())),
+            "timer_errors": self.timer_errors,
         }
 
 
@@ -107,6 +109,9 @@ class Engine:
         # and ``handoffs`` collects what must go to another partition (see ``hand_off``)
         self.owns = None
         self.handoffs: list | None = None
+        # on_timer_error(due, exception): a timer whose rule failed (the shells count and log
+        # it; no customer id is passed on); without it, the error propagates
+        self.on_timer_error = None
 
     # -- the timeline --------------------------------------------------------------
     def fire_due(self, upto: int) -> None:
@@ -123,7 +128,15 @@ class Engine:
             self.key = key
             if self.dirty is not None:
                 self.dirty.add(key)
-            self._run_timers(st, due)
+            try:
+                self._run_timers(st, due)
+            except Exception as e:
+                # a timer that fails is dropped (it would fail again), counted, and reported;
+                # the customer's other timers and everyone else's go on
+                self.stats.timer_errors += 1
+                if self.on_timer_error is None:
+                    raise
+                self.on_timer_error(due, e)
             self._reschedule(key, st)
 
     def timers_pending(self) -> int:

@@ -167,6 +167,22 @@ class CustomerState:
     def from_bytes(cls, b: bytes) -> CustomerState:
         return cls.from_dict(orjson.loads(b))
 
+    @classmethod
+    def checked(cls, d) -> CustomerState:
+        """A state from a record written elsewhere (a visitor's state handed over between
+        partitions): every field checked for its shape first, so a forged or damaged
+        record is refused (ValueError) instead of breaking the customer it would be
+        merged into."""
+        if not isinstance(d, dict) or not set(d) <= _FIELDS:
+            raise ValueError("not a customer state")
+        for key, v in d.items():
+            if not _FIELDS_OK[key](v):
+                raise ValueError(f"customer state field {key!r} has the wrong shape")
+        s = cls.from_dict(d)
+        s.to_bytes()   # serializable
+        s.next_due()   # timers comparable
+        return s
+
     def __eq__(self, other):
         return isinstance(other, CustomerState) and self.to_dict() == other.to_dict()
 
@@ -209,6 +225,53 @@ class CustomerState:
             self.occ.setdefault(k, v)
         if other.last_ts is not None:
             self.last_ts = other.last_ts if self.last_ts is None else max(self.last_ts, other.last_ts)
+
+
+def _int(v) -> bool:
+    return type(v) is int and -(1 << 62) < v < (1 << 62)
+
+
+def _num(v) -> bool:
+    return (type(v) is float and v == v and abs(v) < 1e300) or _int(v)
+
+
+def _strs(v) -> bool:
+    return isinstance(v, list) and all(type(x) is str for x in v)
+
+
+def _opt_str(v) -> bool:
+    return v is None or type(v) is str
+
+
+def _touch(v) -> bool:
+    return isinstance(v, dict) and all(
+        k in TOUCH_KINDS and isinstance(r, list) and len(r) == 4 and all(_int(x) for x in r[:3])
+        and isinstance(r[3], list) and all(isinstance(e, list) and e and _int(e[0]) for e in r[3])
+        for k, r in v.items())
+
+
+_FIELDS_OK = {
+    "a": lambda v: type(v) in (int, bool),
+    "tz": _opt_str, "bd": _opt_str, "lc": _opt_str,
+    "cs": lambda v: v is None or (isinstance(v, dict) and all(type(k) is str and type(x) is bool for k, x in v.items())),
+    "o": lambda v: isinstance(v, list) and len(v) == 5 and _int(v[0]) and all(x is None or _int(x) for x in v[1:3])
+    and _int(v[3]) and _int(v[4]),
+    "ro": lambda v: isinstance(v, list) and all(isinstance(r, list) and len(r) >= 2 and _int(r[1]) for r in v),
+    "t": _touch,
+    "h": lambda v: isinstance(v, list) and len(v) == 2 and _num(v[0]) and _int(v[1]),
+    "s": lambda v: type(v) is str,
+    "tk": lambda v: isinstance(v, dict) and all(type(k) is str and isinstance(x, list) for k, x in v.items()),
+    "tm": lambda v: isinstance(v, dict) and all(type(k) is str and isinstance(x, list) and len(x) == 2 and _int(x[0])
+                                                for k, x in v.items()),
+    "oc": lambda v: isinstance(v, dict) and all(type(k) is str for k in v),
+    "ct": lambda v: isinstance(v, list) and all(_int(x) for x in v),
+    "sn": lambda v: isinstance(v, list) and len(v) % 2 == 0 and all(type(x) is int and 0 <= x < (1 << 64) for x in v),
+    "l": lambda v: v is None or _int(v),
+    "an": _strs, "mg": _strs,
+    "cv": lambda v: v is None or (isinstance(v, list) and len(v) == 4 and all(_int(x) for x in v)),
+    "x": _int, "fw": lambda v: type(v) is str,
+}
+_FIELDS = frozenset(_FIELDS_OK)
 
 
 def merge_clv(a: list, b: list) -> list:

@@ -8,6 +8,10 @@ arrives is *late*: it is applied at once (nothing is dropped) and counted.
 
 ``drive(engine, sorted_events, until)`` is the same timeline for input that
 is already in event-time order (replay, backtest).
+
+No event can stop the timeline: an exception while one event is applied is
+handed to ``on_error(event, token, exception)`` (the shells dead-letter the
+record and count it) and the timeline goes on with the next.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ def order_key(ev) -> tuple:
     return (ev.ts, ev.id)
 
 
-def drive(engine, events, until: int | None = None) -> int | None:
+def drive(engine, events, until: int | None = None, on_error=None) -> int | None:
     """Apply time-ordered ``events``; then fire timers up to ``until`` (or the
-    last event's time). Returns the final watermark."""
+    last event's time). Returns the final watermark. ``on_error(ev, None, exc)``
+    takes an event whose application failed (without it, the error propagates)."""
     last = None
     fire_due, apply = engine.fire_due, engine.apply
     heap = getattr(engine, "heap", None)
@@ -34,7 +39,12 @@ def drive(engine, events, until: int | None = None) -> int | None:
             if heap is None or (heap and heap[0][0] < ts):
                 fire_due(ts - 1)
             last = ts
-        apply(ev)
+        try:
+            apply(ev)
+        except Exception as e:
+            if on_error is None:
+                raise
+            on_error(ev, None, e)
     final = last if until is None or (last is not None and until < last) else until
     if final is not None:
         fire_due(final)
@@ -44,8 +54,11 @@ def drive(engine, events, until: int | None = None) -> int | None:
 class Timeline:
     """Reorders events within the allowed lateness and drives the engine."""
 
-    def __init__(self, engine, lateness_ms: int):
+    def __init__(self, engine, lateness_ms: int, on_error=None):
         self.engine = engine
+        # on_error(event, token, exception): an event whose application failed (the live
+        # worker dead-letters its record); without it, the error propagates
+        self.on_error = on_error
         self.lateness = lateness_ms
         self.buffer: list[tuple] = []
         self.max_ts: int | None = None
@@ -62,7 +75,7 @@ class Timeline:
         the caller moves the watermark itself (the live worker aligns several inputs)."""
         if self.watermark is not None and ev.ts <= self.watermark:
             self.late += 1
-            self.engine.apply(ev)
+            self._apply(ev, token)
             if token is not None:
                 self.released.append(token)
             return
@@ -87,10 +100,23 @@ class Timeline:
             ts, _id, _seq, ev, token = pop(buf)
             if timers and timers[0][0] < ts:
                 fire_due(ts - 1)
-            apply(ev)
+            try:
+                apply(ev)
+            except Exception as e:
+                if self.on_error is None:
+                    raise
+                self.on_error(ev, token, e)
             if token is not None:
                 released.append(token)
         fire_due(watermark)
+
+    def _apply(self, ev, token) -> None:
+        try:
+            self.engine.apply(ev)
+        except Exception as e:
+            if self.on_error is None:
+                raise
+            self.on_error(ev, token, e)
 
     def flush(self, until: int | None = None) -> None:
         """Apply everything buffered (end of input)."""

@@ -12,31 +12,47 @@ from collections import defaultdict
 
 from ..core.engine import Engine, ListSink
 from ..core.timeline import drive
-from .replay import Reader, no_cyclic_gc
+from ..io.logs import Reader
+from .replay import no_cyclic_gc
 
 
 class _Tee:
+    """Both engines on one timeline; an event that fails in one is counted there and
+    still applied to the other (no record stops a backtest)."""
+
     def __init__(self, engines):
         self.engines = engines
+        self.failed = [0] * len(engines)
+        for e in engines:
+            e.on_timer_error = _ignore
 
     def fire_due(self, t):
         for e in self.engines:
             e.fire_due(t)
 
     def apply(self, ev):
-        for e in self.engines:
-            e.apply(ev)
+        for i, e in enumerate(self.engines):
+            try:
+                e.apply(ev)
+            except Exception:
+                self.failed[i] += 1
+
+
+def _ignore(*_args) -> None:
+    pass
 
 
 def backtest(paths, new_cfg, base_cfg, until: int | None = None, progress=None) -> dict:
     new, base = Engine(new_cfg, ListSink()), Engine(base_cfg, ListSink())
     reader = Reader(paths, None, min(new_cfg.engine.max_record_bytes, base_cfg.engine.max_record_bytes), progress)
     with no_cyclic_gc():
-        drive(_Tee([new, base]), reader.events(), until)
+        tee = _Tee([new, base])
+        drive(tee, reader.events(), until)
     rules = sorted(set(new_cfg.rules) | set(base_cfg.rules))
     by_new = {t["id"]: t for t in new.sink.triggers}
     by_base = {t["id"]: t for t in base.sink.triggers}
-    result = {"lines": reader.lines, "rejected": sum(reader.rejected.values()), "rules": {}, "added": [], "removed": []}
+    result = {"lines": reader.lines, "rejected": sum(reader.rejected.values()), "unprocessable": tee.failed,
+              "rules": {}, "added": [], "removed": []}
     per = defaultdict(lambda: {"baseline": 0, "new": 0, "added": 0, "removed": 0})
     for t in base.sink.triggers:
         per[t["data"]["rule"]]["baseline"] += 1
@@ -67,6 +83,9 @@ def format_backtest(r: dict, examples: int = 3) -> str:
     tn = sum(c["new"] for c in r["rules"].values())
     lines.append(f"{'total':<22}{tb:>10,}{tn:>10,}{'+' + format(len(r['added']), ','):>10}"
                  f"{'-' + format(len(r['removed']), ','):>10}")
+    if any(r.get("unprocessable", ())):
+        lines.append(f"unprocessable events (applying them failed; left out): baseline {r['unprocessable'][1]:,}, "
+                     f"new {r['unprocessable'][0]:,}")
     if r["suppressed"]:
         lines.append("")
         lines.append(f"{'suppressed by reason':<22}{'baseline':>10}{'new':>10}")

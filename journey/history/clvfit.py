@@ -114,8 +114,13 @@ def stats_from_log(paths, at: int, progress=None) -> dict:
     engine = Engine(Config({"rules": {name: {"enabled": False} for name in REGISTRY}}), _Quiet())
     reader = Reader(paths, None, progress=progress)
     with no_cyclic_gc():
-        drive(engine, (ev for ev in reader.events() if ev.ts // MS_DAY <= end_day))
+        engine.on_timer_error = _ignore
+        drive(engine, (ev for ev in reader.events() if ev.ts // MS_DAY <= end_day), on_error=_ignore)
     return {k: st.clv for k, st in engine.states.items() if st.clv is not None and not st.anon and st.erased is None}
+
+
+def _ignore(*_args) -> None:
+    """An event or timer that fails is left out of the statistics (no record stops a fit)."""
 
 
 def parse_day(value: str) -> int:

@@ -24,8 +24,10 @@ from pathlib import Path
 import orjson
 
 from ..core.engine import Engine
+from ..core.intake import UNPROCESSABLE
 from ..core.timeline import drive
 from ..core.timeutil import format_time
+from ..core.triggers import deadletter_record
 from ..io.logs import SORT_BUFFER, Reader
 from ..io.progress import Progress
 from ..io.rulefile import load_config
@@ -117,7 +119,8 @@ def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, 
         t_read = time.perf_counter() - t0
         progress.done()
         stream = Counting(_chain(first, events), reader.valid, progress)
-        watermark = drive(engine, stream, until)
+        engine.on_timer_error = _timer_failed  # counted in the engine's stats; replay goes on
+        watermark = drive(engine, stream, until, on_error=failed_event(reader, outs[2]))
         progress.done()
     finally:
         for o in outs:
@@ -137,6 +140,7 @@ def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, 
         "suppressed_by_reason": s["suppressed_by_reason"],
         "deferred_by_rule": s["deferred_by_rule"],
         "transitions": s["transitions"],
+        "timer_errors": s["timer_errors"],
         "customers": engine.customers(),
         "watermark": watermark,
         "sort_runs": reader.runs,
@@ -144,6 +148,22 @@ def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, 
         "read_seconds": round(t_read, 3),
         "events_per_second": round(reader.lines / elapsed) if elapsed else 0,
     }
+
+
+def _timer_failed(_due, _exc) -> None:
+    pass
+
+
+def failed_event(reader: Reader, deadletter):
+    """``drive``'s ``on_error``: an event whose application failed is dead-lettered with
+    its file, line and bytes (read again), counted as ``unprocessable``, and replay goes
+    on (no record can stop it)."""
+    def on_error(ev, _token, exc) -> None:
+        reader.rejected[UNPROCESSABLE] += 1
+        path, n = reader.locate(reader.current)
+        deadletter(deadletter_record(UNPROCESSABLE, f"{type(exc).__name__} while applying the event",
+                                     {"file": path, "line": n}, reader.line(reader.current)))
+    return on_error
 
 
 def _chain(first, rest):
@@ -168,6 +188,8 @@ def format_summary(s: dict) -> str:
     lines += [f"suppressed {sum(s['suppressed_by_reason'].values()):,}"] + table("by reason", s["suppressed_by_reason"])
     if s["deferred_by_rule"]:
         lines += [f"deferred   {sum(s['deferred_by_rule'].values()):,} (quiet hours)"]
+    if s.get("timer_errors"):
+        lines += [f"timer errors {s['timer_errors']:,} (timers whose rule failed; dropped)"]
     lines += [f"customers  {s['customers']:,}"]
     if s["watermark"] is not None:
         lines += [f"watermark  {format_time(s['watermark'])}"]

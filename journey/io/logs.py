@@ -16,7 +16,7 @@ import heapq
 import os
 import pickle
 import tempfile
-import zlib
+from bisect import bisect_right
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -53,19 +53,25 @@ class Reader:
         self.valid = 0
         self.rejected = Counter()
         self.runs = 0
+        self.starts: list[tuple[int, str]] = []  # (line count before the file, file)
+        self.current = 0  # the line count of the event last handed out by ``events``
         for p in self.paths:
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{p}: no such file (journey replay takes JSON-lines files, .jsonl or .jsonl.gz)")
 
     def _parsed(self):
-        """(sort key..., event) tuples in file order; rejects go to the dead-letter output."""
+        """(ts, id, seq, event) tuples in file order; rejects go to the dead-letter output.
+        ``seq`` counts every line of every file, in the order given: ties of time and id
+        (the same event twice) keep the first in file order, and ``locate`` finds a line."""
         total = sum(os.path.getsize(p) for p in self.paths) or 1
         done_before = 0
         seq = 0
         for path in self.paths:
+            self.starts.append((seq, path))
             f, raw = open_log(path)
             with f, raw:
                 for n, line in enumerate(f, 1):
+                    seq += 1
                     self.lines += 1
                     line = line.rstrip(b"\r\n")
                     if not line.strip():
@@ -79,8 +85,7 @@ class Reader:
                             self.deadletter(deadletter_record(r.reason, r.detail, {"file": path, "line": n}, line))
                         continue
                     self.valid += 1
-                    seq += 1
-                    yield (ev.ts, ev.id, zlib.crc32(line), seq, ev)
+                    yield (ev.ts, ev.id, seq, ev)
                     if not self.lines & 4095:
                         self.progress.update("reading", done_before + raw.tell(), total)
             done_before += os.path.getsize(path)
@@ -94,23 +99,42 @@ class Reader:
                 if len(chunk) >= self.sort_buffer:
                     runs.append(self._spill(chunk, stack))
                     chunk = []
-            chunk.sort()  # (ts, id, crc, seq, event): seq is unique, so the event is never compared
+            chunk.sort()  # (ts, id, seq, event): seq is unique, so the event is never compared
             self.runs = len(runs) + (1 if chunk else 0)
             if not runs:
                 for item in chunk:
-                    yield item[4]
+                    self.current = item[2]
+                    yield item[3]
                 return
             runs.append(iter(chunk))
             for item in heapq.merge(*runs):
-                yield item[4]
+                self.current = item[2]
+                yield item[3]
+
+    def locate(self, seq: int) -> tuple[str, int]:
+        """(file, line number) of the line counted ``seq``."""
+        i = bisect_right([s for s, _p in self.starts], seq - 1) - 1
+        start, path = self.starts[i]
+        return path, seq - start
+
+    def line(self, seq: int) -> bytes:
+        """The bytes of the line counted ``seq`` (read again: for the rare dead letter of an
+        event that failed after sorting)."""
+        path, n = self.locate(seq)
+        f, raw = open_log(path)
+        with f, raw:
+            for i, line in enumerate(f, 1):
+                if i == n:
+                    return line.rstrip(b"\r\n")
+        return b""
 
     def _spill(self, chunk, stack):
         """Sort a chunk and write it to a temporary file as plain tuples (fast to pickle)."""
         chunk.sort()
         tmp = stack.enter_context(tempfile.TemporaryFile(prefix="journey-run-"))
         for i in range(0, len(chunk), _SPILL_BATCH):
-            batch = [(ts, i_, c, q, e.cid, e.anon, e.type, e.f, e.touch, e.known, e.traits)
-                     for ts, i_, c, q, e in chunk[i:i + _SPILL_BATCH]]
+            batch = [(ts, i_, q, e.cid, e.anon, e.type, e.f, e.touch, e.known, e.traits)
+                     for ts, i_, q, e in chunk[i:i + _SPILL_BATCH]]
             pickle.dump(batch, tmp, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.seek(0)
         return _read_run(tmp)
@@ -122,5 +146,5 @@ def _read_run(f):
             batch = pickle.load(f)
         except EOFError:
             return
-        for ts, eid, crc, seq, cid, anon, typ, fields, touch, known, traits in batch:
-            yield ts, eid, crc, seq, Event(eid, cid, anon, typ, ts, fields, touch, known, traits)
+        for ts, eid, seq, cid, anon, typ, fields, touch, known, traits in batch:
+            yield ts, eid, seq, Event(eid, cid, anon, typ, ts, fields, touch, known, traits)

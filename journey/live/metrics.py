@@ -111,6 +111,18 @@ class WorkerCollector:
         dup.add_metric([], stats.duplicates)
         yield dup
 
+        terr = CounterMetricFamily("journey_timer_errors_total",
+                                   "Timers whose rule failed when they came due (dropped; processing goes on)")
+        terr.add_metric([], stats.timer_errors)
+        yield terr
+
+        serr = CounterMetricFamily("journey_state_errors_total",
+                                   "Customer states that could not be loaded from the changelog (skipped) or written "
+                                   "to it (kept in memory), by what", labels=["what"])
+        serr.add_metric(["load"], rt.retired_bad_states + sum(p.bad_states for p in list(rt.procs.values())))
+        serr.add_metric(["write"], rt.retired_state_errors + sum(p.state_errors for p in list(rt.procs.values())))
+        yield serr
+
         late = CounterMetricFamily("journey_events_late_total",
                                    "Events that arrived behind the watermark (applied at once, out of order)")
         late.add_metric([], rt.late_total())

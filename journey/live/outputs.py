@@ -7,10 +7,13 @@ producer."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 import time
 import weakref
 from bisect import bisect_left
+from collections import deque
 
 import orjson
 from faust.streams import _current_event
@@ -18,6 +21,8 @@ from faust.types import TP
 
 from ..io import topics
 from .processor import PartitionProcessor
+
+log = logging.getLogger("journey.worker")
 
 # journey-origin: live marks triggers a live worker wrote; journey dispatch delivers only those by default
 CLOUDEVENTS_JSON = [("content-type", b"application/cloudevents+json"), ("journey-origin", b"live")]
@@ -101,71 +106,125 @@ class Outputs:
             raise ValueError(f"a record of {len(value)} bytes does not fit in a producer batch")
 
     async def send_outputs(self) -> None:
-        """Hand the batched output to the producer, then acknowledge the records made durable
-        before it (so an acknowledged record's output is always with the producer, which
-        Faust flushes before it commits). Calls are serialized: the drain loop and the
-        idle timer both send."""
+        """Hand the batched output to the producer, and queue the checkpoints taken since the
+        last call behind it (``_commit``). Calls are serialized: the drain loop and the idle
+        timer both send."""
         async with self.send_lock:
-            acks, self.acks = self.acks, []   # their output is all in building/sealed by now
             if self.building:
                 self.sealed.extend((t, p, b) for (t, p), b in self.building.items())
                 self.building.clear()
             if self.sealed:
                 producer = self.app.producer._ensure_producer()
                 sealed, self.sealed = self.sealed, []
+                inflight = self.inflight
                 for topic, partition, b in sealed:
-                    fut = await producer.send_batch(b, topic, partition=partition)
-                    if topic == self.changelog:
-                        fut.add_done_callback(self._persisted(partition, b.record_count()))
-            self._ack(acks)
+                    inflight.append(await producer.send_batch(b, topic, partition=partition))
+            while self.pending:
+                writes, acks = self.pending.popleft()
+                # every output sent so far (this checkpoint's records caused some of it) must be
+                # delivered before the state that follows from them is written anywhere
+                deps = [f for f in self.inflight if not f.done() or f.cancelled() or f.exception() is not None]
+                self.inflight = [f for f in deps if not f.done()]
+                self.commits.put_nowait((writes, acks, deps))
+            if self.committer is None or self.committer.done():
+                self.committer = asyncio.ensure_future(self._committer())
 
     def checkpoint(self) -> None:
-        """Write every customer state changed since the last checkpoint (one write per
-        customer, whatever number of events changed it) to the table's store and, as one
-        producer batch per partition, to its changelog; the records applied before it are
-        acknowledged once that batch is with the producer (``send_outputs``). Faust commits
-        only acknowledged offsets, after flushing the producer, so a committed offset never
-        runs ahead of the state.
+        """Take every customer state changed since the last checkpoint (one write per
+        customer, whatever number of events changed it) and the records applied before it;
+        ``send_outputs`` queues it behind the output sent so far, and ``_commit`` makes it
+        durable in order: first the outputs are delivered (acknowledged by the broker), then
+        the states go to the changelog, then, once that is delivered too, to the table's
+        local store (RocksDB), and only then are the records acknowledged (Faust commits
+        acknowledged offsets). So a state that knows an event, on either store, always comes
+        with every trigger and record that event caused, and a kill -9 at any moment loses
+        none: what was not durable is read and applied again.
 
         The changelog records are written here rather than by ``table[key] = value``:
         Faust's producer buffer gives up flushing after 0.1 s without progress (a busy
         loop), so a commit could pass state still waiting in it."""
         self.next_checkpoint = time.monotonic() + self.checkpoint_s
-        data = self.table.data
-        changelog = self.changelog
-        emit = self._emit
+        writes: dict[int, list] = {}
+        acks, self.acks = self.acks, []   # records whose only effect is output (dead letters, re-keyed)
         for proc in self.procs.values():
             dirty = proc.take_dirty()
             if dirty:
-                p = proc.partition
-                token = _current_event.set(weakref.ref(proc.anchor))
-                try:
-                    for key, value in dirty:
-                        k = key.encode()
-                        if value is None:
-                            data.pop(k, None)
-                        else:
-                            data[k] = value
-                        emit(changelog, p, k, value, NO_HEADERS)
-                finally:
-                    _current_event.reset(token)
+                writes[proc.partition] = [(key.encode(), value) for key, value in dirty]
                 self.counts["state_writes"] += len(dirty)
             if proc.applied:
-                self.acks.extend(proc.applied)
+                acks.extend(proc.applied)
                 proc.applied.clear()
+        if writes or acks:
+            self.pending.append((writes, acks))
         self.counts["late"] = sum(p.timeline.late for p in self.procs.values())
         # what lives past a checkpoint is mostly customer state: keep it out of the collector's
         # full passes, whose pause grows with the number of customers held (see tune_gc)
         gc.freeze()
 
-    def _persisted(self, partition: int, count: int):
-        """Tell the store (RocksDB keeps it) how far the changelog it mirrors was written."""
-        tp = TP(self.changelog, partition)
+    async def _committer(self) -> None:
+        """Make queued checkpoints durable, one at a time, in the order they were taken."""
+        while True:
+            writes, acks, deps = await self.commits.get()
+            try:
+                await self._commit(writes, acks, deps)
+            except Exception as e:  # an output the broker would not take: nothing after it is safe
+                log.critical("output could not be delivered (%s: %s); stopping, so that a restart reads "
+                             "the records again from the last committed offset", type(e).__name__, e)
+                self.failed = e
+                await self.app.crash(e)
+                return
 
-        def done(fut):
-            if not fut.cancelled() and fut.exception() is None:
-                self.table.data.set_persisted_offset(tp, fut.result().offset + count - 1)
-        return done
+    async def _commit(self, writes: dict, acks: list, deps: list) -> None:
+        if deps:
+            await asyncio.gather(*deps)
+        producer = self.app.producer._ensure_producer()
+        sent = []
+        for p, items in writes.items():
+            if p not in self.procs:
+                continue  # revoked meanwhile: its new owner reads those records again
+            b = producer.create_batch()
+            n = 0
+            for k, v in items:
+                if b.append(timestamp=None, key=k, value=v, headers=NO_HEADERS) is None:
+                    sent.append((p, n, await producer.send_batch(b, self.changelog, partition=p)))
+                    b, n = producer.create_batch(), 0
+                    if b.append(timestamp=None, key=k, value=v, headers=NO_HEADERS) is None:
+                        raise ValueError(f"a state of {len(v)} bytes does not fit in a producer batch")
+                n += 1
+            if n:
+                sent.append((p, n, await producer.send_batch(b, self.changelog, partition=p)))
+        if sent:
+            await asyncio.gather(*(f for _p, _n, f in sent))
+        data = self.table.data
+        for p, items in writes.items():
+            proc = self.procs.get(p)
+            if proc is None:
+                continue
+            token = _current_event.set(weakref.ref(proc.anchor))
+            try:
+                for k, v in items:
+                    if v is None:
+                        data.pop(k, None)
+                    else:
+                        data[k] = v
+            finally:
+                _current_event.reset(token)
+        for p, n, fut in sent:
+            if p in self.procs:  # how far the changelog the store mirrors was written (RocksDB keeps it)
+                data.set_persisted_offset(TP(self.changelog, p), fut.result().offset + n - 1)
+        self._ack(acks)
+
+    def drop(self, partitions: set[int]) -> None:
+        """Revoked partitions: their unsent state writes and acknowledgements are dropped (the
+        new owner reads the records again); a stale write of ours must never land after its."""
+        if not partitions:
+            return
+        self.building = {(t, p): b for (t, p), b in self.building.items()
+                         if not (t == self.changelog and p in partitions)}
+        self.acks = [t for t in self.acks if t[0].partition not in partitions]
+        self.pending = deque((({p: w for p, w in writes.items() if p not in partitions},
+                               [t for t in acks if t[0].partition not in partitions])
+                              for writes, acks in self.pending))
 
     def _ack(self, tokens: list) -> None:
         if not tokens:

@@ -24,6 +24,8 @@ time), so a timer fires without further traffic.
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 
 from ..core.engine import Engine
@@ -31,6 +33,9 @@ from ..core.state import CustomerState
 from ..core.timeline import Timeline
 from ..io import topics
 
+log = logging.getLogger("journey.worker")
+
+# the worker's own table keys: no customer id can take them (intake rejects ids with control characters)
 WATERMARK_KEY = "\x00watermark:"
 MARKED_TOPICS = (*topics.SOURCES, topics.INTERNAL)
 
@@ -73,8 +78,9 @@ class PartitionProcessor:
         self.last_arrival: int | None = None   # wall ms of the last record
         self.wm_saved: int | None = None
         self.anchor = None                      # the worker's handle for this partition
-        self.marks: dict[str, int] = {}         # watermark markers read, by topic
-        self.mark_tokens: list = []
+        self.marker = None                      # a watermark marker waiting: (until, ends, token)
+        self.bad_states = 0                     # changelog records that could not be loaded (skipped)
+        self.state_errors = 0                   # states that could not be written (kept in memory)
         self.applied: list = []                 # tokens applied, waiting for the next checkpoint
         self.latest: dict[str, int] = {}        # latest event time read, by topic
         self.quiet_base: int | None = None      # the watermark when the partition last settled
@@ -85,17 +91,26 @@ class PartitionProcessor:
         watermark key included), then rebuild the timers from it."""
         states = self.engine.states
         for key, raw in items:
-            if key.startswith(WATERMARK_KEY):
-                wm = int(raw)
-                self.timeline.watermark = self.wm_saved = wm
-                self.timeline.max_ts = wm + self.timeline.lateness
-            else:
+            try:
+                if key.startswith(WATERMARK_KEY):
+                    wm = int(raw)
+                    self.timeline.watermark = self.wm_saved = wm
+                    self.timeline.max_ts = wm + self.timeline.lateness
+                    continue
                 st = CustomerState.from_bytes(raw)
-                states[key] = st
-                if st.fwd is not None:  # a visitor handed off to a customer elsewhere
-                    self.engine.aliases[key[len("anon:"):]] = st.fwd
-                for anon in st.anons:
-                    self.engine.aliases[anon] = key
+                fwd, anons = st.fwd, list(st.anons)
+                if (fwd is not None and type(fwd) is not str) or not all(type(a) is str for a in anons):
+                    raise ValueError("bad aliases")
+            except Exception:  # a record that cannot be read never stops a partition from loading
+                self.bad_states += 1
+                log.warning("partition %d: skipped a changelog record that cannot be read (%d so far)",
+                            self.partition, self.bad_states)
+                continue
+            states[key] = st
+            if fwd is not None:  # a visitor handed off to a customer elsewhere
+                self.engine.aliases[key[len("anon:"):]] = fwd
+            for anon in anons:
+                self.engine.aliases[anon] = key
         self.engine.rebuild_timers()
 
     def take_dirty(self) -> list[tuple[str, bytes | None]]:
@@ -106,7 +121,12 @@ class PartitionProcessor:
         out = []
         for key in dirty:
             st = states.get(key)
-            out.append((key, st.to_bytes() if st is not None else None))
+            try:
+                out.append((key, st.to_bytes() if st is not None else None))
+            except Exception:  # never expected (intake bounds every value); never fatal
+                self.state_errors += 1
+                log.error("partition %d: a customer state could not be written (%d so far); it stays in "
+                          "memory and is written at its next change", self.partition, self.state_errors)
         dirty.clear()
         wm = self.timeline.watermark
         if wm is not None and wm != self.wm_saved:
@@ -126,12 +146,15 @@ class PartitionProcessor:
         Like an event, the record is acknowledged only after the state it changed is
         written (the next checkpoint)."""
         engine = self.engine
+        anon, cid = body["anon"], body["cid"]
+        if type(anon) is not str or type(cid) is not str or not anon or not cid:
+            raise ValueError("a hand-off names its visitor and customer as strings")
         if kind == "link":
-            old = engine.hand_off(body["anon"], body["cid"])
+            old = engine.hand_off(anon, cid)
             if old is not None:
-                engine.handoffs.append(("absorb", body["cid"], body["anon"], old.to_dict()))
+                engine.handoffs.append(("absorb", cid, anon, old.to_dict()))
         else:
-            engine.absorb_visitor(body["cid"], body["anon"], CustomerState.from_dict(body["state"]))
+            engine.absorb_visitor(cid, anon, CustomerState.checked(body["state"]))
         if token is not None:
             self.timeline.released.append(token)
 
@@ -169,19 +192,24 @@ class PartitionProcessor:
         tl.advance(bound - tl.lateness)
         self.quiet_base = tl.watermark
 
-    def mark(self, topic: str, until: int, token=None) -> None:
-        """A watermark marker (``journey produce --until``) read on ``topic``: once every
-        topic of the partition has delivered its marker, event time has reached ``until``."""
-        self.marks[topic] = max(until, self.marks.get(topic, until))
+    def mark(self, until: int, ends: dict, token=None) -> None:
+        """A watermark marker (``journey produce --until``) read on ``journey.internal``:
+        once this partition has read each source topic up to ``ends[topic]`` (the offsets
+        the producer's records ended at), event time has reached ``until``. Its token is
+        held until then (a restart reads the marker again); a newer marker replaces an
+        older one, which is acknowledged."""
+        if self.marker is not None and self.marker[2] is not None:
+            self.timeline.released.append(self.marker[2])
+        self.marker = (until, ends, token)
+
+    def marker_reached(self) -> None:
+        """The waiting marker's inputs are all read: move event time to its ``until``."""
+        until, _ends, token = self.marker
+        self.marker = None
+        self.timeline.advance(until)
+        self.quiet_base = self.timeline.watermark
         if token is not None:
-            # held until the marker is complete: a restart reads the markers again
-            self.mark_tokens.append(token)
-        if len(self.marks) == len(MARKED_TOPICS):
-            self.timeline.advance(min(self.marks.values()))
-            self.quiet_base = self.timeline.watermark
-            self.marks.clear()
-            self.timeline.released.extend(self.mark_tokens)
-            self.mark_tokens.clear()
+            self.timeline.released.append(token)
 
     def tick(self, wall_ms: int) -> bool:
         """Advance a quiet partition's watermark with the wall clock; True if it moved."""

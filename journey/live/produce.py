@@ -6,17 +6,22 @@ the Kafka record timestamp and the original bytes as the value. A record that
 does not parse is published too, unkeyed, on ``journey.clickstream``, so the
 worker dead-letters it as replay would.
 
-``--until TIME`` then writes a watermark marker (header ``journey-control:
-watermark``, value TIME in epoch ms) into every partition of the source
-topics and ``journey.internal``: once the worker has read the marker on all
-of a partition's topics, its watermark moves to TIME, as ``journey replay
---until`` does.
+``--until TIME`` then writes one watermark marker per partition on
+``journey.internal`` (header ``journey-control: watermark``, value
+``{"until": ms, "ends": {source topic: offset}}``): once the worker has read
+each source topic of that partition up to the offset where these records
+ended, its watermark moves to TIME, or to the latest event time published if
+that is later, as ``journey replay --until`` does. Workers obey control
+records only on ``journey.internal``; on a source topic the header is
+ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+import orjson
 
 from ..core import intake
 from ..io import topics
@@ -61,13 +66,25 @@ async def produce(paths, broker: str, until: int | None = None, rate: float | No
     progress = progress or Progress()
     started = time.monotonic()
     n = 0
+    ends: dict[tuple[str, int], int] = {}   # (topic, partition) -> the offset after our last record
+    latest = None                           # the latest event time sent
+
+    def sent(fut):
+        if not fut.cancelled() and fut.exception() is None:
+            md = fut.result()
+            slot = (md.topic, md.partition)
+            if md.offset + 1 > ends.get(slot, 0):
+                ends[slot] = md.offset + 1
     try:
         for topic, key, value, ts in records(paths):
             if rate:
                 ahead = n / rate - (time.monotonic() - started)
                 if ahead > 0.002:
                     await asyncio.sleep(ahead)
-            await producer.send(topic, value=value, key=key, timestamp_ms=ts)
+            if ts is not None and (latest is None or ts > latest):
+                latest = ts
+            fut = await producer.send(topic, value=value, key=key, timestamp_ms=ts)
+            fut.add_done_callback(sent)
             if on_sent is not None:
                 on_sent(key, value)
             counts[topic] = counts.get(topic, 0) + 1
@@ -76,12 +93,18 @@ async def produce(paths, broker: str, until: int | None = None, rate: float | No
                 progress.update("produce", n, unit="records", rate=n / max(1e-9, time.monotonic() - started))
         await producer.flush()
         if until is not None:
-            value = str(until).encode()
-            for topic in (*topics.SOURCES, topics.INTERNAL):
-                for p in range(partitions):
-                    await producer.send(topic, value=value, partition=p, headers=CONTROL)
+            # one marker per partition on journey.internal (the only topic whose control records
+            # a worker obeys): once a partition has read its source topics up to where these
+            # records ended, event time is at ``until``, or at the latest event time sent when
+            # that is later (as replay --until: timers due by the log's last event fire too)
+            for _ in range(3):
+                await asyncio.sleep(0)  # let the delivery callbacks of the flushed batches run
+            until = max(until, latest) if latest is not None else until
+            for p in range(partitions):
+                body = {"until": until, "ends": {t: ends[(t, p)] for t in topics.SOURCES if (t, p) in ends}}
+                await producer.send(topics.INTERNAL, value=orjson.dumps(body), partition=p, headers=CONTROL)
             await producer.flush()
-            counts["watermark markers"] = (len(topics.SOURCES) + 1) * partitions
+            counts["watermark markers"] = partitions
     finally:
         progress.done()
         await producer.stop()

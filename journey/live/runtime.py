@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 
 import faust
 import orjson
@@ -41,6 +41,16 @@ DEADLETTER_RAW_MAX = 128 << 10   # bytes of a rejected record kept in its dead l
                                  # them up to 6x; a producer batch holds 1 MiB)
 
 
+def _marker(value: bytes) -> tuple[int, dict]:
+    """A watermark marker's ``{"until": ms, "ends": {source topic: offset}}`` (``journey produce``)."""
+    d = orjson.loads(value)
+    until, ends = d["until"], d.get("ends", {})
+    if type(until) is not int or not isinstance(ends, dict) or not all(
+            t in topics.SOURCES and type(o) is int and o >= 0 for t, o in ends.items()):
+        raise ValueError("not a watermark marker")
+    return until, ends
+
+
 def _merge_stats(into: Stats, other: Stats) -> None:
     into.events.update(other.events)
     into.touch.update(other.touch)
@@ -50,6 +60,7 @@ def _merge_stats(into: Stats, other: Stats) -> None:
     into.suppressed.update(other.suppressed)
     into.deferred.update(other.deferred)
     into.transitions.update(other.transitions)
+    into.timer_errors += other.timer_errors
 
 
 class Runtime(Outputs):
@@ -77,15 +88,22 @@ class Runtime(Outputs):
         self.deadletters: Counter = Counter()   # topic read from -> dead letters
         self.retired = Stats()                  # counters of partitions this worker gave up
         self.retired_late = 0
+        self.retired_bad_states = 0
+        self.retired_state_errors = 0
         self.rebalances = 0
         self.latency = Buckets(LATENCY_BUCKETS)
         self.event_lag = Buckets(LAG_BUCKETS)
         self.rule_kinds = {name: rule.kind for name, (rule, _p) in Engine(config).rules.items()}
         self.faust_version = faust.__version__
-        self.acks: list = []           # tokens to acknowledge once the output before them is sent
+        self.acks: list = []           # tokens of records whose only effect is output, for the next checkpoint
         self.building: dict = {}       # (topic, partition) -> open producer batch
         self.sealed: list = []         # (topic, partition, batch) full, not yet sent
         self.send_lock = asyncio.Lock()
+        self.inflight: list = []       # delivery futures of output sent and not yet delivered
+        self.pending: deque = deque()  # checkpoints taken, not yet queued: (writes by partition, acks)
+        self.commits: asyncio.Queue = asyncio.Queue()  # checkpoints queued behind their output
+        self.committer = None          # the task that makes them durable, in order (outputs._commit)
+        self.failed = None             # an output the broker would not take (the worker stops)
         self.changelog = topics.changelog(settings.app_id)
         self.checkpoint_s = settings.checkpoint
         self.next_checkpoint = 0.0
@@ -113,6 +131,8 @@ class Runtime(Outputs):
             for p in sorted(new):
                 proc = PartitionProcessor(self.config, p, self.lateness, self.idle, partition_of=self.partition)
                 proc.anchor = _Anchor(p, self.table.changelog_topic.get_topic_name())
+                proc.timeline.on_error = self._event_failed
+                proc.engine.on_timer_error = self._timer_failed
                 proc.load(items[p])
                 self.procs[p] = proc
                 log.info("partition %d: %d customer(s) loaded, watermark %s", p, len(proc.engine.states), proc.watermark)
@@ -125,10 +145,12 @@ class Runtime(Outputs):
             if proc is not None:  # its counts stay in this worker's counters
                 _merge_stats(self.retired, proc.engine.stats)
                 self.retired_late += proc.timeline.late
+                self.retired_bad_states += proc.bad_states
+                self.retired_state_errors += proc.state_errors
         if partitions:
             self.read = {tp: o for tp, o in self.read.items() if tp.partition not in partitions}
             self.start_pos = {tp: o for tp, o in self.start_pos.items() if tp.partition not in partitions}
-            self.acks = [t for t in self.acks if t[0].partition not in partitions]
+            self.drop(partitions)
 
     # -- records -----------------------------------------------------------------------
     def handle(self, batch: dict) -> None:
@@ -161,8 +183,9 @@ class Runtime(Outputs):
             offer = proc.timeline.offer
             top = None   # the latest event time among them
             n = 0
+            control = topic == internal  # control records are honoured on the worker's own topic only
             for rec in recs:
-                if rec.headers and self._control(proc, tp, rec):
+                if control and rec.headers and self._control(proc, tp, rec):
                     continue
                 raw = rec.value
                 if raw is None:
@@ -174,9 +197,14 @@ class Runtime(Outputs):
                     self._deadletter(r.reason, r.detail, tp, rec.offset, raw)
                     acks.append((tp, rec.offset, received))
                     continue
+                except Exception as e:  # parse raises only Rejected; a worker never stops on a record
+                    self.rejected[intake.BAD_FIELD] += 1
+                    self._deadletter(intake.BAD_FIELD, f"cannot be read ({type(e).__name__})", tp, rec.offset, raw)
+                    acks.append((tp, rec.offset, received))
+                    continue
+                ev.raw = raw  # kept for a dead letter if applying it fails, and for forwarding a visitor's
                 key = ev.cid
                 if key is None:  # a visitor: under its customer's id once they are linked
-                    ev.raw = raw
                     key = proc.engine.aliases.get(ev.anon) or "anon:" + ev.anon
                 if topic != internal:
                     want = memo.get(key)
@@ -203,6 +231,7 @@ class Runtime(Outputs):
         for p in touched:
             proc = procs[p]
             proc.settle(lambda topic, p=p: self.behind(topic, p))
+            self.markers(proc)
             self.flush(proc)
         if time.monotonic() >= self.next_checkpoint:
             self.checkpoint()
@@ -225,30 +254,71 @@ class Runtime(Outputs):
         return last + 1 < hw
 
     def _control(self, proc, tp, rec) -> bool:
+        """A control record of ``journey.internal`` (``journey-control`` header): a visitor
+        hand-off or a watermark marker. One that cannot be read or obeyed is dead-lettered,
+        never silently dropped."""
         for k, v in rec.headers:
             if k == CONTROL_HEADER:
                 token = (tp, rec.offset, None)  # a marker: no event, no latency
-                if v in HANDOFFS:
-                    try:
-                        body = orjson.loads(rec.value)
-                        proc.handoff(v.decode(), body, token)
-                    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError):
-                        self.rejected["bad_field"] += 1
-                        self._deadletter("bad_field", f"a {v.decode()} hand-off record that cannot be read",
-                                         tp, rec.offset, rec.value or b"")
-                        self.acks.append(token)
-                elif v == b"watermark":
-                    try:
-                        proc.mark(tp.topic, int(rec.value), token)
-                    except (TypeError, ValueError):
-                        self.rejected["bad_field"] += 1
-                        self._deadletter("bad_field", "watermark marker without an epoch-ms value",
-                                         tp, rec.offset, rec.value or b"")
-                        self.acks.append(token)
-                else:
+                try:
+                    if v in HANDOFFS:
+                        proc.handoff(v.decode(), orjson.loads(rec.value), token)
+                    elif v == b"watermark":
+                        until, ends = _marker(rec.value)
+                        proc.mark(until, ends, token)
+                        self.markers(proc)
+                    else:
+                        raise ValueError("an unknown journey-control record")
+                except Exception as e:
+                    self.rejected[intake.BAD_FIELD] += 1
+                    what = v.decode(errors="replace")[:20] if isinstance(v, bytes) else "?"
+                    self._deadletter(intake.BAD_FIELD, f"a {what!r} control record that cannot be obeyed "
+                                     f"({type(e).__name__})", tp, rec.offset, rec.value or b"")
                     self.acks.append(token)
                 return True
         return False
+
+    def _event_failed(self, ev, token, exc) -> None:
+        """Applying an event failed (the timeline goes on): its record is dead-lettered with
+        its bytes, counted, and acknowledged with the rest."""
+        self.rejected[intake.UNPROCESSABLE] += 1
+        detail = f"{type(exc).__name__} while applying the event"
+        log.warning("an event could not be applied (%s); dead-lettered", type(exc).__name__)
+        if token is not None:
+            self._deadletter(intake.UNPROCESSABLE, detail, token[0], token[1], ev.raw or b"")
+
+    def _timer_failed(self, _due, exc) -> None:
+        log.warning("a timer could not be run (%s); dropped", type(exc).__name__)
+
+    def markers(self, proc) -> None:
+        """A waiting watermark marker is reached once every source topic of the partition
+        has been read up to the offset the producer's records ended at. Once the partition
+        has read all it can (no input behind) without reaching it, the marker names offsets
+        that were never written: it is dead-lettered, not waited for."""
+        marker = proc.marker
+        if marker is None:
+            return
+        p = proc.partition
+        _until, ends, token = marker
+        short = False
+        for topic in topics.SOURCES:
+            end = ends.get(topic, 0)
+            if end <= 0:
+                continue
+            tp = TP(topic, p)
+            last = self.read.get(tp)
+            at = last + 1 if last is not None else self.start_pos.get(tp, 0)
+            if at < end:
+                short = True
+                break
+        if not short:
+            proc.marker_reached()
+        elif not any(self.behind(t, p) for t in MARKED_TOPICS):
+            proc.marker = None
+            self.rejected[intake.BAD_FIELD] += 1
+            self._deadletter(intake.BAD_FIELD, "a watermark marker past the end of its inputs",
+                             token[0], token[1], b"")
+            self.acks.append(token)
 
     def _deadletter(self, reason: str, detail: str, tp, offset: int, raw: bytes) -> None:
         """A rejected record to ``journey.deadletter`` (on its source partition), batched like
@@ -308,6 +378,7 @@ class Runtime(Outputs):
             before = proc.watermark
             behind = [t for t in MARKED_TOPICS if self.behind(t, p)]
             proc.settle(lambda topic, behind=behind: topic in behind)
+            self.markers(proc)
             if not behind:
                 proc.tick(wall)
             if proc.watermark != before:

@@ -76,6 +76,10 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
         broker_rebalance_timeout=settings.session_timeout,
         stream_wait_empty=False,
         table_standby_replicas=0,
+        # Faust compares the persisted offset with the ListOffsets answer, which some brokers
+        # give stale (Tansu 0.6: "persisted offset higher than highwater"); the table's own check
+        # (journey.live.table) reads the changelog to the high watermark Fetch reports instead
+        recovery_consistency_check=False,
         web_enabled=True,
         web_host=settings.web_host,
         web_bind=settings.web_host,

@@ -1,0 +1,92 @@
+"""Faults, as a platform engineer would inject them before trusting the worker: kill -9
+at random moments on both stores, and a killed worker of two. Every trigger id replay
+writes must come, none other, and the customer states in the changelog must equal
+replay's.
+
+The kill moments are random; the seed is printed in every failure (and can be fixed
+with JOURNEY_FAULT_SEED=N). Run them many times: JOURNEY_FAULT_RUNS=20 repeats each."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+from conftest import T
+from live_support import Worker, produce_log, ready, trigger_ids, wait_for
+from test_live import UNTIL, _changelog_states, _comparable, _debug_state_diff, replayed, synthetic
+
+RUNS = int(os.environ.get("JOURNEY_FAULT_RUNS", "1"))
+
+
+def _seed() -> int:
+    return int(os.environ.get("JOURNEY_FAULT_SEED") or random.SystemRandom().randrange(1 << 30))
+
+
+def _same_as_replay(broker, want_t, engine, seed, timeout=150):
+    want = {t["id"] for t in want_t}
+    wait_for(lambda: set(trigger_ids(broker, idle_ms=200)) >= want, timeout, f"every trigger (seed {seed})")
+    time.sleep(1.5)
+    got = trigger_ids(broker)
+    missing, extra = want - set(got), set(got) - want
+    assert not missing and not extra, f"seed {seed}: {len(missing)} trigger(s) lost, {len(extra)} invented"
+    expected = {k: _comparable(s) for k, s in engine.states.items()}
+
+    def states_equal():
+        states = _changelog_states(broker)
+        return set(states) == set(expected) and all(_comparable(s) == expected[k] for k, s in states.items())
+    try:
+        wait_for(states_equal, 30, "the changelog to settle", every=1.0)
+    except AssertionError:
+        states = _changelog_states(broker)
+        diffs = {k: _debug_state_diff(_comparable(s), expected.get(k, b"{}")) for k, s in states.items()
+                 if _comparable(s) != expected.get(k)}
+        raise AssertionError(f"seed {seed}: {len(diffs)} state(s) differ from replay, "
+                             f"{len(set(expected) - set(states))} missing: {list(diffs.items())[:3]}") from None
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_kill9_at_random_moments_loses_and_invents_nothing(broker, tmp_path, store, run):
+    seed = _seed()
+    rnd = random.Random(seed)
+    log = synthetic(tmp_path, customers=1500, events=40000, seed=rnd.randrange(1000))
+    keep = []
+    want_t, _a, _d = replayed(tmp_path, log, keep=keep)
+    produce_log(broker, log, until=T(UNTIL))
+    kw = {"store": store, "data_dir": str(tmp_path / "data")} if store != "memory://" else {}
+    for k in range(2):  # killed twice mid-stream, at a random moment each time
+        w = Worker(broker, tmp_path, name=f"killed{k}", **kw)
+        w.wait_ready(90)
+        time.sleep(rnd.uniform(0.0, 2.5))
+        w.kill9()
+    w = Worker(broker, tmp_path, name="last", **kw)
+    try:
+        w.wait_ready(90)
+        _same_as_replay(broker, want_t, keep[0], seed)
+    finally:
+        w.stop()
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+def test_a_killed_worker_of_two_is_taken_over_without_divergence(broker, tmp_path, run):
+    seed = _seed()
+    rnd = random.Random(seed)
+    log = synthetic(tmp_path, customers=1500, events=30000, seed=rnd.randrange(1000))
+    keep = []
+    want_t, _a, _d = replayed(tmp_path, log, keep=keep)
+    a, b = Worker(broker, tmp_path, name="a"), Worker(broker, tmp_path, name="b")
+    try:
+        a.wait_ready(90)
+        b.wait_ready(90)
+        wait_for(lambda: all(0 < len((ready(x.port) or {}).get("partitions", [])) < 6 for x in (a, b)), 90,
+                 "the partitions to be split")
+        produce_log(broker, log, until=T(UNTIL))
+        time.sleep(rnd.uniform(0.0, 3.0))
+        victim = rnd.choice([a, b])
+        victim.kill9()
+        _same_as_replay(broker, want_t, keep[0], seed, timeout=180)
+    finally:
+        a.stop()
+        b.stop()
