@@ -169,3 +169,95 @@ def test_a_state_record_of_the_wrong_shape_is_refused():
                 {"h": ["x", 1]}, {"cs": {"email": "yes"}}):
         with pytest.raises(ValueError):
             CustomerState.checked(bad)
+
+
+def _state_after(events, rules=None):
+    from journey.core.engine import Engine, ListSink
+    from journey.core.timeline import drive
+    from journey.io.rulefile import config_from
+
+    eng = Engine(config_from(rules or {}), ListSink())
+    drive(eng, [parse(orjson.dumps(e)) for e in events])
+    return {k: st.to_bytes() for k, st in eng.states.items()}, eng
+
+
+@pytest.mark.parametrize("cap", [None, 10])
+def test_redelivery_of_a_busy_customer_is_harmless(cap):
+    # forty tickets in forty minutes, then the first ten delivered again (a consumer that
+    # restarted from an old offset); with the default memory, and with one of 10 ids, where
+    # the ids of the window no longer fit
+    rules = {"engine": {"dedup_max_ids": cap}} if cap else None
+    t0 = T(BASE)
+    tickets = [ev("ticket.opened", "busy", format_time(t0 + i * 60_000), id=f"t{i}", ticket_id=f"k{i}")
+               for i in range(40)]
+    once, eng1 = _state_after(tickets, rules)
+    again, eng2 = _state_after(tickets + tickets[:10], rules)
+    assert again == once
+    assert eng2.stats.duplicates == 10 and eng2.stats.events["ticket.opened"] == 40
+    if cap:
+        assert len(eng2.states["busy"].seen) <= cap
+
+
+def test_a_busy_customers_memory_is_bounded_and_round_trips():
+    t0 = T(BASE)
+    evs = [ev("page.viewed", "bot", format_time(t0 + i * 1000), id=f"p{i}") for i in range(5000)]
+    states, eng = _state_after(evs)
+    st = eng.states["bot"]
+    assert len(st.seen) <= 1000 and st.seen_floor is not None
+    assert len(states["bot"]) < 45_000
+    assert CustomerState.from_bytes(states["bot"]) == st
+    assert CustomerState.checked(orjson.loads(states["bot"])) == st
+
+
+def _replay_cli(*args):
+    return subprocess.run([sys.executable, "-m", "journey", "replay", *map(str, args), "-q"], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_replay_checks_its_inputs_before_it_touches_an_earlier_result(tmp_path):
+    good = tmp_path / "in.jsonl"
+    good.write_bytes(orjson.dumps(ev("order.completed", "a", BASE, order_id="o")) + b"\n")
+    out = tmp_path / "t.jsonl"
+    assert _replay_cli(good, "--out", out).returncode == 0
+    before = out.read_bytes()
+    assert before
+    p = _replay_cli(good, tmp_path / "missing.jsonl", "--out", out)
+    assert p.returncode == 2 and "missing.jsonl: no such file" in p.stderr
+    assert out.read_bytes() == before
+    assert [x.name for x in tmp_path.iterdir() if x.name.endswith(".tmp")] == []
+
+
+def test_a_truncated_gzip_is_a_clear_error_that_says_how_far_it_got(tmp_path):
+    import gzip
+
+    lines = b"".join(orjson.dumps(ev("page.viewed", f"c{i}", BASE, id=f"e{i}")) + b"\n" for i in range(5000))
+    whole = gzip.compress(lines)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    out = tmp_path / "t.jsonl"
+    out.write_bytes(b"earlier\n")
+    p = _replay_cli(cut, "--out", out)
+    assert p.returncode == 1, p.stderr
+    assert "cut.jsonl.gz: the file is truncated or corrupt after line" in p.stderr and "Traceback" not in p.stderr
+    assert out.read_bytes() == b"earlier\n"
+    corrupt = tmp_path / "bad.jsonl.gz"
+    corrupt.write_bytes(whole[:100] + b"\x00" * 200 + whole[300:])
+    p = _replay_cli(corrupt, "--out", out)
+    assert p.returncode == 1 and "truncated or corrupt" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_replay_now_dead_letters_events_past_the_future_horizon(run, tmp_path):
+    from journey.history.replay import replay
+    from journey.io.rulefile import config_from
+
+    log = tmp_path / "f.jsonl"
+    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in [
+        ev("checkout.started", "a", BASE, checkout_id="k"),
+        ev("page.viewed", "a", "2199-01-01T00:00:00Z", id="far"),
+        ev("order.completed", "b", "2026-03-02T10:00:00Z", order_id="o")]))
+    out, dl = tmp_path / "o.jsonl", tmp_path / "d.jsonl"
+    s = replay([log], str(out), deadletter=str(dl), config=config_from({}), now=T("2026-03-03T00:00:00Z"))
+    assert [orjson.loads(x)["reason"] for x in dl.read_bytes().splitlines()] == ["future_time"]
+    assert s["watermark"] == T("2026-03-02T10:00:00Z")  # the far event did not move time
+    rules = sorted(orjson.loads(x)["data"]["rule"] for x in out.read_bytes().splitlines())
+    assert rules == ["cart_abandoned", "first_purchase"]

@@ -25,8 +25,14 @@ SECTIONS: dict[str, dict[str, Param]] = {
         "idle_timeout": Param("duration", "5s", "live worker: a partition quiet this long (wall time) has its watermark "
                                                 "moved on with the wall clock, so timers fire without new events"),
         "max_record_bytes": Param("int", 1 << 20, "larger records are dead-lettered", minimum=1),
+        "future_horizon": Param("duration", "1d", "live: an event this far ahead of the wall clock (or of the "
+                                                  "partition's watermark, if later) is dead-lettered as future_time "
+                                                  "and never moves event time; replay applies it against --now; "
+                                                  "0s turns the check off"),
         "dedup_window": Param("duration", "24h", "an event id is remembered this long (event time) after the customer's newest event"),
-        "dedup_max_ids": Param("int", 32, "event ids remembered per customer at most", minimum=1),
+        "dedup_max_ids": Param("int", 1000, "event ids remembered per customer at most (about 36 bytes each in "
+                                            "state); past it, events older than the oldest id remembered count "
+                                            "as redeliveries", minimum=1),
     },
     "policy": {
         "consent_default": Param("str", "granted", "consent of a customer who never stated it", choices=("granted", "denied")),

@@ -244,6 +244,9 @@ class Engine:
             # older than the ids remembered: it cannot be told from a redelivery (after a
             # restart, Kafka redelivers from the last committed offset), so it counts as one
             return True
+        floor = st.seen_floor
+        if floor is not None and ev.ts < floor:
+            return True  # the same, for a customer so busy that the memory forgot ids of the window
         seen[h] = ev.ts
         if st.last_ts is not None and ev.ts < st.last_ts:
             # an event older than the customer's newest (late, or a visitor's event forwarded
@@ -256,6 +259,11 @@ class Engine:
             keep = [(k, v) for k, v in seen.items() if v >= horizon]
             if len(keep) > self._dedup_max:
                 keep = keep[-(self._dedup_max * 3 // 4 or 1):]
+                # ids of the window forgotten: anything older than what is remembered now counts
+                # as a redelivery (as beyond the window), so redelivery stays harmless at any rate
+                st.seen_floor = keep[0][1]
+            elif st.seen_floor is not None and st.seen_floor < horizon:
+                st.seen_floor = None  # the window rule covers it now
             st.seen = dict(keep)
         return False
 

@@ -36,6 +36,7 @@ class CustomerState:
         "occ",         # rule -> occasion bookkeeping (last milestone, tier, year, ...)
         "contacts",    # marketing contact times in the cap window
         "seen",        # dedup memory: id_hash -> event ts
+        "seen_floor",  # events older than this count as seen (the memory was full and forgot older ids)
         "last_ts",     # latest event time applied
         "anons",       # anonymous ids linked to this customer
         "erased",      # erasure time: nothing else is kept
@@ -66,6 +67,7 @@ class CustomerState:
         self.occ = {}
         self.contacts = []
         self.seen = {}
+        self.seen_floor = None
         self.last_ts = None
         self.anons = []
         self.erased = None
@@ -116,6 +118,8 @@ class CustomerState:
             d["ct"] = self.contacts
         if self.seen:
             d["sn"] = [x for kv in self.seen.items() for x in kv]
+        if self.seen_floor is not None:
+            d["sf"] = self.seen_floor
         if self.last_ts is not None:
             d["l"] = self.last_ts
         if self.anons:
@@ -157,6 +161,7 @@ class CustomerState:
         s.contacts = d.get("ct", [])
         sn = d.get("sn", [])
         s.seen = dict(zip(sn[::2], sn[1::2]))
+        s.seen_floor = d.get("sf")
         s.last_ts = d.get("l")
         s.anons = d.get("an", [])
         s.clv = d.get("cv")
@@ -221,6 +226,8 @@ class CustomerState:
         # oldest first, as the dedup memory is pruned from its start (and the same whichever
         # side arrived first: live, the visitor's state may be absorbed after newer events)
         self.seen = dict(sorted({**self.seen, **other.seen}.items(), key=itemgetter(1)))
+        if other.seen_floor is not None:
+            self.seen_floor = other.seen_floor if self.seen_floor is None else max(self.seen_floor, other.seen_floor)
         for k, v in other.occ.items():
             self.occ.setdefault(k, v)
         if other.last_ts is not None:
@@ -267,6 +274,7 @@ _FIELDS_OK = {
     "ct": lambda v: isinstance(v, list) and all(_int(x) for x in v),
     "sn": lambda v: isinstance(v, list) and len(v) % 2 == 0 and all(type(x) is int and 0 <= x < (1 << 64) for x in v),
     "l": lambda v: v is None or _int(v),
+    "sf": lambda v: v is None or _int(v),
     "an": _strs, "mg": _strs,
     "cv": lambda v: v is None or (isinstance(v, list) and len(v) == 4 and all(_int(x) for x in v)),
     "x": _int, "fw": lambda v: type(v) is str,
