@@ -105,3 +105,38 @@ def test_hostile_records_never_stop_stall_or_steer_the_worker(broker, tmp_path):
             assert w2.stop() == 0, w2.log.read_text()[-3000:]
     finally:
         w.stop()
+
+
+def test_an_event_far_in_the_future_never_moves_event_time(broker, tmp_path):
+    # c's cart comes due 20 s after now, d's (on the same partition) 30 minutes after: the
+    # quiet partition's watermark follows the wall clock, so c's fires and d's must not,
+    # unless the year-2199 event in between moved event time
+    from journey.core.timeutil import format_time
+    from journey.io.kafka import Partitioner
+
+    part = Partitioner(topics.PARTITIONS)
+    d = next(f"d{i}" for i in range(1000) if part(f"d{i}") == part("c"))
+    now = int(time.time() * 1000)
+    rules = tmp_path / "rules.toml"   # quiet hours off: at night a cart trigger would wait for 08:00
+    rules.write_text('[policy]\nquiet_start = "00:00"\nquiet_end = "00:00"\n')
+    w = Worker(broker, tmp_path, idle="1s", rules=str(rules))
+    try:
+        w.wait_ready()
+        _produce(broker, [
+            (topics.CLICKSTREAM, b"c", orjson.dumps(ev("checkout.started", "c", format_time(now - 1_780_000),
+                                                       id="k1", checkout_id="k1")), None),
+            (topics.CLICKSTREAM, b"c", orjson.dumps(ev("page.viewed", "c", "2199-01-01T00:00:00Z", id="far")), None),
+            (topics.CLICKSTREAM, d.encode(), orjson.dumps(ev("checkout.started", d, format_time(now), id="k2",
+                                                             checkout_id="k2")), None),
+        ])
+        dls = wait_for(lambda: read_topic(broker, topics.DEADLETTER, idle_ms=200), 60, "the dead letter")
+        assert [orjson.loads(v)["reason"] for _k, v, *_ in dls] == ["future_time"]
+
+        def carts():
+            return [orjson.loads(v) for _k, v, *_ in read_topic(broker, topics.TRIGGERS, idle_ms=200)]
+        got = wait_for(lambda: [t for t in carts() if t["subject"] == "c"], 90, "c's cart trigger")
+        assert got[0]["data"]["rule"] == "cart_abandoned"
+        time.sleep(3)
+        assert [t["subject"] for t in carts()] == ["c"]
+    finally:
+        w.stop()

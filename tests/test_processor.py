@@ -200,3 +200,16 @@ def test_a_visitor_on_another_partition_is_handed_to_its_customer_as_replay_attr
     # a hand-off delivered twice (at-least-once) is absorbed once
     again_t, again_s, _ = _live(events, until, deliver_twice=True)
     assert again_t == want_t and again_s[cid].to_dict() == got_s[cid].to_dict()
+
+
+def test_the_idle_watermark_follows_the_wall_clock_at_its_pace_however_often_it_settles():
+    # the worker settles every partition before each tick (4 a second): the watermark of a
+    # quiet partition must still move as fast as the wall clock, not faster
+    p = proc(idle=1 * SEC)
+    t0 = T("2026-03-01T10:00:00Z")
+    p.offer(topics.CLICKSTREAM, parse(ev("checkout.started", "c1", "2026-03-01T10:00:00Z", checkout_id="k")), "a", t0)
+    p.settle(lambda t: False)
+    for i in range(1, 241):  # a minute of ticks
+        p.settle(lambda t: False)
+        p.tick(t0 + i * 250)
+    assert p.watermark == t0 - 10 * SEC + 60 * SEC

@@ -43,8 +43,10 @@ NO_CUSTOMER = "no_customer"
 MISSING_TIME = "missing_time"
 BAD_TIME = "bad_time"
 BAD_FIELD = "bad_field"
+FUTURE_TIME = "future_time"      # stamped further ahead of the present than [engine] future_horizon
 UNPROCESSABLE = "unprocessable"  # read, but applying it failed (the record is dead-lettered, nothing stops)
-REASONS = (TOO_LARGE, NOT_JSON, NOT_OBJECT, NO_TYPE, NO_CUSTOMER, MISSING_TIME, BAD_TIME, BAD_FIELD, UNPROCESSABLE)
+REASONS = (TOO_LARGE, NOT_JSON, NOT_OBJECT, NO_TYPE, NO_CUSTOMER, MISSING_TIME, BAD_TIME, BAD_FIELD, FUTURE_TIME,
+           UNPROCESSABLE)
 
 
 class Rejected(Exception):

@@ -16,6 +16,7 @@ byte-identical trigger, audit and dead-letter files.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -34,29 +35,40 @@ from ..io.rulefile import load_config
 
 
 class JsonLines:
-    """Writes one JSON object per line; ``-`` is standard output."""
+    """Writes one JSON object per line; ``-`` is standard output. A file is written beside
+    its final name and renamed over it only by ``close(keep=True)``: a replay that fails
+    leaves a previous result as it was."""
 
     def __init__(self, path: str | None):
         self.path = path
         self.count = 0
+        self.tmp = None
         if path is None:
             self.f = None
         elif path == "-":
             self.f = sys.stdout.buffer
         else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(path, "wb", buffering=1 << 20)
+            p = Path(path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+            self.f = open(self.tmp, "wb", buffering=1 << 20)
 
     def __call__(self, rec: dict) -> None:
         self.count += 1
         if self.f is not None:
             self.f.write(orjson.dumps(rec) + b"\n")
 
-    def close(self):
-        if self.f is not None and self.path != "-":
-            self.f.close()
-        elif self.f is not None:
+    def close(self, keep: bool = True):
+        if self.f is None:
+            return
+        if self.tmp is None:
             self.f.flush()
+            return
+        self.f.close()
+        if keep:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
 
 
 class FileSink:
@@ -83,11 +95,14 @@ class Counting:
 
 def replay(paths, out: str, audit: str | None = None, deadletter: str | None = None, rules: str | None = None,
            until: int | None = None, transitions: str | None = None, progress: Progress | None = None,
-           sort_buffer: int = SORT_BUFFER, config=None, keep_engine: list | None = None) -> dict:
-    """Run a replay; returns the summary (see :func:`format_summary`)."""
+           sort_buffer: int = SORT_BUFFER, config=None, keep_engine: list | None = None,
+           now: int | None = None) -> dict:
+    """Run a replay; returns the summary (see :func:`format_summary`). ``now`` (epoch ms) is
+    the present the log was taken at: events more than ``[engine] future_horizon`` after
+    it are dead-lettered as ``future_time``, as the live worker does against its clock."""
     with no_cyclic_gc():
         return _replay(paths, out, audit, deadletter, rules, until, transitions, progress, sort_buffer, config,
-                       keep_engine)
+                       keep_engine, now)
 
 
 @contextmanager
@@ -104,16 +119,21 @@ def no_cyclic_gc():
             gc.enable()
 
 
-def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, sort_buffer, config, keep_engine):
+def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, sort_buffer, config, keep_engine,
+            now):
     cfg = config or load_config(rules)
     progress = progress or Progress()
     t0 = time.perf_counter()
+    horizon = cfg.engine.future_horizon
+    limit = now + horizon if now is not None and horizon > 0 else None
+    reader = Reader(paths, None, cfg.engine.max_record_bytes, progress, sort_buffer, limit)  # inputs checked first
     outs = [JsonLines(out), JsonLines(audit), JsonLines(deadletter), JsonLines(transitions)]
+    reader.deadletter = outs[2]
+    ok = False
     try:
         engine = Engine(cfg, FileSink(outs[0], outs[1], outs[3]))
         if keep_engine is not None:
             keep_engine.append(engine)
-        reader = Reader(paths, outs[2], cfg.engine.max_record_bytes, progress, sort_buffer)
         events = reader.events()
         first = next(events, None)  # reading (and sorting) happens here
         t_read = time.perf_counter() - t0
@@ -122,9 +142,10 @@ def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, 
         engine.on_timer_error = _timer_failed  # counted in the engine's stats; replay goes on
         watermark = drive(engine, stream, until, on_error=failed_event(reader, outs[2]))
         progress.done()
+        ok = True
     finally:
         for o in outs:
-            o.close()
+            o.close(keep=ok)
     elapsed = time.perf_counter() - t0
     s = engine.stats.as_dict()
     return {

@@ -16,12 +16,14 @@ import heapq
 import os
 import pickle
 import tempfile
+import zlib
 from bisect import bisect_right
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-from ..core.intake import Event, Rejected, parse
+from ..core.intake import FUTURE_TIME, Event, Rejected, parse
+from ..core.timeutil import format_time
 from ..core.triggers import deadletter_record
 from .progress import Progress
 
@@ -39,16 +41,23 @@ def open_log(path: str | Path):
     return raw, raw
 
 
+class LogError(Exception):
+    """A log file that cannot be read to its end (truncated or corrupt compression): the
+    message says which file, and how far reading got."""
+
+
 class Reader:
     """Reads, validates and sorts events from log files."""
 
     def __init__(self, paths, deadletter=None, max_bytes: int = 1 << 20, progress: Progress | None = None,
-                 sort_buffer: int = SORT_BUFFER):
+                 sort_buffer: int = SORT_BUFFER, future_limit: int | None = None):
         self.paths = [str(p) for p in paths]
         self.deadletter = deadletter  # callable(record dict) or None
         self.max_bytes = max_bytes
         self.progress = progress or Progress(enabled=False)
         self.sort_buffer = max(1, sort_buffer)
+        # events stamped after this (epoch ms) are dead-lettered as future_time (replay --now)
+        self.future_limit = future_limit
         self.lines = 0
         self.valid = 0
         self.rejected = Counter()
@@ -70,7 +79,7 @@ class Reader:
             self.starts.append((seq, path))
             f, raw = open_log(path)
             with f, raw:
-                for n, line in enumerate(f, 1):
+                for n, line in read_lines(f, path):
                     seq += 1
                     self.lines += 1
                     line = line.rstrip(b"\r\n")
@@ -79,6 +88,9 @@ class Reader:
                         continue
                     try:
                         ev = parse(line, self.max_bytes)
+                        if self.future_limit is not None and ev.ts > self.future_limit:
+                            raise Rejected(FUTURE_TIME, f"stamped {format_time(ev.ts)}, more than the future horizon "
+                                                        f"after --now ({format_time(self.future_limit)})")
                     except Rejected as r:
                         self.rejected[r.reason] += 1
                         if self.deadletter is not None:
@@ -138,6 +150,22 @@ class Reader:
             pickle.dump(batch, tmp, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.seek(0)
         return _read_run(tmp)
+
+
+def read_lines(f, path: str):
+    """(line number, line) of a log; a truncated or corrupt compressed file is a LogError."""
+    n = 0
+    it = iter(f)
+    while True:
+        try:
+            line = next(it)
+        except StopIteration:
+            return
+        except (EOFError, OSError, zlib.error) as e:
+            raise LogError(f"{path}: the file is truncated or corrupt after line {n:,} ({e}). Check it with "
+                           "gzip -t; `zcat FILE 2>/dev/null > part.jsonl` keeps the readable part") from None
+        n += 1
+        yield n, line
 
 
 def _read_run(f):

@@ -33,6 +33,7 @@ def cmd_worker(a) -> int:
 
 
 def cmd_produce(a) -> int:
+    from ..io.logs import LogError
     from ..io.progress import Progress
     from .produce import produce
 
@@ -42,6 +43,9 @@ def cmd_produce(a) -> int:
     except FileNotFoundError as e:
         print(f"journey produce: {e}", file=sys.stderr)
         return 2
+    except LogError as e:
+        print(f"journey produce: {e}. The lines before it were published.", file=sys.stderr)
+        return 1
     except Exception as e:  # the broker is not reachable, mostly
         print(f"journey produce: {type(e).__name__}: {e}. Is a Kafka broker listening at {a.broker}? "
               f"(journey demo starts one)", file=sys.stderr)

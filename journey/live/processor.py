@@ -189,8 +189,13 @@ class PartitionProcessor:
                     return  # an input that has not delivered yet: nothing can be ordered
                 if m < bound:
                     bound = m
+        before = tl.watermark
         tl.advance(bound - tl.lateness)
-        self.quiet_base = tl.watermark
+        if tl.watermark != before or self.quiet_base is None:
+            # the watermark that events set: the wall-clock tick counts quiet time from it (it
+            # must not restart from a watermark the tick itself moved, or event time would run
+            # ever faster than the clock: the worker settles before every tick)
+            self.quiet_base = tl.watermark
 
     def mark(self, until: int, ends: dict, token=None) -> None:
         """A watermark marker (``journey produce --until``) read on ``journey.internal``:

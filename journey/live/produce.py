@@ -26,7 +26,7 @@ import orjson
 from ..core import intake
 from ..io import topics
 from ..io.kafka import bootstrap, ensure_topics
-from ..io.logs import open_log
+from ..io.logs import open_log, read_lines
 from ..io.progress import Progress
 
 CONTROL = [("journey-control", b"watermark")]
@@ -37,7 +37,7 @@ def records(paths, max_bytes: int = 1 << 20):
     for path in paths:
         f, _raw = open_log(path)
         with f:
-            for line in f:
+            for _n, line in read_lines(f, path):
                 line = line.rstrip(b"\r\n")
                 if not line.strip():
                     continue

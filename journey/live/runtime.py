@@ -24,7 +24,7 @@ from faust.types import TP
 from ..core import intake
 from ..core.config import Config
 from ..core.engine import Engine, Stats
-from ..core.timeutil import parse_duration
+from ..core.timeutil import format_time, parse_duration
 from ..core.triggers import deadletter_record
 from ..io import topics
 from ..io.kafka import Partitioner
@@ -72,6 +72,7 @@ class Runtime(Outputs):
         self.lateness = parse_duration(settings.lateness) if settings.lateness else config.engine.allowed_lateness
         self.idle = parse_duration(settings.idle) if settings.idle else config.engine.idle_timeout
         self.max_bytes = config.engine.max_record_bytes
+        self.future_horizon = config.engine.future_horizon  # 0: no check
         self.partition = Partitioner(settings.partitions)
         self.procs: dict[int, PartitionProcessor] = {}
         self.table: CustomerTable | None = None
@@ -172,11 +173,15 @@ class Runtime(Outputs):
         internal = topics.INTERNAL
         counts = self.counts
         acks = self.acks
+        horizon = self.future_horizon
         for tp, recs in batch.items():
             p = tp.partition
             proc = procs.get(p)
             if proc is None:
                 continue  # no longer ours: not acknowledged, the new owner reads it again
+            # an event stamped this far ahead of the present never moves event time
+            wm = proc.timeline.watermark
+            future = (max(wall, wm) if wm is not None else wall) + horizon if horizon else 1 << 62
             topic = tp.topic
             self.read[tp] = recs[-1].offset
             touched.add(p)
@@ -200,6 +205,13 @@ class Runtime(Outputs):
                 except Exception as e:  # parse raises only Rejected; a worker never stops on a record
                     self.rejected[intake.BAD_FIELD] += 1
                     self._deadletter(intake.BAD_FIELD, f"cannot be read ({type(e).__name__})", tp, rec.offset, raw)
+                    acks.append((tp, rec.offset, received))
+                    continue
+                if ev.ts > future:
+                    self.rejected[intake.FUTURE_TIME] += 1
+                    self._deadletter(intake.FUTURE_TIME, f"stamped {format_time(ev.ts)}, more than the future "
+                                     f"horizon ahead of the present ({format_time(future - horizon)})",
+                                     tp, rec.offset, raw)
                     acks.append((tp, rec.offset, received))
                     continue
                 ev.raw = raw  # kept for a dead letter if applying it fails, and for forwarding a visitor's
