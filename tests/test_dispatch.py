@@ -13,7 +13,7 @@ import orjson
 import pytest
 from conftest import T, ev
 from dispatch_support import Receiver
-from live_support import Worker, produce_log, read_topic, stop_process, wait_for
+from live_support import Worker, produce_log, read_topic, ready, stop_process, wait_for
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -95,6 +95,7 @@ def test_response_classes_and_backoff():
     assert policy.retry_after_seconds("7", 0) == 7.0
     assert policy.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0) == 10.0
     assert policy.retry_after_seconds("soon", 0) is None
+    assert [policy.classify(s) for s in (301, 302, 303, 304, 307, 308)] == ["retry"] * 6   # never a delivery
     ep = _cfg({"a": {"url": "http://h/", "secrets": [SECRET], "max_attempts": 3, "retry_budget": "10s",
                      "max_retry_after": "30s"}}).endpoints["a"]
     assert policy.next_wait(ep, 1, 0.0, 0.0, None, 0.0)[0] == 0.5
@@ -120,6 +121,48 @@ def test_commit_only_over_finished_records_and_a_bounded_delivered_record():
     for k in ("a", "b", "c"):
         d.add(k)
     assert "a" not in d and "b" in d and "c" in d and len(d) == 2
+
+
+def test_urls_are_shown_without_credentials_or_query_and_error_texts_scrubbed():
+    from journey.dispatch.redact import hidden_parts, redact_url, scrub
+
+    url = "https://al%40ice:S3cr%2Fet-PW@hooks.example.com:8443/in/x?token=TOK-SECRET&tenant=7#frag"
+    assert redact_url(url) == "https://***@hooks.example.com:8443/in/x?***"
+    assert redact_url("http://h/p") == "http://h/p" and redact_url("/next?token=T") == "/next?***"
+    assert redact_url("http://[::1") == "***"                                   # unparsable: nothing shown
+    text = (f"ClientError: {url} / https://hooks.example.com:8443/in/x?token=TOK-SECRET&tenant=7 "
+            "/ al@ice:S3cr/et-PW / token=TOK-SECRET / S3cr%2Fet-PW / Bearer API-KEY-1")
+    out = scrub(text, hidden_parts(url, ["Bearer API-KEY-1"]))
+    for secret in ("S3cr", "TOK-SECRET", "al@ice", "al%40ice", "API-KEY-1", "frag"):
+        assert secret not in out, (secret, out)
+    assert out.startswith("ClientError: https://***@hooks.example.com:8443/in/x?***")
+    cfg = _cfg({"a": {"url": url, "secrets": [SECRET], "headers": {"x-api-key": "API-KEY-1"}}})
+    assert cfg.endpoints["a"].shown == "https://***@hooks.example.com:8443/in/x?***"
+    assert "API-KEY-1" not in scrub("key API-KEY-1", cfg.endpoints["a"].hidden)
+    with pytest.raises(ConfigError) as e:
+        _cfg({"a": {"url": "ftp://u:PW-SECRET@h/?token=TOK-SECRET", "secrets": [SECRET]}})
+    assert "PW-SECRET" not in str(e.value.problems) and "TOK-SECRET" not in str(e.value.problems)
+
+
+def test_trigger_records_are_checked_before_routing():
+    from journey.dispatch.records import InvalidTrigger, parse_trigger
+
+    good = _trigger("t-1")
+    assert parse_trigger(orjson.dumps(good)) == good
+    assert parse_trigger(orjson.dumps({**good, "data": {**good["data"], "channel": None}}))
+    bad = {"not_json": [None, b"", b"{x", b"\xff"], "not_an_object": [b"[]", b"1", b'"s"', b"null"],
+           "id": [orjson.dumps({**good, "id": i}) for i in (None, 1, "", "a b", "x\ny", "é", "x" * 257)]
+           + [orjson.dumps({k: v for k, v in good.items() if k != "id"})],
+           "data": [orjson.dumps({**good, "data": d}) for d in (None, [], "x", 1)],
+           "data.rule": [orjson.dumps({**good, "data": {**good["data"], "rule": r}}) for r in (["a"], {}, 1, None)],
+           "data.kind": [orjson.dumps({**good, "data": {**good["data"], "kind": ["recovery"]}})],
+           "data.channel": [orjson.dumps({**good, "data": {**good["data"], "channel": ["sms"]}})],
+           "time": [orjson.dumps({**good, "time": 1})]}
+    for problem, values in bad.items():
+        for v in values:
+            with pytest.raises(InvalidTrigger) as e:
+                parse_trigger(v)
+            assert e.value.problem == problem, (v, e.value)
 
 
 # -- against a broker and a receiver ------------------------------------------------------------------------
@@ -156,17 +199,19 @@ def _produce(broker: str, triggers: list, headers=LIVE, raw: list[bytes] = ()) -
 
 
 class Dispatch:
-    """A ``journey dispatch`` child process."""
+    """A ``journey dispatch`` child process (``code``: a Python program run instead, given the
+    configuration file, the broker and the web port as arguments)."""
 
-    def __init__(self, broker, tmp_path, config: str, name="d", args=()):
+    def __init__(self, broker, tmp_path, config: str, name="d", args=(), code=None):
         self.port = free_port()
         self.log = tmp_path / f"{name}.log"
-        cfg = tmp_path / f"{name}.toml"
-        cfg.write_text(config)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "journey", "dispatch", "--config", str(cfg), "--broker", broker,
-             "--web-port", str(self.port), *args], stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.config = tmp_path / f"{name}.toml"
+        self.config.write_text(config)
+        cmd = ([sys.executable, "-c", code, str(self.config), broker, str(self.port)] if code else
+               [sys.executable, "-m", "journey", "dispatch", "--config", str(self.config), "--broker", broker,
+                "--web-port", str(self.port), *args])
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def metrics(self) -> dict:
         from prometheus_client.parser import text_string_to_metric_families
@@ -216,7 +261,9 @@ def _committed_all(broker, group: str) -> bool:
 
 def _endpoint(name, url, **kw) -> str:
     lines = [f"[endpoints.{name}]", f'url = "{url}"', f'secrets = ["{SECRET}", "{OLD_SECRET}"]']
-    lines += [f"{k} = {orjson.dumps(v).decode()}" for k, v in kw.items()]
+    toml = lambda v: ("{" + ", ".join(f"{orjson.dumps(k).decode()} = {orjson.dumps(x).decode()}"  # noqa: E731
+                                     for k, x in v.items()) + "}") if isinstance(v, dict) else orjson.dumps(v).decode()
+    lines += [f"{k} = {toml(v)}" for k, v in kw.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -407,3 +454,334 @@ def test_the_example_configuration_is_valid():
                                                "JOURNEY_SMS_SECRETS": SECRET})
     assert set(cfg.endpoints) == {"crm", "sms"} and len(cfg.endpoints["crm"].secrets) == 2
     assert cfg.route({"data": {"rule": "payment_failed", "kind": "recovery", "channel": "sms"}}) == ["crm", "sms"]
+
+
+# -- hostile receivers, records and configurations ---------------------------------------------------------------
+
+FAST = dict(timeout="5s", backoff_base="0.2s", backoff_max="1s", max_attempts=3, retry_budget="30s")
+
+
+def _dead_letters(broker, n: int, timeout: float = 60) -> dict:
+    """The dead letters once there are at least ``n``: {trigger id or offset: record}."""
+    got = wait_for(lambda: (r := read_topic(broker, topics.TRIGGERS_DEADLETTER, idle_ms=300)) and len(r) >= n
+                   and r, timeout, f"{n} dead letters")
+    return {(v := orjson.loads(x[1]))["trigger_id"] or f"offset {v['offset']}": v for x in got}
+
+
+def _status(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if v.strip().endswith("kB"):
+                out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def test_redirects_are_never_followed_and_end_retried_then_dead_lettered(broker, tmp_path):
+    rx, other = Receiver(), Receiver()          # other: another origin (another port)
+    same, elsewhere = rx.url("target"), other.url("target")
+    with rx.lock:
+        rx.scripts.update({
+            "r-302": [(302, {"Location": same})] * 3,           # a POST -> GET redirect: its 200 is no delivery
+            "r-303": [(303, {"Location": same})] * 3,
+            "r-307": [(307, {"Location": elsewhere})] * 3,      # would re-send body, signature and api key
+            "r-308": [(308, {"Location": elsewhere + "?token=REDIRECT-TOKEN"})] * 3,
+            "r-then-ok": [(302, {"Location": same}), 200],      # a retry after a redirect is a new POST
+        })
+    config = (_endpoint("hooks", rx.url("hooks"), headers={"x-api-key": "API-KEY-VALUE"}, **FAST)
+              + '[[routes]]\nendpoints = ["hooks"]\n')
+    ids = ["r-302", "r-303", "r-307", "r-308", "r-then-ok"]
+    d = None
+    try:
+        _produce(broker, [_trigger(t, cid=f"c{i}") for i, t in enumerate(ids)])
+        d = Dispatch(broker, tmp_path, config)
+        dead = _dead_letters(broker, 4)
+        wait_for(lambda: _committed_all(broker, "journey-dispatch"), 30, "offsets committed to the end")
+        time.sleep(0.5)
+        assert other.requests == [], "a redirect to another origin was followed"
+        assert [r for r in rx.requests if r["endpoint"] != "hooks"] == [], "a redirect was followed"
+        for tid in ids[:4]:
+            assert [r["method"] for r in rx.of(tid)] == ["POST"] * 3, tid          # retried, max_attempts
+            rec = dead[tid]
+            assert rec["reason"] == "retries_exhausted" and rec["attempts"] == 3, rec
+            assert rec["last_status"] == int(tid[2:]) and "redirect" in rec["last_error"], rec
+            assert "not followed" in rec["last_error"], rec
+        assert "target" in dead["r-307"]["last_error"] and "REDIRECT-TOKEN" not in str(dead)
+        assert len(rx.of("r-then-ok")) == 2 and "r-then-ok" not in dead and len(dead) == 4
+        assert d.value("journey_dispatch_deliveries_total", endpoint="hooks", outcome="delivered") == 1
+        assert d.value("journey_dispatch_deliveries_total", endpoint="hooks", outcome="dead_lettered") == 4
+        assert d.value("journey_dispatch_attempts_total", endpoint="hooks", result="redirect") == 4 * 3 + 1
+        assert d.value("journey_dispatch_retries_total", endpoint="hooks") == 4 * 2 + 1
+        assert "REDIRECT-TOKEN" not in d.log.read_text()
+    finally:
+        rx.stop()
+        other.stop()
+        if d:
+            assert d.stop() == 0, d.log.read_text()[-3000:]
+
+
+def test_huge_answers_are_not_read_into_memory(broker, tmp_path):
+    big = 64 << 20                              # each answer: 64 MiB, chunked, generated as it is sent
+    rx = Receiver(scripts={"big-503": [("body", 503, big), ("body", 200, big)]}, default=("body", 200, big))
+    config = _endpoint("hooks", rx.url("hooks"), **{**FAST, "timeout": "30s"}) + '[[routes]]\nendpoints = ["hooks"]\n'
+    ids = ["big-1", "big-2", "big-3", "big-503"]
+    d = Dispatch(broker, tmp_path, config)
+    try:
+        wait_for(lambda: (r := ready(d.port)) and r.get("ready"), 60, "the dispatcher ready")
+        time.sleep(1.0)
+        before = _status(d.proc.pid)["VmRSS"]
+        _produce(broker, [_trigger(t, cid=f"c{i}") for i, t in enumerate(ids)])
+        wait_for(lambda: d.value("journey_dispatch_deliveries_total", endpoint="hooks", outcome="delivered") == 4,
+                 60, "four deliveries", every=0.2)
+        peak = _status(d.proc.pid)["VmHWM"]
+        assert d.proc.poll() is None
+        sent = wait_for(lambda: len(s := [n for tid in ids for n in rx.sent.get(tid, ())]) == 5 and s, 30,
+                        "the receiver done writing", every=0.2)
+        assert all(n < big for n in sent), sent                         # the dispatcher hung up early
+        # five answers of 64 MiB (320 MiB): the dispatcher's peak grows by a small fraction of one
+        assert peak - before < 24 << 20, (before >> 20, peak >> 20)
+        assert d.value("journey_dispatch_attempts_total", endpoint="hooks", result="5xx") == 1
+        assert len(rx.of("big-503")) == 2
+    finally:
+        rx.stop()
+        assert d.stop() == 0, d.log.read_text()[-3000:]
+
+
+def test_retry_after_takes_only_ascii_delay_seconds_or_http_dates():
+    at = 1445412470.0                           # 10 s before Wed, 21 Oct 2015 07:28:00 GMT
+    for good, want in (("7", 7.0), (" 12 ", 12.0), ("0", 0.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 10.0),
+                       ("Wednesday, 21-Oct-15 07:28:00 GMT", 10.0), ("Wed Oct 21 07:28:00 2015", 10.0)):
+        assert policy.retry_after_seconds(good, at) == want, good
+    assert policy.retry_after_seconds("9" * 5000, at) == policy.LONGEST_DELAY     # no int() of 5000 digits
+    for bad in ("１２", "٣", "²", "๓", "1.5", "-1", "+3", "1e3", "12 s", "soon", "Wed, ２1 Oct 2015 07:28:00 GMT",
+                "Wed, 21 Oct 2015 07:28:00", "", None):
+        assert policy.retry_after_seconds(bad, at) is None, bad
+
+
+def test_non_ascii_retry_after_is_ignored_and_the_delivery_retried(broker, tmp_path):
+    rx = Receiver(scripts={"ra-fullwidth": [(503, {"Retry-After": "１２"}), 200],
+                           "ra-arabic": [(429, {"Retry-After": "٣"}), 200],
+                           "ra-superscript": [(503, {"Retry-After": "²"}), 200]})
+    config = _endpoint("hooks", rx.url("hooks"), **FAST) + '[[routes]]\nendpoints = ["hooks"]\n'
+    ids = ["ra-fullwidth", "ra-arabic", "ra-superscript"]
+    d = Dispatch(broker, tmp_path, config)
+    try:
+        _produce(broker, [_trigger(t, cid=f"c{i}") for i, t in enumerate(ids)])
+        wait_for(lambda: d.value("journey_dispatch_deliveries_total", endpoint="hooks", outcome="delivered") == 3,
+                 30, "three deliveries", every=0.2)
+        for tid in ids:
+            at = [r["at"] for r in rx.of(tid)]
+            assert len(at) == 2 and at[1] - at[0] < 2.0, (tid, at)          # backoff (0.2 s), not 12 s or a crash
+        wait_for(lambda: _committed_all(broker, "journey-dispatch"), 30, "offsets committed to the end")
+        assert d.value("journey_dispatch_internal_errors_total") == 0
+    finally:
+        rx.stop()
+        assert d.stop() == 0, d.log.read_text()[-3000:]
+
+
+def _check(tmp_path, text: str, name="check") -> subprocess.CompletedProcess:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return subprocess.run([sys.executable, "-m", "journey", "dispatch", "--config", str(path), "--check"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_check_refuses_configurations_that_could_only_fail_when_sending(tmp_path):
+    bad = {
+        "creds_and_authorization": ('url = "http://u:p@127.0.0.1:9/x"\nheaders = {Authorization = "Bearer k"}',
+                                    "credentials in the URL"),
+        "user_only_and_authorization": ('url = "http://u@127.0.0.1:9/x"\nheaders = {authorization = "k"}',
+                                        "credentials in the URL"),
+        "newline_in_header": ('url = "http://127.0.0.1:9/x"\nheaders = {x-key = "a\\nb"}', "printable ASCII"),
+        "non_ascii_header": ('url = "http://127.0.0.1:9/x"\nheaders = {x-key = "é"}', "printable ASCII"),
+        "bad_header_name": ('url = "http://127.0.0.1:9/x"\nheaders = {"x key" = "1"}', "not a valid header name"),
+        "framing_header": ('url = "http://127.0.0.1:9/x"\nheaders = {Content-Length = "5"}', "set by the dispatcher"),
+        "port_out_of_range": ('url = "http://127.0.0.1:99999/x"', "Port out of range"),
+        "port_zero": ('url = "http://127.0.0.1:0/x"', "port 0"),
+        "broken_ipv6": ('url = "http://[::1/x"', "not a valid URL"),
+        "space_in_host": ('url = "http://ex ample.com/x"', "not a valid host name"),
+        "no_timeout": ('url = "http://127.0.0.1:9/x"\ntimeout = "0s"', "timeout: must be more than 0"),
+        "nan_rate": ('url = "http://127.0.0.1:9/x"\nrate = nan', "finite"),
+        "inf_budget": ('url = "http://127.0.0.1:9/x"\nretry_budget = inf', "finite"),
+    }
+    for name, (lines, want) in bad.items():
+        text = f'[endpoints.a]\n{lines}\nsecrets = ["{SECRET}"]\n[[routes]]\nendpoints = ["a"]\n'
+        r = _check(tmp_path, text, name)
+        assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, (name, r.stderr)
+    ok = _check(tmp_path, f'[endpoints.a]\nurl = "https://hooks.example.com:8443/in"\nsecrets = ["{SECRET}"]\n'
+                          'headers = {Authorization = "Bearer k", x-tenant = "t 1"}\n[[routes]]\nendpoints = ["a"]\n')
+    assert ok.returncode == 0 and "https://hooks.example.com:8443/in" in ok.stdout, ok.stderr
+
+
+_BYPASS_CHECK = """
+import dataclasses, sys
+from journey.dispatch.config import load_dispatch_config
+from journey.dispatch.service import run
+
+# what --check refuses, built past it for the endpoint "broken": credentials in the URL beside an
+# authorization header (aiohttp raises ValueError at every send)
+cfg = load_dispatch_config(sys.argv[1])
+eps = {n: dataclasses.replace(e, url=e.url.replace("http://", "http://user:pw@"), shown="", hidden=(),
+                              headers={**e.headers, "authorization": "Bearer k"}) if n == "broken" else e
+       for n, e in cfg.endpoints.items()}
+sys.exit(run(dataclasses.replace(cfg, endpoints=eps), sys.argv[2], "127.0.0.1", int(sys.argv[3]), False))
+"""
+
+
+def test_an_exception_inside_a_delivery_is_counted_retried_then_dead_lettered(broker, tmp_path):
+    rx = Receiver()
+    config = (_endpoint("broken", rx.url("broken"), **FAST) + _endpoint("fine", rx.url("fine"), **FAST)
+              + '[[routes]]\nkinds = ["recovery"]\nendpoints = ["broken"]\n'
+                '[[routes]]\nkinds = ["recognition"]\nendpoints = ["fine"]\n')
+    d = Dispatch(broker, tmp_path, config, code=_BYPASS_CHECK)
+    try:
+        # the same key: one partition, the failing trigger first; its commit must not be held
+        _produce(broker, [_trigger("x-fails", cid="same"),
+                          _trigger("x-fine", rule="first_purchase", kind="recognition", cid="same")])
+        dead = _dead_letters(broker, 1)
+        rec = dead["x-fails"]
+        assert rec["reason"] == "retries_exhausted" and rec["attempts"] == 3, rec
+        assert "internal error: ValueError" in rec["last_error"] and "AUTHORIZATION" in rec["last_error"], rec
+        wait_for(lambda: _committed_all(broker, "journey-dispatch"), 30, "offsets committed to the end")
+        assert d.value("journey_dispatch_internal_errors_total", endpoint="broken") == 3
+        assert d.value("journey_dispatch_attempts_total", endpoint="broken", result="internal") == 3
+        assert d.value("journey_dispatch_retries_total", endpoint="broken") == 2
+        assert d.value("journey_dispatch_in_flight_records") == 0
+        assert d.proc.poll() is None
+        assert [r["id"] for r in rx.requests] == ["x-fine"], "only the fine endpoint was sent anything"
+        assert "internal error: ValueError" in d.log.read_text()
+    finally:
+        rx.stop()
+        assert d.stop() == 0, d.log.read_text()[-3000:]
+
+
+def test_a_delivery_task_that_raises_is_rerun_then_dead_lettered_or_stops_the_dispatcher(monkeypatch):
+    from journey.dispatch import service
+
+    monkeypatch.setattr(service, "GUARD_WAIT", 0.05)
+    d = service.Dispatcher(_cfg({"a": {"url": "http://u:pw@127.0.0.1:9/x?token=GUARD-SECRET",
+                                       "secrets": [SECRET]}}), "kafka://127.0.0.1:1")
+    runs, last = [], []
+
+    async def raises():
+        runs.append(1)
+        raise KeyError("from http://u:pw@127.0.0.1:9/x?token=GUARD-SECRET")
+
+    async def dead_letter(error):
+        last.append(error)
+
+    asyncio.run(d._guarded("a", raises, dead_letter))
+    assert len(runs) == service.GUARD_RUNS and len(last) == 1 and not d.failed
+    assert "internal error: KeyError" in last[0] and "GUARD-SECRET" not in last[0], last
+    got = d.metrics.registry.get_sample_value("journey_dispatch_internal_errors_total", {"endpoint": "a"})
+    assert got == service.GUARD_RUNS
+
+    async def refused(error):
+        raise OSError("the broker is away")
+
+    async def guarded():
+        t = asyncio.create_task(d._guarded("a", raises, refused))
+        await asyncio.wait([t])
+        return t
+    t = asyncio.run(guarded())
+    assert t.cancelled() and d.failed and d.stopping.is_set()    # stops; the record stays uncommitted
+
+
+def test_hostile_trigger_records_are_dead_lettered_and_the_dispatcher_carries_on(broker, tmp_path):
+    import json
+    from pathlib import Path
+
+    from jsonschema import Draft202012Validator
+
+    def with_data(tid, **kw):
+        t = _trigger(tid)
+        t["data"] = {**t["data"], **kw}
+        return orjson.dumps(t)
+    hostile = {
+        "data.rule": [with_data("h-1", rule=["cart_abandoned"])],
+        "data.kind": [with_data("h-2", kind={"recovery": 1})],
+        "data.channel": [with_data("h-3", channel=7)],
+        "data": [orjson.dumps({**_trigger("h-4"), "data": "cart_abandoned"})],
+        "id": [orjson.dumps({k: v for k, v in _trigger("h-5").items() if k != "id"}),
+               orjson.dumps({**_trigger("h-6"), "id": 12345}),
+               orjson.dumps({**_trigger("h-7"), "id": "two\nlines"})],
+        "time": [orjson.dumps({**_trigger("h-8"), "time": ["2026-01-01"]})],
+        "not_an_object": [b"[1, 2, 3]", b'"cart_abandoned"'],
+        "not_json": [b"\xff\xfe{", b"", None],
+    }
+    raw = [r for rs in hostile.values() for r in rs]
+    rx = Receiver()
+    config = (_endpoint("hooks", rx.url("hooks"), **FAST)
+              + '[[routes]]\nrules = ["cart_abandoned"]\nkinds = ["recovery"]\nchannels = ["email"]\n'
+                'endpoints = ["hooks"]\n')
+    d = Dispatch(broker, tmp_path, config)
+    try:
+        # the hostile records, then a good one on the same partition (the same key)
+        _produce(broker, [], raw=raw + [orjson.dumps(_trigger("h-good", cid="x"))])
+        wait_for(lambda: rx.of("h-good"), 30, "the good trigger delivered")
+        dead = _dead_letters(broker, len(raw))
+        wait_for(lambda: _committed_all(broker, "journey-dispatch"), 30, "offsets committed to the end")
+        assert d.proc.poll() is None, d.log.read_text()[-3000:]
+        assert len(dead) == len(raw) and len(rx.requests) == 1
+        root = Path(__file__).resolve().parent.parent / "topics"
+        schema = Draft202012Validator(json.loads((root / "triggers-deadletter.schema.json").read_text()))
+        for rec in dead.values():
+            assert rec["reason"] == "not_a_trigger" and rec["last_error"] and "trigger" not in rec, rec
+            assert not list(schema.iter_errors(rec)), rec
+        assert any("data.rule is a list" in r["last_error"] for r in dead.values())
+        for problem, rs in hostile.items():
+            assert d.value("journey_dispatch_invalid_records_total", problem=problem) == len(rs), problem
+        assert d.value("journey_dispatch_deadletters_total", endpoint="-", reason="not_a_trigger") == len(raw)
+        assert d.value("journey_dispatch_deliveries_total", endpoint="hooks", outcome="delivered") == 1
+    finally:
+        rx.stop()
+        assert d.stop() == 0, d.log.read_text()[-3000:]
+
+
+def test_url_credentials_and_query_are_never_shown(broker, tmp_path):
+    secrets = ("PA55W0RD-x", "T0KEN-SECRET-1", "API-KEY-VALUE")
+    rx = Receiver()
+    with rx.lock:
+        rx.scripts.update({
+            "s-400": [(400, {}, "bad token T0KEN-SECRET-1 for alice:PA55W0RD-x")],         # echoed back
+            "s-redirect": [(302, {"Location": rx.url("else").replace("http://", "http://alice:PA55W0RD-x@")
+                                  + "?token=T0KEN-SECRET-1"})] * 2,
+            "s-drop": [("disconnect",)] * 2,
+        })
+    secret_url = rx.url("hooks").replace("http://", "http://alice:PA55W0RD-x@") + "?token=T0KEN-SECRET-1&b=2"
+    closed = f"http://alice:PA55W0RD-x@127.0.0.1:{free_port()}/hooks?token=T0KEN-SECRET-1"
+    fast = {**FAST, "max_attempts": 2}
+    config = (_endpoint("hooks", secret_url, headers={"x-api-key": "API-KEY-VALUE"}, **fast)
+              + _endpoint("closed", closed, **fast)
+              + '[[routes]]\nkinds = ["recovery"]\nendpoints = ["hooks"]\n'
+                '[[routes]]\nkinds = ["recognition"]\nendpoints = ["closed"]\n')
+    d = Dispatch(broker, tmp_path, config, args=("--loglevel", "debug"))
+    try:
+        _produce(broker, [_trigger("s-400", cid="c1"), _trigger("s-redirect", cid="c2"),
+                          _trigger("s-drop", cid="c3"),
+                          _trigger("s-closed", rule="first_purchase", kind="recognition", cid="c4")])
+        dead = _dead_letters(broker, 4)
+        wait_for(lambda: _committed_all(broker, "journey-dispatch"), 30, "offsets committed to the end")
+        # the URL was used as configured: credentials (basic auth) and query reached the receiver
+        assert all(r["query"] == "token=T0KEN-SECRET-1&b=2" and r["headers"]["Authorization"].startswith("Basic ")
+                   for r in rx.requests) and len(rx.requests) == 5
+        assert dead["s-400"]["reason"] == "rejected" and "bad token ***" in dead["s-400"]["last_error"]
+        assert "http://***@127.0.0.1" in dead["s-redirect"]["last_error"]
+        assert dead["s-drop"]["last_error"] and dead["s-closed"]["last_error"]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics").read().decode()
+        log = d.log.read_text()
+        check = _check(tmp_path, d.config.read_text())
+        assert check.returncode == 0 and "http://***@127.0.0.1" in check.stdout and "x-api-key" in check.stdout
+        refused = _check(tmp_path, d.config.read_text().replace("http://alice", "ftp://alice", 1), "refused")
+        assert refused.returncode == 2 and "ftp://***@127.0.0.1" in refused.stderr, refused.stderr
+        shown = {"log": log, "dead letters": str([x[1] for x in read_topic(broker, topics.TRIGGERS_DEADLETTER)]),
+                 "metrics": metrics, "--check": check.stdout + check.stderr,
+                 "--check refused": refused.stdout + refused.stderr}
+        for where, text in shown.items():
+            for s in secrets:
+                assert s not in text, (s, where)
+        assert "dead letter: rejected" in log and "dead letter: retries_exhausted" in log
+    finally:
+        rx.stop()
+        assert d.stop() == 0, d.log.read_text()[-3000:]

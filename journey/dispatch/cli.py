@@ -30,8 +30,11 @@ def cmd_dispatch(a) -> int:
         return 2
     if a.check:
         for name, ep in cfg.endpoints.items():
-            print(f"endpoint {name}: {ep.url} ({len(ep.secrets)} secret(s), concurrency {ep.concurrency}, "
-                  f"rate {ep.rate or 'unlimited'}/s, {ep.max_attempts} attempts within {ep.retry_budget:.0f}s)")
+            # the URL without user:password@ and query (they may hold credentials); header names only
+            extra = f", headers {', '.join(sorted(ep.headers))}" if ep.headers else ""
+            print(f"endpoint {name}: {ep.shown} ({len(ep.secrets)} secret(s), concurrency {ep.concurrency}, "
+                  f"rate {ep.rate or 'unlimited'}/s, {ep.max_attempts} attempts within {ep.retry_budget:.0f}s"
+                  f"{extra})")
         for i, r in enumerate(cfg.routes):
             show = lambda s: "*" if s is None else ",".join(sorted(s))  # noqa: E731
             print(f"route {i}: rules {show(r.rules)} kinds {show(r.kinds)} channels {show(r.channels)} -> "

@@ -20,12 +20,16 @@ listing every problem.
 from __future__ import annotations
 
 import base64
+import ipaddress
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..core.params import ConfigError, Param, section, suggest
 from ..io.rulefile import read_table
+from .redact import hidden_parts, redact_url, scrub
 
 SECRET_PREFIX = "whsec_"
 
@@ -58,6 +62,13 @@ ENDPOINT = {
 
 ROUTE_KEYS = ("rules", "kinds", "channels", "endpoints")
 
+# set by the dispatcher or by the HTTP client (framing, hop-by-hop): a configured value breaks the request
+RESERVED_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "connection", "keep-alive",
+                              "upgrade", "te", "trailer", "expect", "accept-encoding"})
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # an RFC 9110 token
+HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")                    # visible ASCII, space and tab
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?")
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -74,6 +85,14 @@ class Endpoint:
     max_retry_after: float
     max_pending: int
     headers: dict = field(default_factory=dict)
+    shown: str = ""                     # the URL without credentials and query: what logs and --check show
+    hidden: tuple = ()                  # (text, replacement) pairs scrubbed from errors (redact.hidden_parts)
+
+    def __post_init__(self):
+        if not self.shown:
+            object.__setattr__(self, "shown", redact_url(self.url))
+        if not self.hidden:
+            object.__setattr__(self, "hidden", hidden_parts(self.url, tuple(self.headers.values())))
 
 
 @dataclass(frozen=True)
@@ -134,6 +153,83 @@ def _strings(v, path: str, problems: list, allow_any: bool = False):
     return v
 
 
+def _url_problems(url: str, headers: dict, path: str) -> list[str]:
+    """What makes ``url`` unusable for a POST, found now rather than at the first send; never echoes the
+    URL's credentials or query."""
+    shown, hidden = redact_url(url), hidden_parts(url)
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError as e:
+        return [f"{path}: {shown!r} is not a valid URL ({scrub(e, hidden)})"]
+    if u.scheme not in ("http", "https") or not u.hostname:
+        return [f"{path}: expected an http:// or https:// address, got {shown!r}"]
+    out = []
+    host = u.hostname
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            ascii_host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_host = None
+        if ascii_host is None or not HOST_NAME.fullmatch(ascii_host) or len(ascii_host) > 253:
+            out.append(f"{path}: {scrub(host, hidden)!r} is not a valid host name")
+    if port == 0:
+        out.append(f"{path}: port 0 cannot be connected to")
+    try:
+        from yarl import URL
+
+        URL(url)
+    except (ValueError, TypeError) as e:
+        out.append(f"{path}: the HTTP client refuses {shown!r} ({scrub(e, hidden)})")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f for c in url):
+        out.append(f"{path}: contains white space or control characters")
+    if "@" in u.netloc and u.netloc.rpartition("@")[0]:
+        if any(str(k).lower() == "authorization" for k in headers):
+            out.append(f"{path}: credentials in the URL (user:password@) and an authorization header cannot "
+                       f"both be sent; keep one of them")
+    return out
+
+
+def _header_problems(headers: dict, path: str) -> list[str]:
+    out = []
+    for k, v in headers.items():
+        if not isinstance(k, str) or not HEADER_NAME.fullmatch(k):
+            out.append(f"{path}: {k!r} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)")
+        elif k.lower().startswith("webhook-") or k.lower() in RESERVED_HEADERS:
+            out.append(f"{path}: {k} is set by the dispatcher or its HTTP client (content-type, webhook-*, "
+                       f"and the framing headers {', '.join(sorted(RESERVED_HEADERS - {'content-type'}))})")
+        if not isinstance(v, str):
+            out.append(f"{path}.{k}: the value must be a string")
+        elif not HEADER_VALUE.fullmatch(v):
+            out.append(f"{path}.{k}: the value must be printable ASCII (no line breaks or control characters)")
+    return out
+
+
+def _finite(params: dict[str, Param], given, path: str, problems: list) -> dict:
+    """``given`` without the values that would break their parsing (inf, nan, durations too long for a
+    number), each reported: ``section`` then sees only values it can judge."""
+    if not isinstance(given, dict):
+        return given
+    out = {}
+    for k, v in given.items():
+        p = params.get(k)
+        if p is not None and p.kind in ("int", "number", "duration") and isinstance(v, float) and not math.isfinite(v):
+            problems.append(f"{path}.{k}: must be a finite number, got {v!r}")
+            continue
+        if p is not None and p.kind == "duration":
+            try:
+                p.parse(v, f"{path}.{k}")
+            except OverflowError:
+                problems.append(f"{path}.{k}: too long a duration")
+                continue
+            except ValueError:
+                pass                    # section reports it
+        out[k] = v
+    return out
+
+
 def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) -> DispatchConfig:
     problems: list[str] = []
     if not isinstance(data, dict):
@@ -141,7 +237,7 @@ def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) ->
     for name in data:
         if name not in ("dispatch", "endpoints", "routes"):
             problems.append(f"{name}: unknown section{suggest(name, ['dispatch', 'endpoints', 'routes'])}")
-    d = section(DISPATCH, data.get("dispatch", {}), "dispatch", problems)
+    d = section(DISPATCH, _finite(DISPATCH, data.get("dispatch", {}), "dispatch", problems), "dispatch", problems)
 
     endpoints: dict[str, Endpoint] = {}
     given = data.get("endpoints", {})
@@ -152,10 +248,10 @@ def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) ->
         path = f"endpoints.{name}"
         if isinstance(spec, dict) and "url" not in spec:
             problems.append(f"{path}.url: missing (where to POST the triggers)")
-        e = section(ENDPOINT, spec, path, problems)
-        u = urlsplit(e.url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            problems.append(f"{path}.url: expected an http:// or https:// address, got {e.url!r}")
+        e = section(ENDPOINT, _finite(ENDPOINT, spec, path, problems), path, problems)
+        problems += _url_problems(e.url, e.headers, f"{path}.url")
+        if e.timeout <= 0:
+            problems.append(f"{path}.timeout: must be more than 0 (an attempt without a time limit can hang)")
         raw = list(e.secrets)
         env_missing = False
         if e.secrets_env != "-":
@@ -175,11 +271,7 @@ def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) ->
                 keys.append(decode_secret(s))
             except ValueError as err:
                 problems.append(f"{path}.secrets[{i}]: {err}")  # the value itself is never printed
-        bad_headers = [k for k, v in e.headers.items() if not isinstance(v, str)]
-        if bad_headers:
-            problems.append(f"{path}.headers: values must be strings ({', '.join(bad_headers)})")
-        if any(k.lower().startswith("webhook-") or k.lower() == "content-type" for k in e.headers):
-            problems.append(f"{path}.headers: content-type and webhook-* are set by the dispatcher")
+        problems += _header_problems(e.headers, f"{path}.headers")
         if e.backoff_max < e.backoff_base:
             problems.append(f"{path}.backoff_max: must not be shorter than backoff_base")
         endpoints[name] = Endpoint(

@@ -1,5 +1,6 @@
 """Prometheus metrics of ``journey dispatch`` (labels: endpoint names from the
-configuration, outcomes and reasons; never a customer or trigger id)."""
+configuration, outcomes, reasons and problems from fixed sets; never a URL, a
+customer or a trigger id)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ class DispatchMetrics:
                                   "already_delivered: found in the delivered-id record after a restart)",
                                   ["endpoint", "outcome"], registry=r)
         self.attempts = Counter("journey_dispatch_attempts_total",
-                                "HTTP attempts by endpoint and result (2xx, 3xx, 4xx, 5xx, timeout, error)",
+                                "HTTP attempts by endpoint and result (2xx, redirect: a 3xx, never followed, "
+                                "4xx, 5xx, timeout, error: connection, internal: the send failed inside the "
+                                "dispatcher)",
                                 ["endpoint", "result"], registry=r)
         self.retries = Counter("journey_dispatch_retries_total", "Attempts that will be retried, by endpoint",
                                ["endpoint"], registry=r)
@@ -28,6 +31,15 @@ class DispatchMetrics:
         self.skipped = Counter("journey_dispatch_skipped_total",
                                "Triggers not delivered on purpose, by reason (not_live: not written by a live "
                                "worker, stale: older than max_age, no_route)", ["reason"], registry=r)
+        self.invalid = Counter("journey_dispatch_invalid_records_total",
+                               "Records of journey.triggers that are not a trigger the dispatcher can route, by "
+                               "problem (not_json, not_an_object, id, data, data.rule, data.kind, data.channel, "
+                               "time); each goes to journey.triggers.deadletter as not_a_trigger",
+                               ["problem"], registry=r)
+        self.internal = Counter("journey_dispatch_internal_errors_total",
+                                "Unexpected exceptions inside a delivery, by endpoint ('-': a record's own dead "
+                                "letter); the delivery is retried, then dead-lettered, never left unfinished",
+                                ["endpoint"], registry=r)
         self.latency = Histogram("journey_dispatch_delivery_latency_seconds",
                                  "Trigger read -> delivered (2xx), retries included, by endpoint",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
@@ -48,9 +60,17 @@ class DispatchMetrics:
             self.pending.labels(n).set(0)
             for outcome in ("delivered", "dead_lettered"):
                 self.deliveries.labels(n, outcome)
+            self.internal.labels(n)
 
 
 def result_of(status: int | None, error: str | None) -> str:
     if status is None:
-        return "timeout" if error == "timeout" else "error"
+        if error == "timeout":
+            return "timeout"
+        return "internal" if error and error.startswith(INTERNAL) else "error"
+    if 300 <= status < 400:
+        return "redirect"
     return f"{status // 100}xx"
+
+
+INTERNAL = "internal error"

@@ -2,10 +2,16 @@
 next attempt. Pure: the caller passes the time and the random draw.
 
 * 2xx: delivered.
+* 3xx: a redirect is an answer, not a delivery. Redirects are never followed
+  (following one would re-send the body, signature and headers elsewhere, or
+  turn the POST into a bodiless GET whose 200 looks delivered): the attempt
+  failed, and is retried like a 5xx; dead letter when the retries are spent.
 * 410 Gone: the receiver says the endpoint is gone for good: it is disabled
   (logged and counted) and this and later triggers for it are dead-lettered.
-* 408, 425, 429, 5xx, a timeout or a connection error: retried with
-  exponential backoff and jitter, or after ``Retry-After`` when given.
+* 408, 425, 429, 5xx, a timeout, a connection error or a send that failed
+  inside the dispatcher: retried with exponential backoff and jitter, or
+  after ``Retry-After`` when given (ASCII delay-seconds or an HTTP date; any
+  other value is ignored).
 * Any other 4xx: the receiver refuses this request; sending the same bytes
   again cannot change that, so the trigger is dead-lettered at once with the
   answer (re-drive it from ``journey.triggers.deadletter`` once fixed).
@@ -15,10 +21,15 @@ next attempt. Pure: the caller passes the time and the random draw.
 
 from __future__ import annotations
 
+import re
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 DELIVERED, RETRY, DISABLE, REJECTED = "delivered", "retry", "disable", "rejected"
 RETRYABLE_4XX = frozenset({408, 425, 429})
+DELAY_SECONDS = re.compile(r"[0-9]+")         # ASCII digits only: str.isdigit() also takes "١٢" and "²"
+ASCTIME = re.compile(r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} [0-9]{4}")
+LONGEST_DELAY = 10 ** 10                     # seconds; a longer delay-seconds reads as this (beyond any limit)
 
 
 def classify(status: int | None) -> str:
@@ -27,6 +38,8 @@ def classify(status: int | None) -> str:
         return RETRY
     if 200 <= status < 300:
         return DELIVERED
+    if 300 <= status < 400:
+        return RETRY
     if status == 410:
         return DISABLE
     if status >= 500 or status in RETRYABLE_4XX:
@@ -36,14 +49,23 @@ def classify(status: int | None) -> str:
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
     """``Retry-After``: delay-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
+    if not value or not isinstance(value, str):
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+    value = value.strip(" \t")
+    if not value.isascii():
+        return None
+    if DELAY_SECONDS.fullmatch(value):    # (a digit string of any length: int() of 12 digits at most)
+        return float(min(int(value[:12]), LONGEST_DELAY))
+    if len(value) > 64:                   # no HTTP date is this long
+        return None
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError, IndexError, OverflowError):
+        at = parsedate_to_datetime(value)
+        if at.tzinfo is None:           # only asctime() dates carry no zone (and mean GMT)
+            if not ASCTIME.fullmatch(value):
+                return None
+            at = at.replace(tzinfo=UTC)
+        return max(0.0, at.timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
         return None
 
 

@@ -18,6 +18,18 @@ repeat carries the same ``webhook-id``, the trigger id.
 Replay safety: only records a live worker wrote (header ``journey-origin:
 live``) whose trigger time is within ``dispatch.max_age`` of now are
 delivered; ``--allow-replayed`` lifts both guards, explicitly.
+
+Hostile input: a record that is not a routable trigger (``records``) is
+dead-lettered (``not_a_trigger``) and counted, never fatal. Redirects are
+never followed (a 3xx is a failed attempt). Of an answer only a bounded prefix
+(``RESPONSE_PREFIX``) is read, for the error text; the rest is never
+buffered, and bodies are not decompressed. An exception inside a delivery is
+a failed attempt (retried, then dead-lettered); one that escapes a delivery
+task re-runs it a bounded number of times, then dead-letters it; only when
+the dead letter itself cannot be written does the dispatcher stop (exit 1),
+so the unfinished record is read again by its successor instead of holding
+the partition's commit forever. URLs are shown redacted (``redact``) and
+error texts are scrubbed of the endpoint URL's credentials and query.
 """
 
 from __future__ import annotations
@@ -39,7 +51,9 @@ from ..io import topics
 from ..io.kafka import bootstrap
 from . import policy, signing
 from .ledger import Delivered, Offsets
-from .metrics import DispatchMetrics, result_of
+from .metrics import INTERNAL, DispatchMetrics, result_of
+from .records import InvalidTrigger, parse_trigger
+from .redact import redact_url, scrub
 
 log = logging.getLogger("journey.dispatch")
 
@@ -47,6 +61,13 @@ ORIGIN_HEADER = "journey-origin"
 LIVE = b"live"
 CONTENT_TYPE = "application/cloudevents+json"
 COMMIT_EVERY = 0.5
+RESPONSE_PREFIX = 4096        # bytes of an answer read at most (for the error text); the rest is not read
+PREFIX_WAIT = 2.0             # seconds the prefix may take to arrive (within the attempt's timeout)
+ERROR_TEXT = 1000             # characters of an answer shown in an error text at most
+DEAD_LETTER_MAX = 512 * 1024  # a larger dead letter carries a prefix of the record (raw) instead
+RAW_PREFIX = 64 * 1024        # characters of such a record kept
+GUARD_RUNS = 3                # runs of a delivery task that raised before it is dead-lettered
+GUARD_WAIT = 1.0              # seconds before the second run; doubles
 
 
 class RateLimiter:
@@ -100,6 +121,7 @@ class Dispatcher:
         self.room = asyncio.Event()
         self.ready = False
         self.stopping = asyncio.Event()
+        self.failed = False                   # a dead letter could not be written: stop, exit 1
 
     # -- Kafka ----------------------------------------------------------------------------------------------
 
@@ -115,8 +137,12 @@ class Dispatcher:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=servers, group_id=self.cfg.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=500, fetch_max_wait_ms=100)
+        # no cookies kept between requests, no proxy or netrc from the environment, bodies not decompressed
+        # (only a prefix is read, for the error text; a compressed answer must not inflate in memory)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                          headers={"user-agent": "journey-dispatch"})
+                                          headers={"user-agent": "journey-dispatch", "accept-encoding": "identity"},
+                                          cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+                                          trust_env=False)
         runner = await self._serve()
         try:
             await self._topics()
@@ -135,6 +161,10 @@ class Dispatcher:
             await self.producer.stop()
             await self.http.close()
             await runner.cleanup()
+        if self.failed:
+            log.error("stopped because a dead letter could not be written; the unfinished triggers are read "
+                      "again when a dispatcher starts")
+            return 1
         return 0
 
     async def _topics(self) -> None:
@@ -258,48 +288,67 @@ class Dispatcher:
     # -- one record --------------------------------------------------------------------------------------------
 
     def _accept(self, tp, rec) -> None:
-        m = self.metrics
-        m.read.inc()
+        """Plan the deliveries of one record; never raises (a record cannot stop the dispatcher)."""
+        self.metrics.read.inc()
         self.offsets.read(tp, rec.offset)
-        read_at = time.monotonic()
         where = {"topic": tp.topic, "partition": tp.partition, "offset": rec.offset}
         try:
-            trigger = orjson.loads(rec.value)
-            tid = trigger["id"]
-            if not isinstance(tid, str) or not isinstance(trigger.get("data"), dict):
-                raise KeyError("id")
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            self._spawn(tp, rec.offset, [self._dead(None, rec, where, "not_a_trigger", None, 0, None, None)])
-            return
+            jobs = self._plan(tp, rec, where, time.monotonic())
+        except Exception as e:      # a bug in planning: the record goes to the dead letter, the reading goes on
+            self.metrics.internal.labels("-").inc()
+            error = f"{INTERNAL}: {type(e).__name__}: {self._scrub(None, e)}"
+            log.error("record at partition %s offset %s could not be planned: %s", tp.partition, rec.offset, error)
+            jobs = [self._job(None, lambda: self._dead(None, rec, where, "not_a_trigger", None, 0, None, error))]
+        if jobs:
+            self._spawn(tp, rec.offset, jobs)
+        else:
+            self._finish(tp, rec.offset)
+
+    def _job(self, endpoint, make, last_resort=None):
+        """A delivery job: ``make()`` returns the coroutine (it may run again, see :meth:`_guarded`);
+        ``last_resort(error)`` the dead letter written when every run raised."""
+        return endpoint, make, last_resort
+
+    def _plan(self, tp, rec, where, read_at) -> list:
+        """The jobs of one record; empty when it is finished already (skipped, or delivered before)."""
+        m = self.metrics
+        try:
+            trigger = parse_trigger(rec.value)
+        except InvalidTrigger as e:
+            m.invalid.labels(e.problem).inc()
+            detail = e.detail
+            return [self._job(None, lambda: self._dead(None, rec, where, "not_a_trigger", None, 0, None, detail))]
+        tid = trigger["id"]
         if not self.allow_replayed:
             why = self._not_for_delivery(trigger, rec)
             if why:
                 m.skipped.labels(why).inc()
-                self._finish(tp, rec.offset)
-                return
+                return []
         names = self.cfg.route(trigger)
         if not names:
             m.skipped.labels("no_route").inc()
-            self._finish(tp, rec.offset)
-            return
+            return []
         jobs = []
         for name in names:
             lane = self.lanes[name]
             if (name, tid) in self.delivered.get(tp.partition, ()):
                 m.deliveries.labels(name, "already_delivered").inc()
                 continue
+
+            def last_resort(error, name=name):
+                return self._dead(name, rec, where, "retries_exhausted", trigger, 0, None, error)
             if lane.disabled:
-                jobs.append(self._dead(name, rec, where, "endpoint_disabled", trigger, 0, None,
-                                       "the endpoint answered 410 Gone earlier"))
+                jobs.append(self._job(name, lambda name=name: self._dead(
+                    name, rec, where, "endpoint_disabled", trigger, 0, None, "the endpoint answered 410 Gone earlier")))
             elif lane.pending >= lane.ep.max_pending:
-                jobs.append(self._dead(name, rec, where, "backlog_full", trigger, 0, None,
-                                       f"{lane.pending} deliveries already waiting (max_pending)"))
+                pending = lane.pending
+                jobs.append(self._job(name, lambda name=name, pending=pending: self._dead(
+                    name, rec, where, "backlog_full", trigger, 0, None,
+                    f"{pending} deliveries already waiting (max_pending)")))
             else:
-                jobs.append(self._deliver(lane, rec, where, trigger, read_at))
-        if jobs:
-            self._spawn(tp, rec.offset, jobs)
-        else:
-            self._finish(tp, rec.offset)
+                jobs.append(self._job(name, lambda lane=lane: self._deliver(lane, rec, where, trigger, read_at),
+                                      last_resort))
+        return jobs
 
     def _not_for_delivery(self, trigger: dict, rec) -> str | None:
         if dict(rec.headers or ()).get(ORIGIN_HEADER) != LIVE:
@@ -307,7 +356,7 @@ class Dispatcher:
         if self.cfg.max_age > 0:
             try:
                 at = parse_time(trigger.get("time", "")) / 1000.0
-            except (TimeError, TypeError, ValueError):
+            except (TimeError, TypeError, ValueError, OverflowError):
                 return "stale"
             if time.time() - at > self.cfg.max_age:
                 return "stale"
@@ -316,17 +365,57 @@ class Dispatcher:
     def _spawn(self, tp, offset: int, jobs) -> None:
         self.remaining[(tp, offset)] = len(jobs)
         bucket = self.tasks.setdefault(tp, set())
-        for job in jobs:
-            t = asyncio.create_task(job)
+        for endpoint, make, last_resort in jobs:
+            t = asyncio.create_task(self._guarded(endpoint, make, last_resort))
             bucket.add(t)
             t.add_done_callback(lambda t, tp=tp, offset=offset: self._job_done(t, tp, offset))
+
+    async def _guarded(self, endpoint, make, last_resort) -> None:
+        """Run a job so that it ends finished: an exception re-runs it (at most ``GUARD_RUNS`` runs, waiting
+        1 s, 2 s ...), then ``last_resort`` dead-letters it; when that fails too (Kafka refuses the dead
+        letter), the dispatcher stops and the record stays uncommitted for its successor."""
+        error = None
+        for run in range(GUARD_RUNS):
+            try:
+                await make()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.metrics.internal.labels(endpoint or "-").inc()
+                error = f"{INTERNAL}: {type(e).__name__}: {self._scrub(endpoint, e)}"
+                log.error("a delivery to %s raised (run %d of %d): %s", endpoint or "the dead letter", run + 1,
+                          GUARD_RUNS, error)
+                if run + 1 < GUARD_RUNS:
+                    await asyncio.sleep(GUARD_WAIT * 2 ** run)
+        if last_resort is not None:
+            try:
+                await last_resort(f"{error}; gave up after {GUARD_RUNS} runs")
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                error = f"{type(e).__name__}: {self._scrub(endpoint, e)}"
+        log.critical("could not write a dead letter (%s): stopping, so that the unfinished record is read "
+                     "again instead of holding its partition's commit", error)
+        self.failed = True
+        self.stopping.set()
+        raise asyncio.CancelledError    # not finished: its offset is not committed
+
+    def _scrub(self, endpoint, text) -> str:
+        lane = self.lanes.get(endpoint) if endpoint else None
+        hidden = lane.ep.hidden if lane else tuple(p for ln in self.lanes.values() for p in ln.ep.hidden)
+        return scrub(text, hidden)
 
     def _job_done(self, task, tp, offset) -> None:
         self.tasks.get(tp, set()).discard(task)
         if task.cancelled():
             return                      # revoked or stopping: not finished, read again later
-        if task.exception() is not None:
-            log.error("delivery task failed: %r (the trigger is read again after a restart)", task.exception())
+        if task.exception() is not None:    # cannot happen (_guarded); if it does, stop rather than hold the commit
+            log.critical("delivery task failed: %s; stopping (the trigger is read again after a restart)",
+                         self._scrub(None, repr(task.exception())))
+            self.failed = True
+            self.stopping.set()
             return
         key = (tp, offset)
         if key in self.remaining:
@@ -342,6 +431,7 @@ class Dispatcher:
     # -- delivery -----------------------------------------------------------------------------------------------
 
     async def _deliver(self, lane: Lane, rec, where: dict, trigger: dict, read_at: float) -> None:
+        """Attempts until delivered or dead-lettered."""
         ep, m = lane.ep, self.metrics
         lane.pending += 1
         m.pending.labels(ep.name).inc()
@@ -387,29 +477,64 @@ class Dispatcher:
                                      f"{error or status}; {why}")
                     return
                 m.retries.labels(ep.name).inc()
+                log.debug("endpoint %s, trigger %s: attempt %d failed (%s); next in %.1f s", ep.name,
+                          trigger["id"], attempt, error or status, wait)
                 await asyncio.sleep(wait)
         finally:
             lane.pending -= 1
             m.pending.labels(ep.name).dec()
 
     async def _post(self, ep, msg_id: str, body: bytes):
-        """One attempt: (status or None, error text or None, Retry-After header or None)."""
-        headers = {**ep.headers, "content-type": CONTENT_TYPE,
-                   **signing.headers(ep.secrets, msg_id, int(time.time()), body)}
+        """One attempt: (status or None, error text or None, Retry-After header or None). Never raises but
+        for cancellation: an exception is a failed attempt (``internal error: ...``), retried like a
+        connection error. Redirects are not followed; at most ``RESPONSE_PREFIX`` bytes of the answer are
+        read; error texts are scrubbed of the URL's credentials and query."""
         try:
-            async with self.http.post(ep.url, data=body, headers=headers,
+            headers = {**ep.headers, "content-type": CONTENT_TYPE,
+                       **signing.headers(ep.secrets, msg_id, int(time.time()), body)}
+            async with self.http.post(ep.url, data=body, headers=headers, allow_redirects=False,
                                       timeout=aiohttp.ClientTimeout(total=ep.timeout)) as r:
-                await r.read()
-                return r.status, None if r.status < 300 else f"HTTP {r.status}", r.headers.get("retry-after")
+                status = r.status
+                # the answer's status decides; of its body only a prefix is read (for the error text), within
+                # PREFIX_WAIT: a body that never ends changes nothing
+                prefix = await _read_prefix(r, RESPONSE_PREFIX, min(PREFIX_WAIT, ep.timeout))
+                if not r.content.at_eof():
+                    r.close()           # the rest is never read: drop the connection instead of draining it
+                if 200 <= status < 300:
+                    return status, None, None
+                if 300 <= status < 400:
+                    location = r.headers.get("location")
+                    to = f" to {redact_url(scrub(location, ep.hidden))}" if location else ""
+                    return status, f"HTTP {status}: a redirect{to}, not followed (a redirect is not a delivery)", None
+                said = _answer_text(prefix)
+                error = f"HTTP {status}" + (f": {scrub(said, ep.hidden)}" if said else "")
+                return status, error, r.headers.get("retry-after")
+        except asyncio.CancelledError:
+            raise
         except TimeoutError:
             return None, "timeout", None
         except aiohttp.ClientError as e:
-            return None, f"{type(e).__name__}: {e}", None
+            return None, f"{type(e).__name__}: {scrub(e, ep.hidden)}", None
+        except Exception as e:
+            self.metrics.internal.labels(ep.name).inc()
+            error = f"{INTERNAL}: {type(e).__name__}: {scrub(e, ep.hidden)}"
+            log.error("endpoint %s: the send failed inside the dispatcher: %s", ep.name, error)
+            return None, error, None
 
     async def _record_delivered(self, endpoint: str, tid: str, partition: int) -> None:
+        """Remember a 2xx; when journey.dispatch.delivered does not take it, the delivery still counts (the
+        receiver has it), only a crash before the commit could then send it again (same webhook-id)."""
         self.delivered.setdefault(partition, Delivered(self.cfg.delivered_memory)).add((endpoint, tid))
         value = orjson.dumps({"endpoint": endpoint, "trigger_id": tid, "delivered_at": round(time.time(), 3)})
-        await (await self.producer.send(topics.DELIVERED, value, key=tid.encode(), partition=partition))
+        try:
+            await (await self.producer.send(topics.DELIVERED, value, key=tid.encode(), partition=partition))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.metrics.internal.labels(endpoint).inc()
+            log.warning("endpoint %s: delivered, but %s did not take the record (%s: %s); after a crash before "
+                        "the commit it may be sent again", endpoint, topics.DELIVERED, type(e).__name__,
+                        self._scrub(endpoint, e))
 
     async def _dead(self, endpoint, rec, where, reason, trigger, attempts, status, error) -> None:
         body = {"reason": reason, "endpoint": endpoint, "attempts": attempts, "last_status": status,
@@ -419,14 +544,20 @@ class Dispatcher:
             body["trigger"] = trigger
         else:
             body["raw"] = rec.value.decode("utf-8", "replace") if rec.value is not None else None
+        value = orjson.dumps(body)
+        if len(value) > DEAD_LETTER_MAX:   # the dead letter must fit a Kafka message: keep a prefix
+            raw = rec.value.decode("utf-8", "replace") if rec.value is not None else ""
+            body.pop("trigger", None)
+            body.update(raw=raw[:RAW_PREFIX], raw_truncated=True)
+            value = orjson.dumps(body)
+        log.warning("dead letter: %s (endpoint %s, partition %s offset %s, %s attempt(s)%s)", reason, endpoint,
+                    where["partition"], where["offset"], attempts, f", last: {error}" if error else "")
+        await (await self.producer.send(topics.TRIGGERS_DEADLETTER, value, key=rec.key,
+                                        partition=where["partition"],
+                                        headers=[("content-type", b"application/json")]))
         self.metrics.deadletters.labels(endpoint or "-", reason).inc()
         if endpoint:
             self.metrics.deliveries.labels(endpoint, "dead_lettered").inc()
-        log.warning("dead letter: %s (endpoint %s, partition %s offset %s, %s attempt(s)%s)", reason, endpoint,
-                    where["partition"], where["offset"], attempts, f", last: {error}" if error else "")
-        await (await self.producer.send(topics.TRIGGERS_DEADLETTER, orjson.dumps(body), key=rec.key,
-                                        partition=where["partition"],
-                                        headers=[("content-type", b"application/json")]))
 
     async def _drain(self, grace: float) -> None:
         pending = [t for ts in self.tasks.values() for t in ts]
@@ -462,6 +593,33 @@ class Dispatcher:
         await runner.setup()
         await web.TCPSite(runner, self.web_host, self.web_port).start()
         return runner
+
+
+async def _read_prefix(r, limit: int, wait: float) -> bytes:
+    """At most ``limit`` bytes of a response body, as they arrive within ``wait`` seconds; what could not be
+    read in time (or at all) is left out. aiohttp holds at most its read buffer (64 KiB) of the rest, which
+    is never read."""
+    buf = bytearray()
+    try:
+        async with asyncio.timeout(wait):
+            for _ in range(limit):      # each read returns at least one byte or ends the loop
+                if len(buf) >= limit:
+                    break
+                chunk = await r.content.read(limit - len(buf))
+                if not chunk:
+                    break
+                buf += chunk
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
+    return bytes(buf)
+
+
+def _answer_text(prefix: bytes) -> str:
+    """A receiver's answer as one short printable line for logs and dead letters."""
+    text = prefix.decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else " " for c in text)
+    text = " ".join(text.split())
+    return text if len(text) <= ERROR_TEXT else text[:ERROR_TEXT] + "..."
 
 
 class _Listener(ConsumerRebalanceListener):
