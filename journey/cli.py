@@ -98,7 +98,10 @@ def cmd_rules(a) -> int:
                 print(f"  {p}", file=sys.stderr)
             return 1
         enabled = [n for n, p in cfg.rules.items() if p.enabled]
-        print(f"{a.file}: ok ({len(enabled)} rules enabled: {', '.join(enabled)})")
+        for w in cfg.warnings:
+            print(f"  warning: {w}", file=sys.stderr)
+        journeys = f"; {len(cfg.journeys)} journey(s): {', '.join(cfg.journeys)}" if cfg.journeys else ""
+        print(f"{a.file}: ok ({len(enabled)} rules enabled: {', '.join(enabled)}{journeys})")
         return 0
     cfg = _load(a.file)
     print("\n".join(cfg.describe()))

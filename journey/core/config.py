@@ -78,8 +78,8 @@ class Config:
         if not isinstance(data, dict):
             raise ConfigError([f"{source}: expected a table at the top level"])
         for name in data:
-            if name not in SECTIONS and name != "rules":
-                problems.append(f"{name}: unknown section{suggest(name, list(SECTIONS) + ['rules'])}")
+            if name not in SECTIONS and name not in ("rules", "journeys"):
+                problems.append(f"{name}: unknown section{suggest(name, list(SECTIONS) + ['rules', 'journeys'])}")
         for sec, params in SECTIONS.items():
             setattr(self, sec, section(params, data.get(sec, {}), sec, problems))
         rules_given = data.get("rules", {})
@@ -94,6 +94,13 @@ class Config:
         if not problems:
             for rule in REGISTRY.values():
                 problems.extend(rule.check(self))
+        from .journeys import parse_journeys  # compiles CEL: only where a rule file has journeys
+
+        self.warnings: list[str] = []
+        self.journeys = parse_journeys(data.get("journeys"), REGISTRY, problems, self.warnings) \
+            if data.get("journeys") is not None else {}
+        # the event types whose props journeys read (intake keeps them for those types only)
+        self.keep_props = frozenset(t for j in self.journeys.values() for t in j.events)
         if self.stages.lapsed_after < self.stages.at_risk_after:
             problems.append("stages.lapsed_after: must not be shorter than stages.at_risk_after")
         self.clv_model = None
@@ -121,4 +128,13 @@ class Config:
         for rname, rule in REGISTRY.items():
             for name, p in rule.all_params().items():
                 lines.append(f"rules.{rname}.{name} = {p.show(getattr(self.rules[rname], name))}")
+        from .journeys import SETTINGS
+
+        for jname, j in self.journeys.items():
+            lines.append(f"journeys.{jname}  ({j.shape})")
+            for name, p in SETTINGS.items():
+                v = getattr(j.p, name)
+                if v in ("", [], {}, 0) and name not in ("kind", "transactional"):
+                    continue
+                lines.append(f"journeys.{jname}.{name} = {p.show(v)}")
         return lines

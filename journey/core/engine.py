@@ -48,6 +48,7 @@ class Stats:
         self.deferred = Counter()        # by rule
         self.transitions = Counter()     # by "from->to"
         self.timer_errors = 0            # timers whose rule failed (dropped, reported)
+        self.condition_errors = Counter()  # journey -> CEL conditions or templates that failed (as false)
 
     def suppressed_by_reason(self) -> Counter:
         c = Counter()
@@ -94,6 +95,10 @@ class Engine:
             self.rules[name] = (rule, p)
             for t in rule.events:
                 self.by_type.setdefault(t, []).append((rule, p))
+        for name, journey in getattr(config, "journeys", {}).items():  # after the built-in rules
+            self.rules[name] = (journey, journey.p)
+            for t in journey.events:
+                self.by_type.setdefault(t, []).append((journey, journey.p))
         self._hl = config.health.half_life
         self._dedup_window = config.engine.dedup_window
         self._dedup_max = config.engine.dedup_max_ids
@@ -473,12 +478,22 @@ class Engine:
         return st.timers.get(f"{name}|{key}")
 
     def fire(self, st: CustomerState, rule, occasion, time: int, reason: str, evidence: list,
-             extra: dict | None = None) -> None:
-        """A rule's occasion is due at ``time``: apply the contact policy and emit."""
+             extra: dict | None = None, offer: dict | None = None) -> None:
+        """A rule's occasion is due at ``time``: apply the contact policy and emit. ``offer``
+        replaces the configured one (a journey's rendered templates)."""
         pending = {"r": rule.name, "o": str(occasion), "t": time, "why": reason, "ev": list(evidence)}
         if extra:
             pending["x"] = extra
+        if offer is not None:
+            pending["of"] = offer
         self._decide(st, pending, time)
+
+    def audit_occasion(self, st: CustomerState, rule, occasion, time: int, reason: str, detail: str,
+                       evidence: list, why: str | None = None) -> None:
+        """An occasion that does not fire, for a reason of the rule's own (a journey's
+        ``condition_not_met``, ``instance_limit``): audited like a suppression."""
+        pd = {"r": rule.name, "o": str(occasion), "t": time, "why": why or rule.name, "ev": list(evidence)}
+        self._audit(st, pd, reason, time, detail)
 
     def _decide(self, st: CustomerState, pd: dict, now: int) -> None:
         rule, p = self.rules[pd["r"]]
@@ -504,7 +519,8 @@ class Engine:
             self._decide(st, pd, due)
 
     def _audit(self, st, pd: dict, reason: str, now: int, detail: str, until: int | None = None) -> None:
-        rule = REGISTRY[pd["r"]]
+        entry = self.rules.get(pd["r"])
+        rule = entry[0] if entry is not None else REGISTRY[pd["r"]]
         if until is None:
             self.stats.suppressed[(rule.name, reason)] += 1
         self.sink.audit(audit_record(trigger_id(self.key, rule.name, pd["o"]), self.key, rule.name, rule.kind,
@@ -523,7 +539,7 @@ class Engine:
             "evidence": pd["ev"],
             "channel": p.channel,
             "priority": p.priority,
-            "offer": p.offer,
+            "offer": pd.get("of", p.offer),
             "relationship": self.relationship(st, now),
         }
         if pd.get("x"):

@@ -64,7 +64,7 @@ class Event:
     normalized fields the rules read, ``traits`` the profile traits of a
     ``profile.updated``."""
 
-    __slots__ = ("id", "cid", "anon", "type", "ts", "f", "touch", "known", "traits", "raw")
+    __slots__ = ("id", "cid", "anon", "type", "ts", "f", "touch", "known", "traits", "raw", "props")
 
     def __init__(self, id, cid, anon, type, ts, f, touch, known, traits=None):
         self.id = id
@@ -77,6 +77,7 @@ class Event:
         self.known = known
         self.traits = traits
         self.raw = None  # live: the record's bytes, kept for a visitor's event (it may be forwarded)
+        self.props = None  # all props, kept only for the types user journeys read (parse's ``keep``)
 
     @property
     def key(self) -> str:
@@ -265,19 +266,20 @@ def _event_id(d: dict, key: str, raw: bytes) -> str:
     return _ident(v, key)
 
 
-def parse(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Event:
+def parse(raw: bytes, max_bytes: int = MAX_RECORD_BYTES, keep: frozenset = frozenset()) -> Event:
     """Parse and validate one record. Raises :class:`Rejected`, and only that: whatever
     else goes wrong with a record is a ``bad_field`` rejection, never an error that
-    could stop a worker or a replay."""
+    could stop a worker or a replay. For the canonical types in ``keep`` (those user
+    journeys read), the event's props are kept whole in ``props``."""
     try:
-        return _parse(raw, max_bytes)
+        return _parse(raw, max_bytes, keep)
     except Rejected:
         raise
     except Exception as e:  # any record, however hostile, is only rejected
         raise Rejected(BAD_FIELD, f"a field cannot be read ({type(e).__name__})") from None
 
 
-def _parse(raw: bytes, max_bytes: int) -> Event:
+def _parse(raw: bytes, max_bytes: int, keep: frozenset) -> Event:
     if len(raw) > max_bytes:
         raise Rejected(TOO_LARGE, f"record is {len(raw)} bytes, the limit is {max_bytes}")
     try:
@@ -288,8 +290,16 @@ def _parse(raw: bytes, max_bytes: int) -> Event:
         raise Rejected(NOT_OBJECT, f"expected a JSON object, got {type(d).__name__}")
     call = d.get("type")
     if type(call) is str and call in SEGMENT_CALLS and "customer_id" not in d:
-        return _parse_segment(d, call, raw)
-    return _parse_canonical(d, raw)
+        ev = _parse_segment(d, call, raw)
+        if keep and ev.type in keep:
+            p = d.get("properties") if call == "track" else d.get("traits")
+            ev.props = p if isinstance(p, dict) else {}
+        return ev
+    ev = _parse_canonical(d, raw)
+    if keep and ev.type in keep:
+        p = d.get("props")
+        ev.props = p if isinstance(p, dict) else {}
+    return ev
 
 
 def _parse_segment(d: dict, call: str, raw: bytes) -> Event:

@@ -48,6 +48,12 @@ class Param:
             if self.choices and v not in self.choices:
                 raise ValueError(f"{path}: expected one of {', '.join(self.choices)}, got {v!r}")
             return v
+        if k == "text":  # any string, may be empty (a condition, a template); choices if given
+            if not isinstance(v, str):
+                raise ValueError(f"{path}: expected a string, got {v!r}")
+            if self.choices and v and v not in self.choices:
+                raise ValueError(f"{path}: expected one of {', '.join(self.choices)}, got {v!r}")
+            return v
         if k == "path":
             if not isinstance(v, str):
                 raise ValueError(f"{path}: expected a file path, got {v!r}")

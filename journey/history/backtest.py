@@ -44,7 +44,8 @@ def _ignore(*_args) -> None:
 
 def backtest(paths, new_cfg, base_cfg, until: int | None = None, progress=None) -> dict:
     new, base = Engine(new_cfg, ListSink()), Engine(base_cfg, ListSink())
-    reader = Reader(paths, None, min(new_cfg.engine.max_record_bytes, base_cfg.engine.max_record_bytes), progress)
+    reader = Reader(paths, None, min(new_cfg.engine.max_record_bytes, base_cfg.engine.max_record_bytes), progress,
+                    keep=new_cfg.keep_props | base_cfg.keep_props)
     with no_cyclic_gc():
         tee = _Tee([new, base])
         drive(tee, reader.events(), until)

@@ -126,7 +126,8 @@ def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, 
     t0 = time.perf_counter()
     horizon = cfg.engine.future_horizon
     limit = now + horizon if now is not None and horizon > 0 else None
-    reader = Reader(paths, None, cfg.engine.max_record_bytes, progress, sort_buffer, limit)  # inputs checked first
+    reader = Reader(paths, None, cfg.engine.max_record_bytes, progress, sort_buffer, limit,  # inputs checked first
+                    cfg.keep_props)
     outs = [JsonLines(out), JsonLines(audit), JsonLines(deadletter), JsonLines(transitions)]
     reader.deadletter = outs[2]
     ok = False

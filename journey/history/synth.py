@@ -67,10 +67,13 @@ def _session(c: _Customer, buy: bool, value: float):
         c.emit("page.viewed", t)
         t += r.randint(5, 90) * 1000
     pid = f"p{r.randint(1, 500)}"
-    c.emit("product.viewed", t, product_id=pid)
+    c.emit("product.viewed", t, product_id=pid, price=round(value, 2))
     t += r.randint(10, 120) * 1000
     if r.random() < 0.03:
         c.emit("app.error", t, code="E500")
+        if c.persona == "trouble":  # trouble comes in storms: two more within minutes
+            c.emit("app.error", t + 4 * MS_MINUTE, code="E502")
+            c.emit("app.error", t + 9 * MS_MINUTE, code="E503")
     if not buy and r.random() < 0.55:
         return t
     c.emit("cart.product_added", t, product_id=pid, price=round(value, 2))
@@ -105,8 +108,11 @@ def _ticket(c: _Customer, t: int, slow: bool):
     c.emit("ticket.opened", t, ticket_id=tid, priority=prio)
     reply = t + (r.randint(2, 20) * MS_HOUR if slow else r.randint(5, 50) * MS_MINUTE)
     c.emit("ticket.agent_replied", reply, ticket_id=tid)
-    c.emit("ticket.resolved", reply + r.randint(1, 30) * MS_HOUR, ticket_id=tid)
+    resolved = reply + r.randint(1, 30) * MS_HOUR
+    c.emit("ticket.resolved", resolved, ticket_id=tid)
     csat = r.choice([1, 2, 2, 3]) if slow else r.choice([3, 4, 5, 5])
+    if slow and csat == 1:  # the fix did not hold
+        c.emit("ticket.reopened", resolved + 2 * MS_DAY, ticket_id=tid)
     c.emit("survey.answered", reply + r.randint(31, 48) * MS_HOUR, csat=csat)
 
 

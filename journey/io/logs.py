@@ -50,7 +50,7 @@ class Reader:
     """Reads, validates and sorts events from log files."""
 
     def __init__(self, paths, deadletter=None, max_bytes: int = 1 << 20, progress: Progress | None = None,
-                 sort_buffer: int = SORT_BUFFER, future_limit: int | None = None):
+                 sort_buffer: int = SORT_BUFFER, future_limit: int | None = None, keep: frozenset = frozenset()):
         self.paths = [str(p) for p in paths]
         self.deadletter = deadletter  # callable(record dict) or None
         self.max_bytes = max_bytes
@@ -58,6 +58,7 @@ class Reader:
         self.sort_buffer = max(1, sort_buffer)
         # events stamped after this (epoch ms) are dead-lettered as future_time (replay --now)
         self.future_limit = future_limit
+        self.keep = keep  # event types whose props are kept whole (read by user journeys)
         self.lines = 0
         self.valid = 0
         self.rejected = Counter()
@@ -87,7 +88,7 @@ class Reader:
                         self.lines -= 1
                         continue
                     try:
-                        ev = parse(line, self.max_bytes)
+                        ev = parse(line, self.max_bytes, self.keep)
                         if self.future_limit is not None and ev.ts > self.future_limit:
                             raise Rejected(FUTURE_TIME, f"stamped {format_time(ev.ts)}, more than the future horizon "
                                                         f"after --now ({format_time(self.future_limit)})")
@@ -145,7 +146,7 @@ class Reader:
         chunk.sort()
         tmp = stack.enter_context(tempfile.TemporaryFile(prefix="journey-run-"))
         for i in range(0, len(chunk), _SPILL_BATCH):
-            batch = [(ts, i_, q, e.cid, e.anon, e.type, e.f, e.touch, e.known, e.traits)
+            batch = [(ts, i_, q, e.cid, e.anon, e.type, e.f, e.touch, e.known, e.traits, e.props)
                      for ts, i_, q, e in chunk[i:i + _SPILL_BATCH]]
             pickle.dump(batch, tmp, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.seek(0)
@@ -174,5 +175,7 @@ def _read_run(f):
             batch = pickle.load(f)
         except EOFError:
             return
-        for ts, eid, seq, cid, anon, typ, fields, touch, known, traits in batch:
-            yield ts, eid, seq, Event(eid, cid, anon, typ, ts, fields, touch, known, traits)
+        for ts, eid, seq, cid, anon, typ, fields, touch, known, traits, props in batch:
+            e = Event(eid, cid, anon, typ, ts, fields, touch, known, traits)
+            e.props = props
+            yield ts, eid, seq, e
