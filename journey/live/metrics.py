@@ -116,6 +116,13 @@ class WorkerCollector:
         terr.add_metric([], stats.timer_errors)
         yield terr
 
+        cerr = CounterMetricFamily("journey_condition_errors_total",
+                                   "Journey conditions and templates that failed at run time (counted as false)",
+                                   labels=["journey"])
+        for name in sorted(getattr(rt.config, "journeys", {})):
+            cerr.add_metric([name], stats.condition_errors[name])
+        yield cerr
+
         serr = CounterMetricFamily("journey_state_errors_total",
                                    "Customer states that could not be loaded from the changelog (skipped) or written "
                                    "to it (kept in memory), by what", labels=["what"])

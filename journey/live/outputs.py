@@ -120,12 +120,12 @@ class Outputs:
                 for topic, partition, b in sealed:
                     inflight.append(await producer.send_batch(b, topic, partition=partition))
             while self.pending:
-                writes, acks = self.pending.popleft()
+                writes, acks, epochs = self.pending.popleft()
                 # every output sent so far (this checkpoint's records caused some of it) must be
                 # delivered before the state that follows from them is written anywhere
                 deps = [f for f in self.inflight if not f.done() or f.cancelled() or f.exception() is not None]
                 self.inflight = [f for f in deps if not f.done()]
-                self.commits.put_nowait((writes, acks, deps))
+                self.commits.put_nowait((writes, acks, deps, epochs))
             if self.committer is None or self.committer.done():
                 self.committer = asyncio.ensure_future(self._committer())
 
@@ -155,7 +155,9 @@ class Outputs:
                 acks.extend(proc.applied)
                 proc.applied.clear()
         if writes or acks:
-            self.pending.append((writes, acks))
+            # with the assignment epoch of each partition: a checkpoint of a partition revoked
+            # (and perhaps assigned back) since is dropped whole, never written late
+            self.pending.append((writes, acks, dict(self.epochs)))
         self.counts["late"] = sum(p.timeline.late for p in self.procs.values())
         # what lives past a checkpoint is mostly customer state: keep it out of the collector's
         # full passes, whose pause grows with the number of customers held (see tune_gc)
@@ -164,9 +166,9 @@ class Outputs:
     async def _committer(self) -> None:
         """Make queued checkpoints durable, one at a time, in the order they were taken."""
         while True:
-            writes, acks, deps = await self.commits.get()
+            writes, acks, deps, epochs = await self.commits.get()
             try:
-                await self._commit(writes, acks, deps)
+                await self._commit(writes, acks, deps, epochs)
             except Exception as e:  # an output the broker would not take: nothing after it is safe
                 log.critical("output could not be delivered (%s: %s); stopping, so that a restart reads "
                              "the records again from the last committed offset", type(e).__name__, e)
@@ -174,9 +176,13 @@ class Outputs:
                 await self.app.crash(e)
                 return
 
-    async def _commit(self, writes: dict, acks: list, deps: list) -> None:
+    async def _commit(self, writes: dict, acks: list, deps: list, epochs: dict) -> None:
         if deps:
             await asyncio.gather(*deps)
+        current = self.epochs
+        writes = {p: w for p, w in writes.items() if p in self.procs and current.get(p) == epochs.get(p)}
+        acks = [t for t in acks if t[0].partition in self.procs
+                and current.get(t[0].partition) == epochs.get(t[0].partition)]
         producer = self.app.producer._ensure_producer()
         sent = []
         for p, items in writes.items():
@@ -198,7 +204,7 @@ class Outputs:
         data = self.table.data
         for p, items in writes.items():
             proc = self.procs.get(p)
-            if proc is None:
+            if proc is None or self.epochs.get(p) != epochs.get(p):
                 continue
             token = _current_event.set(weakref.ref(proc.anchor))
             try:
@@ -210,21 +216,24 @@ class Outputs:
             finally:
                 _current_event.reset(token)
         for p, n, fut in sent:
-            if p in self.procs:  # how far the changelog the store mirrors was written (RocksDB keeps it)
+            if p in self.procs and self.epochs.get(p) == epochs.get(p):  # how far the changelog the store
+                # mirrors was written (RocksDB keeps it)
                 data.set_persisted_offset(TP(self.changelog, p), fut.result().offset + n - 1)
-        self._ack(acks)
+        self._ack([t for t in acks if self.epochs.get(t[0].partition) == epochs.get(t[0].partition)])
 
     def drop(self, partitions: set[int]) -> None:
         """Revoked partitions: their unsent state writes and acknowledgements are dropped (the
         new owner reads the records again); a stale write of ours must never land after its."""
         if not partitions:
             return
+        for p in partitions:
+            self.epochs[p] = self.epochs.get(p, 0) + 1
         self.building = {(t, p): b for (t, p), b in self.building.items()
                          if not (t == self.changelog and p in partitions)}
         self.acks = [t for t in self.acks if t[0].partition not in partitions]
         self.pending = deque((({p: w for p, w in writes.items() if p not in partitions},
-                               [t for t in acks if t[0].partition not in partitions])
-                              for writes, acks in self.pending))
+                               [t for t in acks if t[0].partition not in partitions], epochs)
+                              for writes, acks, epochs in self.pending))
 
     def _ack(self, tokens: list) -> None:
         if not tokens:

@@ -61,6 +61,7 @@ def _merge_stats(into: Stats, other: Stats) -> None:
     into.deferred.update(other.deferred)
     into.transitions.update(other.transitions)
     into.timer_errors += other.timer_errors
+    into.condition_errors.update(other.condition_errors)
 
 
 class Runtime(Outputs):
@@ -105,6 +106,7 @@ class Runtime(Outputs):
         self.commits: asyncio.Queue = asyncio.Queue()  # checkpoints queued behind their output
         self.committer = None          # the task that makes them durable, in order (outputs._commit)
         self.failed = None             # an output the broker would not take (the worker stops)
+        self.epochs: dict[int, int] = {}  # partition -> revocations so far (stale checkpoints are dropped)
         self.changelog = topics.changelog(settings.app_id)
         self.checkpoint_s = settings.checkpoint
         self.next_checkpoint = 0.0
@@ -174,6 +176,7 @@ class Runtime(Outputs):
         counts = self.counts
         acks = self.acks
         horizon = self.future_horizon
+        keep = self.config.keep_props
         for tp, recs in batch.items():
             p = tp.partition
             proc = procs.get(p)
@@ -196,7 +199,7 @@ class Runtime(Outputs):
                 if raw is None:
                     raw = b""
                 try:
-                    ev = parse(raw, max_bytes)
+                    ev = parse(raw, max_bytes, keep)
                 except intake.Rejected as r:
                     self.rejected[r.reason] += 1
                     self._deadletter(r.reason, r.detail, tp, rec.offset, raw)
