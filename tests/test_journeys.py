@@ -216,3 +216,64 @@ def test_rules_show_prints_journeys():
     cfg = config_from(rules(browse=BROWSE))
     lines = cfg.describe()
     assert "journeys.browse  (absence)" in lines and "journeys.browse.wait = 2h" in lines
+
+
+# -- the example journeys of deploy/journeys.example.toml: each fires, and does not -------
+
+EXAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "deploy" / "journeys.example.toml"
+
+
+@pytest.fixture
+def example(tmp_path):
+    """The example file with the contact policy's caps and quiet hours off (so each journey's
+    own logic is what is tested)."""
+    f = tmp_path / "rules.toml"
+    f.write_text('[policy]\nquiet_start = "00:00"\nquiet_end = "00:00"\nmax_per_window = 1000\nmin_gap = "0s"\n\n'
+                 + EXAMPLE.read_text())
+    from journey.io.rulefile import read_table
+
+    return read_table(f)
+
+
+def test_the_example_file_passes_rules_check():
+    p = subprocess.run([sys.executable, "-m", "journey", "rules", "check", str(EXAMPLE)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and "4 journey(s)" in p.stdout and "warning" not in p.stderr, p.stderr
+
+
+def test_example_browse_abandoned(run, example):
+    base = [ev("order.completed", "c1", "2026-03-01T08:00:00Z", order_id="o1")]
+    fires = base + [view("c1", "2026-03-01T10:00:00Z", "p7", price=80)]
+    r = run(fires, rules=example, until="2026-03-02T00:00:00Z")
+    (t,) = r.of("browse_abandoned")
+    assert t["data"]["offer"] == {"type": "browse_reminder", "product": "p7"}
+    added = fires + [ev("cart.product_added", "c1", "2026-03-01T11:00:00Z", product_id="p7", price=80)]
+    assert run(added, rules=example, until="2026-03-02T00:00:00Z").of("browse_abandoned") == []
+    cheap = base + [view("c1", "2026-03-01T10:00:00Z", "p7", price=20)]
+    assert run(cheap, rules=example, until="2026-03-02T00:00:00Z").of("browse_abandoned") == []
+
+
+def test_example_ticket_reopened(run, example):
+    evs = [ev("ticket.opened", "c1", "2026-03-01T09:00:00Z", ticket_id="t1", priority="normal"),
+           ev("ticket.resolved", "c1", "2026-03-01T10:00:00Z", ticket_id="t1")]
+    (t,) = run(evs + [ev("ticket.reopened", "c1", "2026-03-04T10:00:00Z", ticket_id="t1")],
+               rules=example).of("ticket_reopened")
+    assert t["data"]["priority"] == "high" and t["data"]["offer"]["ticket"] == "t1"
+    assert run(evs + [ev("ticket.reopened", "c1", "2026-03-09T10:00:00Z", ticket_id="t1")],
+               rules=example).of("ticket_reopened") == []
+
+
+def test_example_error_storm(run, example):
+    errs = [ev("app.error", "c1", f"2026-03-01T10:{m:02d}:00Z", code=f"E{m}") for m in (0, 20, 40)]
+    (t,) = run(errs, rules=example).of("error_storm")
+    assert t["data"]["reason"] == "three app errors within 1h, the last E40"
+    spread = [ev("app.error", "c1", f"2026-03-01T{h:02d}:00:00Z", code="E") for h in (10, 11, 12)]
+    assert run(spread, rules=example).of("error_storm") == []
+
+
+def test_example_review_thanks(run, example):
+    orders = [ev("order.completed", "c1", f"2026-03-0{d}T10:00:00Z", order_id=f"o{d}") for d in (1, 2)]
+    review = [ev("review.submitted", "c1", "2026-03-05T10:00:00Z", rating=5)]
+    (t,) = run(orders + review, rules=example).of("review_thanks")
+    assert t["data"]["reason"] == "a 5-star review from a customer with 2 orders"
+    assert run(orders[:1] + review, rules=example).of("review_thanks") == []

@@ -63,19 +63,32 @@ _STRS = ("entry", "exit", "then")  # a type or a list of types
 class Compiled:
     """One CEL expression, compiled at load."""
 
-    __slots__ = ("source", "program", "customer", "fields", "props")
+    __slots__ = ("source", "program", "needs", "customer", "fields", "props")
 
     def __init__(self, source: str, where: str, problems: list):
         import cel
 
         self.source = source
-        # what of the event the expression names: only that is converted for CEL (each value
-        # handed to CEL costs about a microsecond); all props when it uses them as a whole
+        # what the expression names, per variable: only that is converted for CEL (each value
+        # handed to CEL costs about a microsecond). For event, entry and then: the fields
+        # (type, time) and the props named, or None for all props when it uses them whole;
+        # for customer: the fields named, or None for all
+        self.needs = {}
+        for var in ("event", "entry", "then"):
+            if not re.search(rf"\b{var}\b", source):
+                continue
+            fields = {f for f in ("type", "time") if re.search(rf"\b{var}\.{f}\b", source)}
+            named = {a or b for a, b in re.findall(rf"\b{var}\.props\.([A-Za-z_][A-Za-z0-9_]*)|"
+                                                    rf"\b{var}\.props\[\s*['\"]([^'\"]+)['\"]\s*\]", source)}
+            whole = (re.search(rf"\b{var}\.props\b(?!\.[A-Za-z_]|\[\s*['\"])", source) is not None
+                     or re.search(rf"\b{var}\b(?!\.)", source) is not None)
+            self.needs[var] = (fields, None if whole else named)
         self.customer = "customer" in source  # the customer snapshot is built only when named
-        self.fields = {f for f in ("type", "time") if re.search(rf"\bevent\.{f}\b", source)}
-        named = {a or b for a, b in _PROP_REF.findall(source)}
-        whole = re.search(r"\bevent\.props\b(?!\.[A-Za-z_]|\[\s*['\"])", source) is not None
-        self.props = None if whole else named
+        if self.customer:
+            whole_c = re.search(r"\bcustomer\b(?!\.)", source) is not None
+            self.needs["customer"] = None if whole_c else set(re.findall(r"\bcustomer\.([A-Za-z_]\w*)", source))
+        ev = self.needs.get("event")
+        self.fields, self.props = (ev if ev is not None else (set(), set()))
         self.program = None
         try:
             self.program = cel.compile(source)
@@ -84,6 +97,28 @@ class Compiled:
 
     def run(self, ctx: dict):
         return self.program.execute(ctx)
+
+    def context(self, sources: dict) -> dict:
+        """The variables this expression names, from ``sources``: ``event``/``entry``/``then``
+        as ``(type, time ms, props)``, ``customer`` as a dict; only what it names."""
+        ctx = {}
+        for var, need in self.needs.items():
+            src = sources.get(var)
+            if src is None:
+                continue
+            if var == "customer":
+                ctx[var] = src if need is None else {k: src[k] for k in need if k in src}
+                continue
+            typ, ts, props = src
+            fields, names = need
+            out = {"props": _cel_value(props) if names is None else
+                   {k: _cel_value(props[k]) for k in names if k in props}}
+            if "type" in fields or names is None:
+                out["type"] = typ
+            if "time" in fields or names is None:
+                out["time"] = _ts(ts)
+            ctx[var] = out
+        return ctx
 
 
 def _first_lines(msg: str) -> str:
@@ -209,6 +244,9 @@ class Journey(Rule):
         # the props an instance keeps of its entry (and then) event: only those the expressions name
         texts = [cond_if, p.when, reason] + [v for v in p.offer.values() if isinstance(v, str)]
         self.keep = sorted({a or b for t in texts for a, b in _PROP_REF.findall(t or "")})
+        self.wants_customer = (self.cond_when is not None and self.cond_when.customer) or any(
+            isinstance(part, tuple) and part[0] == "cel" and part[1].customer
+            for parts in [self.reason_t or [], *[t or [] for t in self.offer_t.values()]] for part in parts)
         self.raw_wait = spec.get("wait") if isinstance(spec, dict) else None
         self.raw_within = spec.get("within") if isinstance(spec, dict) else None
         self.events = tuple(dict.fromkeys([*p.entry, *p.exit, *p.then]))
@@ -237,34 +275,17 @@ class Journey(Rule):
         return {}
 
     # -- CEL context --------------------------------------------------------------------
-    @staticmethod
-    def _event(ev, cond: Compiled) -> dict:
-        """The event as the expression needs it (only what it names)."""
+    def _ctx(self, eng, st, ev, cond: Compiled) -> dict:
+        """The context of a condition on the event being applied (only what it names)."""
         props = (ev.props if ev.props is not None else ev.f) or {}
-        names = cond.props
-        if names is None:
-            out = {"props": _cel_value(props)}
-        else:
-            out = {"props": {k: _cel_value(props[k]) for k in names if k in props}}
-        if cond.fields:
-            if "type" in cond.fields:
-                out["type"] = ev.type
-            if "time" in cond.fields:
-                out["time"] = _ts(ev.ts)
-        return out
+        return cond.context({"event": (ev.type, ev.ts, props),
+                             "customer": self._customer(eng, st, ev.ts) if cond.customer else None})
 
     def _kept(self, ev) -> dict:
         props = ev.props if ev.props is not None else ev.f
         if not props:
             return {}
         return {k: props[k] for k in self.keep if k in props}
-
-    @staticmethod
-    def _stored(rec) -> dict | None:
-        if rec is None:
-            return None
-        typ, ts, props = rec
-        return {"type": typ, "time": _ts(ts), "props": _cel_value(props)}
 
     def _customer(self, eng, st, now: int) -> dict:
         tiers = eng.cfg.rules["spend_tier"].tiers
@@ -285,14 +306,14 @@ class Journey(Rule):
                 c["clv"] = float(value)
         return c
 
-    def _true(self, eng, cond: Compiled, ctx: dict) -> bool:
+    def _true(self, eng, cond: Compiled, ctx: dict) -> bool:  # ctx: cond.context(...) or built for it
         try:
             return cond.run(ctx) is True
         except Exception:  # a missing prop, a type error: false, and counted
             eng.stats.condition_errors[self.name] += 1
             return False
 
-    def _render(self, eng, parts, ctx: dict) -> str:
+    def _render(self, eng, parts, sources: dict) -> str:
         out = []
         for part in parts:
             if isinstance(part, str):
@@ -302,7 +323,7 @@ class Journey(Rule):
                 out.append(str(raw) if raw is not None else "")
             else:
                 try:
-                    out.append(_show(part[1].run(ctx)))
+                    out.append(_show(part[1].run(part[1].context(sources))))
                 except Exception:
                     eng.stats.condition_errors[self.name] += 1
                     out.append("?")
@@ -365,9 +386,7 @@ class Journey(Rule):
         if key is None:
             return  # an entry without the key prop names no instance
         if self.cond_if is not None:
-            ctx = {"event": self._event(ev, self.cond_if)}
-            if self.cond_if.customer:
-                ctx["customer"] = self._customer(eng, st, ev.ts)
+            ctx = self._ctx(eng, st, ev, self.cond_if)
             if not self._true(eng, self.cond_if, ctx):
                 return
         shape = self.shape
@@ -420,9 +439,7 @@ class Journey(Rule):
             if not data["s"] <= ev.ts <= due:
                 continue
             if self.cond_exit is not None:
-                ctx = {"event": self._event(ev, self.cond_exit)}
-                if self.cond_exit.customer:
-                    ctx["customer"] = self._customer(eng, st, ev.ts)
+                ctx = self._ctx(eng, st, ev, self.cond_exit)
                 if not self._true(eng, self.cond_exit, ctx):
                     continue
             eng.cancel_timer(st, self, tk[len(self.name) + 1:])
@@ -435,9 +452,7 @@ class Journey(Rule):
             if not data["s"] < ev.ts <= due:
                 continue
             if self.cond_then is not None:
-                ctx = {"event": self._event(ev, self.cond_then)}
-                if self.cond_then.customer:
-                    ctx["customer"] = self._customer(eng, st, ev.ts)
+                ctx = self._ctx(eng, st, ev, self.cond_then)
                 if not self._true(eng, self.cond_then, ctx):
                     continue
             eng.cancel_timer(st, self, tk[len(self.name) + 1:])
@@ -451,17 +466,17 @@ class Journey(Rule):
 
     def _fire(self, eng, st, key: str, eid: str, now: int, entry, then, evidence) -> None:
         occasion = f"{key}:{eid}" if self.p.key else eid
-        ctx = {"event": self._stored(entry), "entry": self._stored(entry), "customer": self._customer(eng, st, now)}
-        if then is not None:
-            ctx["then"] = self._stored(then)
-        reason = self._render(eng, self.reason_t, ctx)
-        if self.cond_when is not None and not self._true(eng, self.cond_when, ctx):
+        sources = {"event": entry, "entry": entry, "then": then}
+        if self.wants_customer:
+            sources["customer"] = self._customer(eng, st, now)
+        reason = self._render(eng, self.reason_t, sources)
+        if self.cond_when is not None and not self._true(eng, self.cond_when, self.cond_when.context(sources)):
             eng.audit_occasion(st, self, occasion, now, "condition_not_met",
                                f"when ({self.cond_when.source}) was false", evidence, why=reason)
             return
         offer = dict(self.p.offer)
         for k, parts in self.offer_t.items():
-            offer[k] = self._render(eng, parts, ctx)
+            offer[k] = self._render(eng, parts, sources)
         eng.fire(st, self, occasion, now, reason, evidence, offer=offer)
 
 
