@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulated seconds per wall second (default 86400: a day a second, so the "
                         "population's half year plays in about three minutes)")
     d.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many wall seconds")
-    d.add_argument("--rules", help="rule configuration (TOML or YAML)")
+    d.add_argument("--rules", help="rule configuration (TOML or YAML); default: the example journeys "
+                                   "(journey/examples/journeys.example.toml) on top of the built-in rules")
     d.add_argument("--seed", type=int, default=11)
     d.set_defaults(func=cmd_demo)
 

@@ -20,6 +20,7 @@ import time
 
 import orjson
 
+from .examples import JOURNEYS
 from .history.synth import generate
 from .io import topics
 from .io.kafka import bootstrap, ensure_topics
@@ -48,7 +49,7 @@ def run_demo(a) -> int:
             url = broker.url
         asyncio.run(ensure_topics(url))
         port = free_port()
-        worker = spawn_worker(url, web_port=port, store="memory://", rules=a.rules,
+        worker = spawn_worker(url, web_port=port, store="memory://", rules=a.rules or str(JOURNEYS),
                               log_path=os.path.join(workdir, "worker.log"))
         print(paint(DIM, f"broker {url} · worker health http://127.0.0.1:{port}/ready · logs in {workdir}"))
         print(paint(DIM, f"feeding {a.customers} customers, {a.speed:,.0f}x real time; Ctrl-C to stop"), flush=True)
@@ -101,7 +102,9 @@ async def _run(url: str, a, paint, worker) -> dict:
 async def _feed(url: str, a, counts: dict, stop: asyncio.Event) -> None:
     from aiokafka import AIOKafkaProducer
 
-    start = int(time.time() * 1000)
+    # the population's half year ends about now: events stamped ahead of the clock would be
+    # dead-lettered as future_time (the worker trusts no clock ahead of its own)
+    start = int(time.time() * 1000) - 200 * 86_400_000
     items = sorted(generate(a.customers, a.customers * 30, a.seed, start), key=lambda x: x[0])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap(url), linger_ms=5)
     await producer.start()
