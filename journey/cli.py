@@ -114,6 +114,12 @@ def cmd_bench(a) -> int:
     return run_bench(a)
 
 
+def cmd_explain(a) -> int:
+    from .history.explain import cmd_explain as run
+
+    return run(a, _load(a.rules))
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -164,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--diff", metavar="FILE", help="write every added and removed trigger (JSON lines)")
     b.add_argument("--examples", type=int, default=3, metavar="N", help="examples shown per change (default 3)")
     b.set_defaults(func=cmd_backtest)
+
+    ex = sub.add_parser("explain", help="why did (or didn't) a customer get a message: their timeline from a log",
+                        description="Replay the log and print, for one customer, everything the engine did, in "
+                                    "event-time order: events applied (type, touch point, health), timers and journey "
+                                    "instances set, due and cancelled, triggers sent, deferred and held back with their "
+                                    "reasons, and stage changes.")
+    ex.add_argument("customer", metavar="CUSTOMER", help="the customer id")
+    ex.add_argument("paths", nargs="+", metavar="PATH", help="log files (.jsonl or .jsonl.gz)")
+    ex.add_argument("--rules", metavar="FILE", help="rule configuration (TOML or YAML); defaults otherwise")
+    ex.add_argument("--until", type=_time, metavar="TIME",
+                    help="after the last event, move the watermark to TIME so timers due by then fire")
+    ex.add_argument("--json", action="store_true", help="a JSON list of timeline rows instead of text")
+    ex.set_defaults(func=cmd_explain)
 
     ru = sub.add_parser("rules", help="check or show a rule configuration")
     ru.add_argument("action", choices=("check", "show"), help="check: validate FILE; show: every setting in force")

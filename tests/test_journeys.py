@@ -277,3 +277,33 @@ def test_example_review_thanks(run, example):
     (t,) = run(orders + review, rules=example).of("review_thanks")
     assert t["data"]["reason"] == "a 5-star review from a customer with 2 orders"
     assert run(orders[:1] + review, rules=example).of("review_thanks") == []
+
+
+def test_explain_tells_why_a_customer_did_or_did_not_get_a_message(tmp_path):
+    import orjson
+
+    from conftest import identify
+
+    log = tmp_path / "e.jsonl"
+    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in [
+        ev("checkout.started", "c1", "2026-03-01T10:00:00Z", id="k1", checkout_id="chk-1"),
+        identify("c2", ts="2026-03-01T09:00:00Z", consent={"marketing": False}),
+        ev("checkout.started", "c2", "2026-03-01T10:00:00Z", id="k2", checkout_id="chk-2"),
+        ev("page.viewed", "c3", "2026-03-01T10:00:00Z")]))
+
+    def explain(*args):
+        return subprocess.run([sys.executable, "-m", "journey", "explain", *args, str(log), "--until",
+                               "2026-03-02T00:00:00Z"], capture_output=True, text=True, timeout=60)
+    p = explain("c1")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "event      checkout.started" in lines[0]
+    assert any("cart_abandoned set: due 2026-03-01T10:30:00Z" in x for x in lines)
+    assert any("trigger    cart_abandoned sent" in x for x in lines)
+    p2 = explain("c2", "--json")
+    rows = orjson.loads(p2.stdout)
+    held = [r for r in rows if r["what"] == "held back"]
+    assert held and held[0]["reason"] == "no_consent" and held[0]["rule"] == "cart_abandoned"
+    assert "c1" not in p2.stdout and "c3" not in p2.stdout   # one customer only
+    p3 = explain("nobody")
+    assert p3.returncode == 1 and "no events of customer 'nobody'" in p3.stderr
