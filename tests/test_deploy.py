@@ -259,7 +259,7 @@ def test_real_prometheus_scrapes_the_worker_and_evaluates_every_query(broker, tm
                     "--metrics-file", str(textfiles / "journey_replay.prom"), "-q"], check=True, timeout=120)
     srv, file_port = _serve_dir(textfiles)
 
-    w = Worker(broker, tmp_path, idle="2s")
+    w = Worker(broker, tmp_path, idle="2s", rules=str(DEPLOY / "journeys.example.toml"))  # journeys on: their series too
     prom = None
     try:
         w.wait_ready()

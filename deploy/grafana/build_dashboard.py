@@ -185,6 +185,15 @@ def dashboard() -> dict:
               q(rate("journey_visitor_handoffs_total", "kind"), "visitor hand-off: {{kind}}")], "ops",
              "Duplicates are redeliveries recognized by event id; late events arrived behind the watermark; "
              "visitor hand-offs move an anonymous visitor's state and later events to its customer's partition")
+    b.series("Journey condition errors/s by journey",
+             [q(rate("journey_condition_errors_total", "journey"), "{{journey}}")], "ops",
+             "CEL conditions and templates of user journeys that failed at run time (a missing prop, a type "
+             "error): each counts as false, so a journey that should fire may not. Check the journey's expressions")
+    b.series("Timer and state errors/s",
+             [q(rate("journey_timer_errors_total"), "timers dropped"),
+              q(rate("journey_state_errors_total", "what"), "state {{what}}")], "ops",
+             "Timers whose rule failed (dropped), changelog records that could not be loaded (skipped) and states "
+             "that could not be written: each is a bug or damaged data; processing goes on")
 
     b.row("Relationships (aggregates)")
     b.series("Customers by stage", [q("sum by (stage) (journey_customers_by_stage)", "{{stage}}")], "short",
