@@ -281,7 +281,6 @@ def test_example_review_thanks(run, example):
 
 def test_explain_tells_why_a_customer_did_or_did_not_get_a_message(tmp_path):
     import orjson
-
     from conftest import identify
 
     log = tmp_path / "e.jsonl"
