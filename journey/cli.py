@@ -163,10 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backtest", help="compare the triggers of two rule configurations on one log",
                        description="Run two rule configurations over the same log and print, per rule, the "
                                    "triggers that the new rules would add and remove.")
-    b.add_argument("paths", nargs="+", metavar="PATH")
+    b.add_argument("paths", nargs="+", metavar="PATH", help="log files (.jsonl or .jsonl.gz)")
     b.add_argument("--rules", required=True, metavar="NEW", help="the proposed rule file")
     b.add_argument("--baseline", metavar="OLD", help="the current rule file (defaults if omitted)")
-    b.add_argument("--until", type=_time, metavar="TIME")
+    b.add_argument("--until", type=_time, metavar="TIME",
+                   help="after the last event, move the watermark to TIME so timers due by then fire "
+                        "(default: stop at the last event)")
     b.add_argument("--diff", metavar="FILE", help="write every added and removed trigger (JSON lines)")
     b.add_argument("--examples", type=int, default=3, metavar="N", help="examples shown per change (default 3)")
     b.set_defaults(func=cmd_backtest)
@@ -186,13 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ru = sub.add_parser("rules", help="check or show a rule configuration")
     ru.add_argument("action", choices=("check", "show"), help="check: validate FILE; show: every setting in force")
-    ru.add_argument("file", nargs="?", metavar="FILE")
+    ru.add_argument("file", nargs="?", metavar="FILE",
+                    help="the rule file (TOML or YAML); show without it prints the defaults")
     ru.set_defaults(func=cmd_rules)
 
     be = sub.add_parser("bench", help="benchmark replay against the bare JSON parse on a synthetic log")
-    be.add_argument("--customers", type=int, default=100_000)
-    be.add_argument("--events", type=int, default=2_000_000)
-    be.add_argument("--seed", type=int, default=7)
+    be.add_argument("--customers", type=int, default=100_000, help="customers generated (default 100000)")
+    be.add_argument("--events", type=int, default=2_000_000,
+                    help="events generated (default 2000000: a run of about a minute; 200000 for a quick one)")
+    be.add_argument("--seed", type=int, default=7, help="seed of the generated population (default 7)")
     be.add_argument("--keep", metavar="DIR", help="keep the generated log and outputs in DIR")
     be.set_defaults(func=cmd_bench)
 
@@ -204,13 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     cf = csub.add_parser("fit", help="fit a model to a log",
                          description="Fit on each customer's statistics at the calibration end (orders through "
                                      "that UTC day; T measured to its start).")
-    cf.add_argument("paths", nargs="+", metavar="PATH")
+    cf.add_argument("paths", nargs="+", metavar="PATH", help="log files (.jsonl or .jsonl.gz)")
     cf.add_argument("--calibration-end", required=True, metavar="DATE", help="e.g. 1997-09-30")
     cf.add_argument("--out", required=True, metavar="MODEL", help="model file (JSON); name it in [clv] model")
     cf.set_defaults(func=lambda a: __import__("journey.history.clvfit", fromlist=["cmd_fit"]).cmd_fit(a))
     cs = csub.add_parser("score", help="write each customer's x, t_x, T, P(alive), expected purchases and CLV (CSV)")
-    cs.add_argument("paths", nargs="+", metavar="PATH")
-    cs.add_argument("--model", required=True, metavar="MODEL")
+    cs.add_argument("paths", nargs="+", metavar="PATH", help="log files (.jsonl or .jsonl.gz)")
+    cs.add_argument("--model", required=True, metavar="MODEL", help="a model file written by journey clv fit")
     cs.add_argument("--at", required=True, metavar="DATE", help="score as of this date (or ISO time)")
     cs.add_argument("--horizon", default="52w", help="horizon of expected purchases and CLV (default 52w)")
     cs.add_argument("--discount", type=float, default=0.1, help="yearly discount rate of CLV (default 0.1)")
@@ -218,10 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     cs.set_defaults(func=lambda a: __import__("journey.history.clvfit", fromlist=["cmd_score"]).cmd_score(a))
 
     g = sub.add_parser("generate", help="write a synthetic event log (for demos, tests and benchmarks)")
-    g.add_argument("--customers", type=int, default=1000)
-    g.add_argument("--events", type=int, default=20_000)
-    g.add_argument("--seed", type=int, default=7)
-    g.add_argument("--start", type=_time, default=None, metavar="TIME")
+    g.add_argument("--customers", type=int, default=1000, help="customers (default 1000)")
+    g.add_argument("--events", type=int, default=20_000,
+                   help="events (default 20000; the file also has a few redelivered and malformed lines, "
+                        "on purpose, as real logs do)")
+    g.add_argument("--seed", type=int, default=7, help="seed: the same seed writes the same file (default 7)")
+    g.add_argument("--start", type=_time, default=None, metavar="TIME",
+                   help="event time of the population's start (default 2026-01-01T00:00:00Z; it spans 180 days)")
     g.add_argument("--out", required=True, metavar="FILE", help="JSON-lines file (.gz to compress)")
     g.set_defaults(func=lambda a: __import__("journey.history.synth", fromlist=["main"]).main(a))
 
@@ -234,14 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "feed a synthetic population in accelerated time, printing the triggers "
                                    "live with their reasons. Ctrl-C stops everything.")
     d.add_argument("--broker", help="use this broker instead of starting one")
-    d.add_argument("--customers", type=int, default=400)
+    d.add_argument("--customers", type=int, default=400, help="customers in the population (default 400)")
     d.add_argument("--speed", type=float, default=86400.0,
                    help="simulated seconds per wall second (default 86400: a day a second, so the "
                         "population's half year plays in about three minutes)")
     d.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many wall seconds")
     d.add_argument("--rules", help="rule configuration (TOML or YAML); default: the example journeys "
                                    "(journey/examples/journeys.example.toml) on top of the built-in rules")
-    d.add_argument("--seed", type=int, default=11)
+    d.add_argument("--seed", type=int, default=11, help="seed of the population (default 11)")
     d.set_defaults(func=cmd_demo)
 
     from .dispatch.cli import add_commands as add_dispatch

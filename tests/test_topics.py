@@ -61,3 +61,14 @@ def test_topics_create_is_idempotent(tmp_path):
     names = {t["name"] for t in topics.catalog()}
     assert {line.split()[0] for line in first.stdout.splitlines() if line.split()[1] == "created"} == names
     assert {line.split()[0] for line in second.stdout.splitlines() if line.split()[1] == "exists"} == names
+
+
+def test_export_writes_every_schema_its_documents_point_at(tmp_path):
+    import re
+
+    from journey.live.topicdocs import export
+
+    export(str(tmp_path))
+    named = set(re.findall(r"([a-z-]+\.schema\.json)", (tmp_path / "catalog.yaml").read_text()
+                           + (tmp_path / "asyncapi.yaml").read_text()))
+    assert named and all((tmp_path / n).is_file() for n in named), named

@@ -70,11 +70,16 @@ def run_bench(a) -> int:
         print(f"replay (end to end)    {replay_rate:>12,.0f} events/s  ({s['seconds']:.2f} s: "
               f"read+validate+sort {s['read_seconds']:.2f} s, rules+policy+output {core_s:.2f} s)")
         print(f"  of which the core    {s['valid'] / core_s if core_s else 0:>12,.0f} events/s")
-        print(f"replay / bare parse    {parse_rate / replay_rate:>12.1f}x slower (target: within 10x)")
+        slower = parse_rate / replay_rate
+        print(f"replay / bare parse    {slower:>12.1f}x slower (target: within 10x: "
+              f"{'met' if slower <= 10 else 'missed'})")
         print(f"triggers               {s['triggers']:>12,}")
         print(f"suppressed             {sum(s['suppressed_by_reason'].values()):>12,}")
+        mean = sb.get("mean") or 0
         print(f"state per customer     mean {sb.get('mean')} B, p50 {sb.get('p50')} B, p99 {sb.get('p99')} B, "
-              f"max {sb.get('max')} B over {sb['customers']:,} customers (target: under 1 KB)")
+              f"max {sb.get('max')} B over {sb['customers']:,} customers (target: mean under 1 KB: "
+              f"{'met' if mean < 1024 else 'missed'})")
+        print(f"size run               {a.customers:,} customers, {a.events:,} events, seed {a.seed}")
     finally:
         if not a.keep:
             shutil.rmtree(d, ignore_errors=True)

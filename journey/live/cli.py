@@ -92,9 +92,9 @@ def add_commands(sub, time_type) -> None:
     w.add_argument("--web-host", help="address of the health and metrics port (default 127.0.0.1)")
     w.add_argument("--web-port", type=int, help="health and metrics port (default 6066)")
     w.add_argument("--rules", help="rule configuration (TOML or YAML)")
-    w.add_argument("--lateness", help="allowed lateness, e.g. 10s (default: [engine] allowed_lateness)")
+    w.add_argument("--lateness", help="allowed lateness, e.g. 10s (default: [engine] allowed_lateness, 10s)")
     w.add_argument("--idle", help="wall time after which a quiet partition's watermark follows the wall "
-                                  "clock, e.g. 5s (default: [engine] idle_timeout)")
+                                  "clock, e.g. 5s (default: [engine] idle_timeout, 5s)")
     w.add_argument("--partitions", type=int, help=f"partitions per topic (default {topics.PARTITIONS})")
     w.add_argument("--replication", type=int, help="replication factor of topics it creates (default 1)")
     w.add_argument("--loglevel", help="debug, info, warning (default), error")
@@ -105,22 +105,23 @@ def add_commands(sub, time_type) -> None:
                                    "belongs to, keyed by customer id, with its event time as the record "
                                    "timestamp. Unparseable lines go unkeyed to journey.clickstream (the worker "
                                    "dead-letters them).")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="log files (.jsonl or .jsonl.gz)")
     p.add_argument("--broker", default=env_broker, help=f"Kafka bootstrap URL (default {env_broker})")
     p.add_argument("--until", type=time_type, metavar="TIME",
                    help="afterwards, move the worker's watermark to TIME (as replay --until)")
     p.add_argument("--rate", type=float, metavar="N", help="at most N records per second")
     p.add_argument("--partitions", type=int, default=topics.PARTITIONS,
-                   help="partition count when it creates the topics")
-    p.add_argument("-q", "--quiet", action="store_true")
+                   help=f"partition count when it creates the topics (default {topics.PARTITIONS})")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress and no counts")
     p.set_defaults(func=cmd_produce)
 
     t = sub.add_parser("topics", help="create the topics, or write the topic catalogue and AsyncAPI document",
                        description="create: create every topic journey uses that does not exist yet "
                                    "(idempotent). export: write topics/catalog.yaml and topics/asyncapi.yaml.")
-    t.add_argument("action", choices=("create", "export"))
+    t.add_argument("action", choices=("create", "export"), help="create the topics, or export their documents")
     t.add_argument("--broker", default=env_broker, help=f"Kafka bootstrap URL (default {env_broker})")
-    t.add_argument("--partitions", type=int, default=topics.PARTITIONS)
-    t.add_argument("--replication", type=int, default=1)
+    t.add_argument("--partitions", type=int, default=topics.PARTITIONS,
+                   help=f"partitions per topic (default {topics.PARTITIONS})")
+    t.add_argument("--replication", type=int, default=1, help="replication factor (default 1)")
     t.add_argument("--dir", default="topics", help="where export writes (default ./topics)")
     t.set_defaults(func=cmd_topics)

@@ -68,4 +68,11 @@ def export(directory: str = "topics", partitions: int = topics.PARTITIONS) -> li
     for name, doc in (("catalog.yaml", catalog_doc(partitions)), ("asyncapi.yaml", asyncapi_doc(partitions))):
         (d / name).write_text(render(doc))
         out.append(str(d / name))
+    from .. import schemas
+
+    for f in sorted(schemas.DIR.glob("*.schema.json")):  # the schemas the documents point at
+        target = d / f.name
+        if target.resolve() != f.resolve():
+            target.write_bytes(f.read_bytes())
+        out.append(str(target))
     return out
