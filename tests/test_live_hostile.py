@@ -140,3 +140,25 @@ def test_an_event_far_in_the_future_never_moves_event_time(broker, tmp_path):
         assert [t["subject"] for t in carts()] == ["c"]
     finally:
         w.stop()
+
+
+def test_until_earlier_than_the_last_event_gives_replays_triggers(broker, tmp_path):
+    # produce --until T with T before the log's last event: live and replay both stop at the
+    # later of T and the last event (before, each live partition stopped at its own last event)
+    from conftest import T
+    from live_support import produce_log, trigger_ids
+    from test_live import replayed, synthetic
+
+    log = synthetic(tmp_path, customers=300, events=6000, seed=4)
+    until = "2026-03-01T00:00:00Z"   # the log runs to the middle of the year
+    want_t, _a, _d = replayed(tmp_path, log, until=until)
+    w = Worker(broker, tmp_path)
+    try:
+        w.wait_ready()
+        produce_log(broker, log, until=T(until))
+        want = {t["id"] for t in want_t}
+        wait_for(lambda: set(trigger_ids(broker, idle_ms=200)) >= want, 120, "every trigger")
+        time.sleep(1.5)
+        assert sorted(trigger_ids(broker)) == sorted(want)
+    finally:
+        assert w.stop() == 0, w.log.read_text()[-3000:]
