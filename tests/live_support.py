@@ -107,3 +107,11 @@ class Worker:
 
     def stop(self) -> int:
         return stop_process(self.proc)
+
+
+def assert_trigger_ids(broker: str, want: set, timeout: float = 120) -> None:
+    """Every trigger id in ``want`` reaches journey.triggers, and then no other (a second read
+    after a pause, so a late extra one is seen too)."""
+    wait_for(lambda: set(trigger_ids(broker, idle_ms=200)) >= want, timeout, "every trigger")
+    time.sleep(1.5)
+    assert sorted(trigger_ids(broker)) == sorted(want)
