@@ -26,7 +26,13 @@ def _seed() -> int:
 
 def _same_as_replay(broker, want_t, engine, seed, timeout=150):
     want = {t["id"] for t in want_t}
-    wait_for(lambda: set(trigger_ids(broker, idle_ms=200)) >= want, timeout, f"every trigger (seed {seed})")
+    try:
+        wait_for(lambda: set(trigger_ids(broker, idle_ms=200)) >= want, timeout, f"every trigger (seed {seed})")
+    except AssertionError as e:
+        got = set(trigger_ids(broker))
+        lost = [t for t in want_t if t["id"] not in got]
+        raise AssertionError(f"{e}: {len(lost)} of {len(want)} missing, {len(got - want)} extra; first missing: "
+                             f"{[(t['subject'], t['data']['rule'], t['time']) for t in lost[:5]]}") from None
     time.sleep(1.5)
     got = trigger_ids(broker)
     missing, extra = want - set(got), set(got) - want
