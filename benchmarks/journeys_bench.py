@@ -62,13 +62,14 @@ def main() -> int:
         for label, cond in (("if", j.cond_if), ("when", j.cond_when)):
             if cond is None:
                 continue
-            ctx = {"event": {"props": {k: 60.0 for k in (cond.props or [])}, "type": "x"},
-                   "customer": {"stage": "active", "health": 62.0, "orders": 3, "net_spend": 120.0, "tier": "",
-                                "open_tickets": 0, "timezone": "UTC"}}
+            props = {"price": 60, "rating": 5, "code": "E500", "product_id": "p1", "ticket_id": "t1"}
+            sources = {"event": ("x", 1772359200000, props), "entry": ("x", 1772359200000, props),
+                       "customer": {"stage": "active", "health": 62.0, "orders": 3, "net_spend": 120.0, "tier": "",
+                                    "open_tickets": 0, "timezone": "UTC"}}
             n = 20_000
             t0 = time.perf_counter()
-            for _ in range(n):
-                cond.run(ctx)
+            for _ in range(n):  # as the engine does: the context holds only what the expression names
+                cond.run(cond.context(sources))
             print(f"CEL {jname}.{label}: {(time.perf_counter() - t0) / n * 1e9:,.0f} ns per evaluation "
                   f"({cond.source})")
     for name in ("without", "with"):
