@@ -213,15 +213,3 @@ def test_the_idle_watermark_follows_the_wall_clock_at_its_pace_however_often_it_
         p.settle(lambda t: False)
         p.tick(t0 + i * 250)
     assert p.watermark == t0 - 10 * SEC + 60 * SEC
-
-
-def test_a_late_events_timer_that_is_already_due_fires_at_once():
-    # the watermark is already past the checkout's deadline (a marker, the end of a log): the
-    # cart timer it sets must fire now, not wait for a move of the watermark that never comes
-    p = proc()
-    until = T("2026-03-02T00:00:00Z")
-    p.mark(until, {}, None)
-    p.marker_reached()
-    p.offer(topics.CLICKSTREAM, parse(ev("checkout.started", "c1", "2026-03-01T10:00:00Z", checkout_id="k")), "a", 0)
-    assert p.timeline.late == 1
-    assert any(b"cart_abandoned" in v for _t, _k, v in p.outbox.records)

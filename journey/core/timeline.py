@@ -78,11 +78,6 @@ class Timeline:
             self._apply(ev, token)
             if token is not None:
                 self.released.append(token)
-            timers = self.engine.heap
-            if timers and timers[0][0] <= self.watermark:
-                # a timer the late event set is already due: it fires now, not at the next
-                # move of the watermark (which may never come: the end of a log, --until)
-                self.engine.fire_due(self.watermark)
             return
         self._seq += 1
         heapq.heappush(self.buffer, (ev.ts, ev.id, self._seq, ev, token))
