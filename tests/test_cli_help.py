@@ -29,3 +29,31 @@ def test_every_option_has_help_and_shows_its_default():
             if d not in (None, False, argparse.SUPPRESS) and a.option_strings and "default" not in a.help:
                 missing.append(f"{path} {name}: default {d!r} not shown")
     assert not missing, "\n".join(missing)
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly():
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "journey", "rules", "show"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()   # as `| head -1` does
+    err = p.stderr.read().decode()
+    assert p.wait(30) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_produce_without_a_broker_says_what_to_do_and_names_the_error_once(tmp_path):
+    import subprocess
+    import sys
+
+    from journey.live.broker import free_port
+
+    log = tmp_path / "e.jsonl"
+    log.write_text('{"id":"e","customer_id":"c","type":"page.viewed","ts":"2026-03-01T10:00:00Z"}\n')
+    p = subprocess.run([sys.executable, "-m", "journey", "produce", str(log), "--broker",
+                        f"kafka://127.0.0.1:{free_port()}", "-q"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "Is a Kafka broker listening at" in p.stderr, p.stderr
+    first = p.stderr.strip().splitlines()[-1]
+    name = first.split("journey produce: ", 1)[1].split(":", 1)[0].split(".", 1)[0]
+    assert first.count(name) == 1, first

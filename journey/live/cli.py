@@ -15,6 +15,14 @@ ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION>
             "(seconds, 1), JOURNEY_GC_GEN0 (allocations between young garbage-collector passes, 50000).")
 
 
+def _what(e: BaseException) -> str:
+    """An exception for a message: its name, and its text when that says more."""
+    name, text = type(e).__name__, str(e).strip()
+    if not text or text == name:
+        return name
+    return text if text.startswith(name + ":") else f"{name}: {text}"  # aiokafka's text names itself
+
+
 def cmd_worker(a) -> int:
     from ..core.config import ConfigError
     from .settings import Settings
@@ -47,7 +55,7 @@ def cmd_produce(a) -> int:
         print(f"journey produce: {e}. The lines before it were published.", file=sys.stderr)
         return 1
     except Exception as e:  # the broker is not reachable, mostly
-        print(f"journey produce: {type(e).__name__}: {e}. Is a Kafka broker listening at {a.broker}? "
+        print(f"journey produce: {_what(e)}. Is a Kafka broker listening at {a.broker}? "
               f"(journey demo starts one)", file=sys.stderr)
         return 1
     if not a.quiet:
@@ -63,7 +71,7 @@ def cmd_topics(a) -> int:
         try:
             status = asyncio.run(ensure_topics(a.broker, a.partitions, replication=a.replication))
         except Exception as e:
-            print(f"journey topics: {type(e).__name__}: {e}. Is a Kafka broker listening at {a.broker}?",
+            print(f"journey topics: {_what(e)}. Is a Kafka broker listening at {a.broker}?",
                   file=sys.stderr)
             return 1
         bad = 0
