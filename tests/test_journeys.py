@@ -179,6 +179,7 @@ def test_ids_are_a_pure_function_of_customer_journey_and_occasion(run):
     ({"kind": "recovery", "entry": "app.error", "reason": "code {event.props.code"}, "does not close"),
     ({"kind": "recovery", "entry": "app.error", "reason": "code {event.props.}"}, "CEL does not parse"),
     ({"kind": "nope", "entry": "app.error"}, "expected one of recovery, recognition"),
+    ({"kind": "recovery", "entry": "app.error", "within": "1h"}, "within: a window needs then"),
 ])
 def test_rules_check_reports_every_problem(spec, needle):
     with pytest.raises(ConfigError) as e:

@@ -213,6 +213,8 @@ class Journey(Rule):
         if shape == "several":
             problems.append(f"{where}: more than one shape: use wait/exit (absence), then/within (sequence) "
                             "or count/within (count), or none of them (immediate)")
+        if shape == "within":
+            problems.append(f"{where}.within: a window needs then (a sequence) or count (a count)")
         if shape == "absence" and p.wait <= 0:
             problems.append(f"{where}.wait: must be longer than 0s")
         if shape == "absence" and not p.exit:
@@ -262,7 +264,7 @@ class Journey(Rule):
         if len(shapes) > 1:
             return "several"
         if not shapes and "within" in given:
-            return "several"  # within alone names no shape
+            return "within"  # within alone names no shape
         return shapes[0] if shapes else "immediate"
 
     def _default_reason(self) -> str:
