@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 from ..io import topics
+from ..io.errors import what as _what
 
 ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION> (for example "
             "JOURNEY_BROKER, JOURNEY_STORE, JOURNEY_WEB_PORT, JOURNEY_RULES, JOURNEY_LATENESS); "
@@ -13,14 +14,6 @@ ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION>
             "handed over per fetch, 4000), JOURNEY_CHECKPOINT (seconds between state writes, 0.5), "
             "JOURNEY_FETCH_WAIT (the longest a Fetch waits on the broker, 0.05), JOURNEY_COMMIT_INTERVAL "
             "(seconds, 1), JOURNEY_GC_GEN0 (allocations between young garbage-collector passes, 50000).")
-
-
-def _what(e: BaseException) -> str:
-    """An exception for a message: its name, and its text when that says more."""
-    name, text = type(e).__name__, str(e).strip()
-    if not text or text == name:
-        return name
-    return text if text.startswith(name + ":") else f"{name}: {text}"  # aiokafka's text names itself
 
 
 def cmd_worker(a) -> int:
