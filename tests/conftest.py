@@ -30,9 +30,9 @@ def identify(cid="c1", ts="2026-01-01T00:00:00Z", id=None, **traits):
 
 
 class Result:
-    def __init__(self, triggers, audit, deadletter, transitions, summary):
+    def __init__(self, triggers, audit, deadletter, transitions, summary, outcomes=()):
         self.triggers, self.audit, self.deadletter = triggers, audit, deadletter
-        self.transitions, self.summary = transitions, summary
+        self.transitions, self.summary, self.outcomes = transitions, summary, list(outcomes)
 
     def rules(self, cid=None):
         return [t["data"]["rule"] for t in self.triggers if cid is None or t["subject"] == cid]
@@ -55,12 +55,13 @@ def run(tmp_path):
         with open(src, "wb") as f:
             for e in events:
                 f.write((e if isinstance(e, bytes) else orjson.dumps(e)) + b"\n")
-        outs = {k: tmp_path / f"{k}{n}.jsonl" for k in ("out", "audit", "dl", "tr")}
+        outs = {k: tmp_path / f"{k}{n}.jsonl" for k in ("out", "audit", "dl", "tr", "oc")}
         s = replay([src], str(outs["out"]), str(outs["audit"]), str(outs["dl"]),
                    until=T(until) if until else None, transitions=str(outs["tr"]),
-                   config=config_from(rules or {}))
+                   config=config_from(rules or {}), outcomes=str(outs["oc"]))
         read = lambda p: [orjson.loads(line) for line in p.read_bytes().splitlines()]
-        return Result(read(outs["out"]), read(outs["audit"]), read(outs["dl"]), read(outs["tr"]), s)
+        return Result(read(outs["out"]), read(outs["audit"]), read(outs["dl"]), read(outs["tr"]), s,
+                      read(outs["oc"]))
 
     return _run
 

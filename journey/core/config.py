@@ -44,6 +44,9 @@ SECTIONS: dict[str, dict[str, Param]] = {
         "health_floor": Param("number", 30, "below this health, recognition and marketing are held back", minimum=0),
         "open_ticket_max_age": Param("duration", "30d", "a ticket open longer than this no longer gates marketing"),
         "default_timezone": Param("timezone", "UTC", "time zone of a customer who never stated one"),
+        "global_holdout": Param("number", 0.0, "share of customers held out of every marketing trigger "
+                                               "(audit global_holdout; transactional triggers still go)", minimum=0),
+        "global_salt": Param("text", "", "salt of the global holdout: a new salt draws a new group"),
     },
     "health": {
         "half_life": Param("duration", "30d", "each touch point's weight halves this often"),
@@ -89,6 +92,9 @@ class Config:
         for name in rules_given:
             if name not in REGISTRY:
                 problems.append(f"rules.{name}: unknown rule{suggest(name, REGISTRY)}; known rules: {', '.join(REGISTRY)}")
+        # experiments are tables of their own inside a rule's or a journey's table
+        rules_given, exp_rules = _split_experiments(rules_given)
+        journeys_given, exp_journeys = _split_experiments(data.get("journeys"))
         self.rules = {name: section(rule.all_params(), rules_given.get(name, {}), f"rules.{name}", problems)
                       for name, rule in REGISTRY.items()}
         if not problems:
@@ -97,10 +103,30 @@ class Config:
         from .journeys import parse_journeys  # compiles CEL: only where a rule file has journeys
 
         self.warnings: list[str] = []
-        self.journeys = parse_journeys(data.get("journeys"), REGISTRY, problems, self.warnings) \
-            if data.get("journeys") is not None else {}
-        # the event types whose props journeys read (intake keeps them for those types only)
-        self.keep_props = frozenset(t for j in self.journeys.values() for t in j.events)
+        self.journeys = parse_journeys(journeys_given, REGISTRY, problems, self.warnings) \
+            if journeys_given is not None else {}
+        from . import experiments
+
+        self.experiments = {}
+        for sec, given_exps, owners in (("rules", exp_rules, REGISTRY), ("journeys", exp_journeys, self.journeys)):
+            for name, (given, allow) in given_exps.items():
+                owner = owners.get(name)
+                if owner is None:
+                    continue  # an unknown rule or a journey that did not parse: reported above
+                transactional = owner.transactional
+                if allow is not None and not isinstance(allow, bool):
+                    problems.append(f"{sec}.{name}.allow_transactional_holdout: expected true or false")
+                    allow = False
+                exp = experiments.parse(name, given, transactional, bool(allow), f"{sec}.{name}.experiment",
+                                        problems, self.warnings)
+                if exp is not None:
+                    self.experiments[name] = exp
+        if not 0 <= self.policy.global_holdout < 1:
+            problems.append(f"policy.global_holdout: a share in [0, 1), got {self.policy.global_holdout!r}")
+        # the event types whose props journeys and goal conditions read (intake keeps them for
+        # those types only)
+        self.keep_props = frozenset(t for j in self.journeys.values() for t in j.events) | frozenset(
+            t for e in self.experiments.values() if e.goal_if is not None for t in e.goal)
         if self.stages.lapsed_after < self.stages.at_risk_after:
             problems.append("stages.lapsed_after: must not be shorter than stages.at_risk_after")
         self.clv_model = None
@@ -130,6 +156,9 @@ class Config:
                 lines.append(f"rules.{rname}.{name} = {p.show(getattr(self.rules[rname], name))}")
         from .journeys import SETTINGS
 
+        for name, exp in self.experiments.items():
+            sec = "journeys" if name in self.journeys else "rules"
+            lines.extend(exp.describe(f"{sec}.{name}.experiment"))
         for jname, j in self.journeys.items():
             lines.append(f"journeys.{jname}  ({j.shape})")
             for name, p in SETTINGS.items():
@@ -138,3 +167,19 @@ class Config:
                     continue
                 lines.append(f"journeys.{jname}.{name} = {p.show(v)}")
         return lines
+
+
+def _split_experiments(tables):
+    """``{name: table}`` -> (the tables without their experiment, ``{name: (experiment,
+    allow_transactional_holdout or None)}``)."""
+    if not isinstance(tables, dict):
+        return tables, {}
+    rest, exps = {}, {}
+    for name, t in tables.items():
+        if isinstance(t, dict) and ("experiment" in t or "allow_transactional_holdout" in t):
+            t = dict(t)
+            exp, allow = t.pop("experiment", None), t.pop("allow_transactional_holdout", None)
+            if exp is not None:
+                exps[name] = (exp, allow)
+        rest[name] = t
+    return rest, exps

@@ -23,7 +23,7 @@ import heapq
 from collections import Counter
 from operator import itemgetter
 
-from . import health, policy
+from . import experiments, health, policy
 from .catalog import TOUCH_KINDS
 from .clv import StreamModel, add_order
 from .rules import REGISTRY
@@ -49,6 +49,8 @@ class Stats:
         self.transitions = Counter()     # by "from->to"
         self.timer_errors = 0            # timers whose rule failed (dropped, reported)
         self.condition_errors = Counter()  # journey -> CEL conditions or templates that failed (as false)
+        self.outcomes: dict[tuple, list] = {}  # (rule, arm, stage) -> [exposures, conversions, value cents] closed
+        self.exposures_untracked = 0     # exposures past the per-customer cap of open ones (not measured)
 
     def suppressed_by_reason(self) -> Counter:
         c = Counter()
@@ -67,6 +69,7 @@ class Stats:
             "deferred_by_rule": dict(sorted(self.deferred.items())),
             "transitions": dict(sorted(self.transitions.items())),
             "timer_errors": self.timer_errors,
+            "outcomes": sum(v[0] for v in self.outcomes.values()),
         }
 
 
@@ -74,8 +77,9 @@ class ListSink:
     """Collects outputs in lists (tests, backtest)."""
 
     def __init__(self):
-        self.triggers, self.audits, self.transitions = [], [], []
+        self.triggers, self.audits, self.transitions, self.outcomes = [], [], [], []
         self.trigger, self.audit, self.transition = self.triggers.append, self.audits.append, self.transitions.append
+        self.outcome = self.outcomes.append
 
 
 class Engine:
@@ -100,6 +104,14 @@ class Engine:
             for t in journey.events:
                 self.by_type.setdefault(t, []).append((journey, journey.p))
         self._hl = config.health.half_life
+        # experiments: by rule, and the rules whose goal each event type is
+        self.experiments = {n: e for n, e in getattr(config, "experiments", {}).items() if n in self.rules}
+        self.goal_types: dict[str, list] = {}
+        for n, e in self.experiments.items():
+            for t in e.goal:
+                self.goal_types.setdefault(t, []).append(n)
+        self._global = (config.policy.global_holdout, config.policy.global_salt)
+        self._outcome = getattr(self.sink, "outcome", None)  # sinks that take no outcomes skip them
         self._dedup_window = config.engine.dedup_window
         self._dedup_max = config.engine.dedup_max_ids
         self.key = None         # the customer being processed
@@ -187,6 +199,8 @@ class Engine:
             elif name == STAGE:
                 self._update_stage(st, due)
                 self._schedule_stage(st, due)
+            elif name == experiments.OUTCOME:
+                self._close_exposure(tkey, data, due)
             else:
                 entry = self.rules.get(name)
                 if entry is not None:  # a rule disabled since the timer was set: drop it
@@ -235,6 +249,8 @@ class Engine:
         self._update(st, ev)
         if self.new_order:
             self._update_stage(st, ts)  # only orders move the stage forward; timers move it back
+        if ev.type in self.goal_types and st.timers and (self.new_order or ev.type != "order.completed"):
+            self._convert(st, ev)  # before the rules: an exposure made by this event cannot count it
         for rule, p in self.by_type.get(ev.type, ()):
             rule.on_event(self, st, ev, p)
         if self.timers_changed:
@@ -497,9 +513,24 @@ class Engine:
 
     def _decide(self, st: CustomerState, pd: dict, now: int) -> None:
         rule, p = self.rules[pd["r"]]
-        d = policy.decide(st, rule, p, now, self.cfg)
+        exp = self.experiments.get(rule.name) if self.experiments else None
+        arm = exp.assign(self.key) if exp is not None and not st.anon else None
+        d = policy.decide(st, rule, p, now, self.cfg, arm.channel if arm is not None else None)
         if d.verdict == policy.SEND:
-            self._emit(st, rule, p, pd, now)
+            # the holdouts are decided here: both groups are customers who would have been contacted
+            share, salt = self._global
+            if share and not rule.transactional and experiments.unit(salt, experiments.GLOBAL, self.key) < share:
+                self._audit(st, pd, "global_holdout", now, f"in the global holdout ({share:.0%} of customers)")
+            elif exp is None:
+                self._emit(st, rule, p, pd, now)
+            elif arm is None:
+                tag = exp.tag(None)
+                self._audit(st, pd, experiments.HOLDOUT, now,
+                            f"held out by experiment {exp.name} ({exp.holdout:.0%} of customers)", experiment=tag)
+                self._expose(st, exp, experiments.HOLDOUT, pd, now)
+            else:
+                self._emit(st, rule, p, pd, now, exp, arm)
+                self._expose(st, exp, arm.name, pd, now)
         elif d.verdict == policy.DEFER:
             self.stats.deferred[rule.name] += 1
             self._audit(st, pd, d.reason, now, d.detail, d.until)
@@ -518,15 +549,79 @@ class Engine:
         else:
             self._decide(st, pd, due)
 
-    def _audit(self, st, pd: dict, reason: str, now: int, detail: str, until: int | None = None) -> None:
+    def _audit(self, st, pd: dict, reason: str, now: int, detail: str, until: int | None = None,
+               experiment: dict | None = None) -> None:
         entry = self.rules.get(pd["r"])
         rule = entry[0] if entry is not None else REGISTRY[pd["r"]]
         if until is None:
             self.stats.suppressed[(rule.name, reason)] += 1
-        self.sink.audit(audit_record(trigger_id(self.key, rule.name, pd["o"]), self.key, rule.name, rule.kind,
-                                     reason, now, f"{pd['why']}; {detail}", pd["o"], pd["ev"], until))
+        rec = audit_record(trigger_id(self.key, rule.name, pd["o"]), self.key, rule.name, rule.kind,
+                           reason, now, f"{pd['why']}; {detail}", pd["o"], pd["ev"], until)
+        if experiment is not None:
+            rec["experiment"] = experiment
+        self.sink.audit(rec)
 
-    def _emit(self, st: CustomerState, rule, p, pd: dict, now: int) -> None:
+    # -- experiments -----------------------------------------------------------------------
+    def _expose(self, st: CustomerState, exp, arm: str, pd: dict, now: int) -> None:
+        """Keep an exposure (sent or held out) open until now + window."""
+        if sum(1 for k in st.timers if k.startswith(experiments.OUTCOME)) >= experiments.MAX_OPEN:
+            self.stats.exposures_untracked += 1
+            return
+        tid = trigger_id(self.key, exp.rule, pd["o"])
+        h = health.score(st.hdev, st.hts, now, self._hl)
+        # [rule, arm, stage, health, exposed_at, converted_at, value cents]
+        self.set_timer(st, experiments.OUTCOME, tid, now + exp.window, [exp.rule, arm, st.stage, h, now, None, 0])
+
+    def _convert(self, st: CustomerState, ev) -> None:
+        """A goal event: the first in an open exposure's window converts it."""
+        ts = ev.ts
+        prefix = experiments.OUTCOME + "|"
+        for tk, (due, data) in st.timers.items():
+            if not tk.startswith(prefix) or data[5] is not None or not data[4] < ts <= due:
+                continue
+            exp = self.experiments.get(data[0])
+            if exp is None or ev.type not in exp.goal:
+                continue
+            if exp.goal_if is not None and not self._goal_true(st, exp, ev):
+                continue
+            data[5] = ts
+            data[6] = ev.f.get("revenue", 0) if ev.type == "order.completed" else _cents(ev)
+
+    def _goal_true(self, st: CustomerState, exp, ev) -> bool:
+        cond = exp.goal_if
+        props = (ev.props if ev.props is not None else ev.f) or {}
+        sources = {"event": (ev.type, ev.ts, props)}
+        if cond.customer:
+            from .journeys import customer_snapshot
+
+            sources["customer"] = customer_snapshot(self, st, ev.ts)
+        try:
+            return cond.run(cond.context(sources)) is True
+        except Exception:  # a missing prop, a type error: false, and counted
+            self.stats.condition_errors[exp.rule] += 1
+            return False
+
+    def _close_exposure(self, tid: str, data: list, due: int) -> None:
+        rule, arm, stage, h, exposed, converted, cents = data
+        row = self.stats.outcomes.get((rule, arm, stage))
+        if row is None:
+            row = self.stats.outcomes[(rule, arm, stage)] = [0, 0, 0]
+        row[0] += 1
+        if converted is not None:
+            row[1] += 1
+            row[2] += cents
+        if self._outcome is None or self.key.startswith("anon:"):
+            return
+        exp = self.experiments.get(rule)
+        self._outcome({
+            "trigger_id": tid, "customer_id": self.key, "rule": rule,
+            "experiment": exp.name if exp is not None else rule, "variant": arm, "stage": stage, "health": h,
+            "exposed_at": format_time(exposed), "converted": converted is not None,
+            "converted_at": format_time(converted) if converted is not None else None,
+            "value": round(cents / 100, 2), "time": format_time(due),
+        })
+
+    def _emit(self, st: CustomerState, rule, p, pd: dict, now: int, exp=None, arm=None) -> None:
         if not rule.transactional:
             policy.record_contact(st, now, self.cfg)
         self.stats.triggers[rule.name] += 1
@@ -542,6 +637,14 @@ class Engine:
             "offer": pd.get("of", p.offer),
             "relationship": self.relationship(st, now),
         }
+        if arm is not None:
+            if arm.offer is not None:
+                data["offer"] = arm.offer
+            if arm.channel is not None:
+                data["channel"] = arm.channel
+            if arm.priority is not None:
+                data["priority"] = arm.priority
+            data["experiment"] = exp.tag(arm)
         if pd.get("x"):
             data["details"] = pd["x"]
         if pd["t"] != now:
@@ -573,6 +676,14 @@ class Engine:
     # -- reporting -------------------------------------------------------------------------
     def customers(self) -> int:
         return sum(1 for k, s in self.states.items() if s.erased is None and not s.anon)
+
+
+def _cents(ev) -> int:
+    """The revenue of a goal event other than an order (a prop ``revenue``, when kept)."""
+    v = (ev.props or {}).get("revenue") if ev.props is not None else None
+    if type(v) in (int, float) and abs(v) < 1e12:
+        return round(v * 100)
+    return 0
 
 
 def _stage_reason(st: CustomerState, new: str) -> str:

@@ -184,6 +184,27 @@ def _show(v) -> str:
     return str(v)
 
 
+def customer_snapshot(eng, st, now: int) -> dict:
+    """``customer`` in CEL: the relationship as the conditions see it."""
+    tiers = eng.cfg.rules["spend_tier"].tiers
+    tier = ""
+    for n, threshold in tiers.items():
+        if st.spend / 100 >= threshold:
+            tier = n
+    c = {"stage": st.stage, "health": float(health.score(st.hdev, st.hts, now, eng.cfg.health.half_life)),
+         "orders": st.orders, "net_spend": st.spend / 100, "tier": tier,
+         "open_tickets": len(policy.open_tickets(st, now, eng.cfg.policy.open_ticket_max_age)),
+         "timezone": st.tz or eng.cfg.policy.default_timezone}
+    if st.last_order is not None:
+        c["last_order"] = _ts(st.last_order)
+    if eng.clv is not None and st.clv is not None:
+        pa, _ep, value = eng.clv.value(st, now)
+        c["p_alive"] = float(pa)
+        if value is not None:
+            c["clv"] = float(value)
+    return c
+
+
 class Journey(Rule):
     """One ``[journeys.NAME]`` table, compiled."""
 
@@ -290,23 +311,7 @@ class Journey(Rule):
         return {k: props[k] for k in self.keep if k in props}
 
     def _customer(self, eng, st, now: int) -> dict:
-        tiers = eng.cfg.rules["spend_tier"].tiers
-        tier = ""
-        for n, threshold in tiers.items():
-            if st.spend / 100 >= threshold:
-                tier = n
-        c = {"stage": st.stage, "health": float(health.score(st.hdev, st.hts, now, eng.cfg.health.half_life)),
-             "orders": st.orders, "net_spend": st.spend / 100, "tier": tier,
-             "open_tickets": len(policy.open_tickets(st, now, eng.cfg.policy.open_ticket_max_age)),
-             "timezone": st.tz or eng.cfg.policy.default_timezone}
-        if st.last_order is not None:
-            c["last_order"] = _ts(st.last_order)
-        if eng.clv is not None and st.clv is not None:
-            pa, _ep, value = eng.clv.value(st, now)
-            c["p_alive"] = float(pa)
-            if value is not None:
-                c["clv"] = float(value)
-        return c
+        return customer_snapshot(eng, st, now)
 
     def _true(self, eng, cond: Compiled, ctx: dict) -> bool:  # ctx: cond.context(...) or built for it
         try:

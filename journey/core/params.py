@@ -73,6 +73,10 @@ class Param:
             if not isinstance(v, dict):
                 raise ValueError(f"{path}: expected a table (an object), got {v!r}")
             return v
+        if k == "tables":  # a list of tables (may be empty)
+            if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+                raise ValueError(f"{path}: expected a list of tables, e.g. [{{ name = \"a\", weight = 1 }}]")
+            return [dict(x) for x in v]
         if k == "strs":  # a list of strings (may be empty)
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise ValueError(f"{path}: expected a list of strings")  # never echo: may hold secrets

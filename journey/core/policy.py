@@ -65,13 +65,15 @@ def quiet_until(now: int, tz, start: int, end: int) -> int | None:
     return due
 
 
-def decide(st, rule, p, now: int, cfg) -> Decision:
+def decide(st, rule, p, now: int, cfg, channel: str | None = None) -> Decision:
+    """``channel``: the trigger's channel when not the rule's own (an experiment's variant)."""
     pol = cfg.policy
     if st.anon:
         return Decision(SUPPRESS, "unidentified", "anonymous visitor: no customer id to contact yet")
     granted = pol.consent_default == "granted"
-    if refused(st, p.channel, granted):
-        return Decision(SUPPRESS, "no_consent", f"channel {p.channel} not consented")
+    channel = channel or p.channel
+    if refused(st, channel, granted):
+        return Decision(SUPPRESS, "no_consent", f"channel {channel} not consented")
     marketing = not rule.transactional
     if marketing and refused(st, "marketing", granted):
         return Decision(SUPPRESS, "no_consent", "marketing not consented")

@@ -68,6 +68,7 @@ def backtest(paths, new_cfg, base_cfg, until: int | None = None, progress=None) 
             per[t["data"]["rule"]]["removed"] += 1
             result["removed"].append(t)
     result["rules"] = {r: per[r] for r in rules if r in per}
+    result["outcomes"] = new.sink.outcomes  # the proposed rules' closed exposures (experiments)
     sup_new = new.stats.suppressed_by_reason()
     sup_base = base.stats.suppressed_by_reason()
     result["suppressed"] = {r: {"baseline": sup_base.get(r, 0), "new": sup_new.get(r, 0)}

@@ -72,9 +72,12 @@ class JsonLines:
 
 
 class FileSink:
-    def __init__(self, triggers: JsonLines, audit: JsonLines, transitions: JsonLines):
+    def __init__(self, triggers: JsonLines, audit: JsonLines, transitions: JsonLines,
+                 outcomes: JsonLines | None = None):
         self.trigger, self.audit, self.transition = triggers, audit, transitions
         self.wants_transitions = transitions.f is not None
+        if outcomes is not None and outcomes.f is not None:
+            self.outcome = outcomes
 
 
 class Counting:
@@ -96,13 +99,14 @@ class Counting:
 def replay(paths, out: str, audit: str | None = None, deadletter: str | None = None, rules: str | None = None,
            until: int | None = None, transitions: str | None = None, progress: Progress | None = None,
            sort_buffer: int = SORT_BUFFER, config=None, keep_engine: list | None = None,
-           now: int | None = None) -> dict:
+           now: int | None = None, outcomes: str | None = None) -> dict:
     """Run a replay; returns the summary (see :func:`format_summary`). ``now`` (epoch ms) is
     the present the log was taken at: events more than ``[engine] future_horizon`` after
-    it are dead-lettered as ``future_time``, as the live worker does against its clock."""
+    it are dead-lettered as ``future_time``, as the live worker does against its clock.
+    ``outcomes``: the file of closed experiment exposures (domain.md section 7)."""
     with no_cyclic_gc():
         return _replay(paths, out, audit, deadletter, rules, until, transitions, progress, sort_buffer, config,
-                       keep_engine, now)
+                       keep_engine, now, outcomes)
 
 
 @contextmanager
@@ -120,7 +124,7 @@ def no_cyclic_gc():
 
 
 def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, sort_buffer, config, keep_engine,
-            now):
+            now, outcomes):
     cfg = config or load_config(rules)
     progress = progress or Progress()
     t0 = time.perf_counter()
@@ -128,11 +132,11 @@ def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, 
     limit = now + horizon if now is not None and horizon > 0 else None
     reader = Reader(paths, None, cfg.engine.max_record_bytes, progress, sort_buffer, limit,  # inputs checked first
                     cfg.keep_props)
-    outs = [JsonLines(out), JsonLines(audit), JsonLines(deadletter), JsonLines(transitions)]
+    outs = [JsonLines(out), JsonLines(audit), JsonLines(deadletter), JsonLines(transitions), JsonLines(outcomes)]
     reader.deadletter = outs[2]
     ok = False
     try:
-        engine = Engine(cfg, FileSink(outs[0], outs[1], outs[3]))
+        engine = Engine(cfg, FileSink(outs[0], outs[1], outs[3], outs[4]))
         if keep_engine is not None:
             keep_engine.append(engine)
         events = reader.events()
@@ -163,6 +167,7 @@ def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, 
         "deferred_by_rule": s["deferred_by_rule"],
         "transitions": s["transitions"],
         "timer_errors": s["timer_errors"],
+        "outcomes": s["outcomes"],
         "customers": engine.customers(),
         "watermark": watermark,
         "sort_runs": reader.runs,
@@ -210,6 +215,8 @@ def format_summary(s: dict) -> str:
     lines += [f"suppressed {sum(s['suppressed_by_reason'].values()):,}"] + table("by reason", s["suppressed_by_reason"])
     if s["deferred_by_rule"]:
         lines += [f"deferred   {sum(s['deferred_by_rule'].values()):,} (quiet hours)"]
+    if s.get("outcomes"):
+        lines += [f"outcomes   {s['outcomes']:,} exposures closed (experiments)"]
     if s.get("timer_errors"):
         lines += [f"timer errors {s['timer_errors']:,} (timers whose rule failed; dropped)"]
     lines += [f"customers  {s['customers']:,}"]

@@ -20,6 +20,7 @@ CLICKSTREAM, PURCHASES, SUPPORT = "journey.clickstream", "journey.purchases", "j
 SOURCES = (CLICKSTREAM, PURCHASES, SUPPORT)
 INTERNAL = "journey.internal"
 TRIGGERS, AUDIT, DEADLETTER = "journey.triggers", "journey.audit", "journey.deadletter"
+OUTCOMES = "journey.outcomes"                         # experiments: each exposure closed at its window's end
 TRIGGERS_DEADLETTER = "journey.triggers.deadletter"   # journey dispatch: triggers it could not deliver
 DELIVERED = "journey.dispatch.delivered"              # journey dispatch: delivered (endpoint, trigger id)
 APP_ID = "journey"
@@ -63,6 +64,10 @@ _CATALOG = [
      "triggers as CloudEvents 1.0 (structured JSON), keyed by customer id"),
     (AUDIT, "output", "delete", 14 * DAY_MS, "audit.schema.json",
      "triggers held back by the contact policy, with the reason; keyed by customer id"),
+    (OUTCOMES, "output", "delete", 30 * DAY_MS, "outcome.schema.json",
+     "experiments: each exposure (a trigger sent, or held out) closed at exposed_at + window on event time, "
+     "with its arm, the stage and health at the decision, and whether (when, for how much) a goal event "
+     "followed; keyed by customer id; `journey experiments report --broker` reads it"),
     (DEADLETTER, "output", "delete", 30 * DAY_MS, "deadletter.schema.json",
      "rejected input: the reason, where it came from (topic/partition/offset) and the original bytes"),
     (TRIGGERS_DEADLETTER, "output", "delete", 30 * DAY_MS, "triggers-deadletter.schema.json",
