@@ -40,7 +40,8 @@ def cmd_replay(a) -> int:
     cfg = _load(a.rules)
     try:
         s = replay(a.paths, a.out, a.audit, a.deadletter, until=a.until, transitions=a.transitions,
-                   progress=Progress(False if a.quiet else None), sort_buffer=a.sort_buffer, config=cfg, now=a.now)
+                   progress=Progress(False if a.quiet else None), sort_buffer=a.sort_buffer, config=cfg, now=a.now,
+                   outcomes=a.outcomes)
     except FileNotFoundError as e:
         print(f"journey replay: {e}", file=sys.stderr)
         return 2
@@ -81,6 +82,10 @@ def cmd_backtest(a) -> int:
             for change, items in (("added", r["added"]), ("removed", r["removed"])):
                 for t in items:
                     f.write(orjson.dumps({"change": change, "trigger": t}) + b"\n")
+    if a.outcomes:
+        with open(a.outcomes, "wb") as f:
+            for rec in r["outcomes"]:
+                f.write(orjson.dumps(rec) + b"\n")
     print(format_backtest(r, a.examples))
     return 0
 
@@ -120,6 +125,57 @@ def cmd_explain(a) -> int:
     return run(a, _load(a.rules))
 
 
+def cmd_experiments(a) -> int:
+    from .history.report import format_report, tally_files, tally_values
+    from .io.logs import LogError
+    from .io.progress import Progress
+
+    if not a.paths and not a.broker:
+        print("journey experiments report: give outcome files (journey replay --outcomes FILE) or --broker URL "
+              "to read the journey.outcomes topic", file=sys.stderr)
+        return 2
+    try:
+        tally = tally_files(a.paths, Progress(None)) if a.paths else None
+    except FileNotFoundError as e:
+        print(f"journey experiments report: {e}", file=sys.stderr)
+        return 2
+    except LogError as e:
+        print(f"journey experiments report: {e}", file=sys.stderr)
+        return 1
+    if a.broker:
+        import asyncio
+
+        from .io import topics
+        from .io.errors import what as _what
+        from .io.kafka import read_topic
+
+        async def read():
+            return [v async for v in read_topic(a.broker, topics.OUTCOMES, timeout=a.timeout)]
+
+        try:
+            values = asyncio.run(read())
+        except Exception as e:
+            print(f"journey experiments report: could not read {topics.OUTCOMES} from {a.broker}: {_what(e)}. "
+                  "Is the broker running, and has a worker created the topics (journey topics create)?",
+                  file=sys.stderr)
+            return 1
+        more = tally_values(values)
+        if tally is None:
+            tally = more
+        else:
+            for k, c in more.cells.items():
+                t = tally.cells.setdefault(k, [0, 0, 0.0])
+                for i in range(3):
+                    t[i] += c[i]
+            tally.bad += more.bad
+    rows = tally.rows(a.by)
+    if a.json:
+        sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(format_report(rows, a.by, tally.bad, a.min_exposures))
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -142,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--audit", metavar="FILE", help="suppressions and deferrals (JSON lines)")
     r.add_argument("--deadletter", metavar="FILE", help="rejected input lines with reasons (JSON lines)")
     r.add_argument("--transitions", metavar="FILE", help="relationship stage transitions (JSON lines)")
+    r.add_argument("--outcomes", metavar="FILE",
+                   help="experiment outcomes: each exposure closed at its window's end (JSON lines; "
+                        "journey experiments report reads them)")
     r.add_argument("--rules", metavar="FILE", help="rule configuration (TOML or YAML); defaults otherwise")
     r.add_argument("--until", type=_time, metavar="TIME",
                    help="after the last event, move the watermark to TIME so timers due by then fire")
@@ -170,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the last event, move the watermark to TIME so timers due by then fire "
                         "(default: stop at the last event)")
     b.add_argument("--diff", metavar="FILE", help="write every added and removed trigger (JSON lines)")
+    b.add_argument("--outcomes", metavar="FILE",
+                   help="write the proposed rules' experiment outcomes (JSON lines)")
     b.add_argument("--examples", type=int, default=3, metavar="N", help="examples shown per change (default 3)")
     b.set_defaults(func=cmd_backtest)
 
@@ -185,6 +246,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="after the last event, move the watermark to TIME so timers due by then fire")
     ex.add_argument("--json", action="store_true", help="a JSON list of timeline rows instead of text")
     ex.set_defaults(func=cmd_explain)
+
+    xp = sub.add_parser("experiments", help="the measured effect of experiments: uplift over the holdout, by stage",
+                        description="report: from outcome records (journey replay --outcomes FILE, or the "
+                                    "journey.outcomes topic), per rule and arm and per rule, arm and stage (or "
+                                    "health band): exposures, conversions, conversion rate, revenue per exposure, "
+                                    "and the uplift over the holdout with its 95%% confidence interval (Newcombe's "
+                                    "hybrid score method), then one plain-words line per rule and arm.")
+    xp.add_argument("action", choices=("report",), help="report: print the figures")
+    xp.add_argument("paths", nargs="*", metavar="FILE", help="outcome files (JSON lines, plain or .gz)")
+    xp.add_argument("--broker", metavar="URL", help="also read the journey.outcomes topic from this broker "
+                                                    "(e.g. kafka://127.0.0.1:9092; default: files only)")
+    xp.add_argument("--by", choices=("stage", "health"), default="stage",
+                    help="break each rule and arm down by relationship stage or by health band (default stage)")
+    xp.add_argument("--json", action="store_true", help="a JSON list of rows instead of the table (default: table)")
+    xp.add_argument("--min-exposures", type=int, default=100, metavar="N",
+                    help="an arm with fewer exposures is reported as too small to say anything (default 100)")
+    xp.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="with --broker: the longest the topic read may take (default 60)")
+    xp.set_defaults(func=cmd_experiments)
 
     ru = sub.add_parser("rules", help="check or show a rule configuration")
     ru.add_argument("action", choices=("check", "show"), help="check: validate FILE; show: every setting in force")

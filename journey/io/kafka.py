@@ -92,6 +92,37 @@ async def ensure_topics(url: str, partitions: int = topics.PARTITIONS, app_id: s
         await admin.close()
 
 
+async def read_topic(url: str, topic: str, timeout: float = 60.0, idle_ms: int = 500):
+    """Every record value of ``topic`` from its start to its end when read began (async
+    generator). The end is each partition's high watermark as Fetch reports it (some brokers'
+    ListOffsets answers an earlier offset); ``timeout`` bounds the whole read (TimeoutError)."""
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap(url), auto_offset_reset="earliest", group_id=None,
+                         enable_auto_commit=False, request_timeout_ms=int(min(timeout, 30) * 1000) + 1000)
+    await _retry(c.start, min(timeout, 30))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while True:
+            if loop.time() > deadline:
+                raise TimeoutError(f"{topic} was not read to its end within {timeout:g} s")
+            batch = await c.getmany(timeout_ms=idle_ms)
+            if not batch:
+                done = bool(c.assignment())
+                for tp in c.assignment():
+                    hw = c.highwater(tp)
+                    done = done and hw is not None and await c.position(tp) >= hw
+                if done:
+                    return
+                continue
+            for recs in batch.values():
+                for r in recs:
+                    yield r.value
+    finally:
+        await c.stop()
+
+
 async def _partition_counts(admin) -> dict[str, int]:
     meta = await admin.describe_topics()
     out = {}
