@@ -106,7 +106,10 @@ def cmd_rules(a) -> int:
         for w in cfg.warnings:
             print(f"  warning: {w}", file=sys.stderr)
         journeys = f"; {len(cfg.journeys)} journey(s): {', '.join(cfg.journeys)}" if cfg.journeys else ""
-        print(f"{a.file}: ok ({len(enabled)} rules enabled: {', '.join(enabled)}{journeys})")
+        exps = "".join(f"; experiment on {n}: {'holdout ' + format(e.holdout, '.0%') + ', ' if e.holdout else ''}"
+                       f"{len(e.arms)} arm(s) ({', '.join(x.name for x in e.arms)})" for n, e in cfg.experiments.items())
+        glob = f"; global holdout {cfg.policy.global_holdout:.0%}" if cfg.policy.global_holdout else ""
+        print(f"{a.file}: ok ({len(enabled)} rules enabled: {', '.join(enabled)}{journeys}{exps}{glob})")
         return 0
     cfg = _load(a.file)
     print("\n".join(cfg.describe()))

@@ -127,7 +127,7 @@ def test_dashboard_loads_as_a_grafana_model_bound_to_the_pinned_datasource():
     rows = [p for p in model.panels if isinstance(p, RowPanel)]
     panels = [p for p in model.panels if isinstance(p, Panel)]
     assert [r.title for r in rows] == ["Overview", "Latency and lag", "Event time: watermarks and timers",
-                                       "Errors and dead letters", "Relationships (aggregates)",
+                                       "Errors and dead letters", "Relationships (aggregates)", "Experiments",
                                        "Webhook delivery (journey dispatch)", "Last replay or backfill"]
     ids = [p.id_val for p in model.panels]
     assert len(ids) == len(set(ids)) and None not in ids, "panel ids are unique"

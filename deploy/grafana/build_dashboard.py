@@ -209,6 +209,27 @@ def dashboard() -> dict:
     b.series("State writes/s", [q(rate("journey_state_writes_total"), "writes")], "ops",
              "Customer states written to the changelog (one per changed customer per checkpoint)", w=24, h=6)
 
+    b.row("Experiments")
+    closed = "journey_experiment_exposures_total"
+    conv = "journey_experiment_conversions_total"
+    b.series("Conversion rate by rule and arm",
+             [q(f"{rate(conv, 'rule, arm')} / {rate(closed, 'rule, arm')}", "{{rule}} {{arm}}")], "percentunit",
+             "Share of closed exposures (sent, or held out) with a goal event in their window, by arm. The "
+             "holdout is the baseline; `journey experiments report` gives the intervals")
+    arms, hold = 'arm!="holdout"', 'arm="holdout"'
+    arm_rate = f"({rate(conv, 'rule, arm', arms)} / {rate(closed, 'rule, arm', arms)})"
+    hold_rate = f"({rate(conv, 'rule', hold)} / {rate(closed, 'rule', hold)})"
+    b.series("Difference to the holdout by rule and arm",
+             [q(f"{arm_rate} - on(rule) group_left() {hold_rate}", "{{rule}} {{arm}}")], "percentunit",
+             "Conversion rate of each arm minus its rule's holdout, over the rate interval (points of uplift; "
+             "noisy at low volume: read the report's interval before acting)")
+    b.series("Exposures closed/s by rule, arm and stage",
+             [q(rate(closed, "rule, arm, stage"), "{{rule}} {{arm}} {{stage}}")], "ops",
+             "Exposures whose goal window ended, by relationship stage at the decision", stack=True)
+    b.series("Converted value/s by rule and arm",
+             [q(rate("journey_experiment_converted_value_total", "rule, arm"), "{{rule}} {{arm}}")], "short",
+             "Revenue of converting goal events per second, by arm")
+
     b.row("Webhook delivery (journey dispatch)")
     b.series("Deliveries/s by endpoint and outcome",
              [q(rate("journey_dispatch_deliveries_total", "endpoint, outcome"), "{{endpoint}} {{outcome}}")], "ops",

@@ -52,6 +52,27 @@ class Stats:
         self.outcomes: dict[tuple, list] = {}  # (rule, arm, stage) -> [exposures, conversions, value cents] closed
         self.exposures_untracked = 0     # exposures past the per-customer cap of open ones (not measured)
 
+    def merge(self, other: Stats) -> None:
+        """Add another engine's counters to these (the live worker sums its partitions)."""
+        self.events.update(other.events)
+        self.touch.update(other.touch)
+        self.duplicates += other.duplicates
+        self.after_erasure += other.after_erasure
+        self.triggers.update(other.triggers)
+        self.suppressed.update(other.suppressed)
+        self.deferred.update(other.deferred)
+        self.transitions.update(other.transitions)
+        self.timer_errors += other.timer_errors
+        self.condition_errors.update(other.condition_errors)
+        for k, v in other.outcomes.items():
+            row = self.outcomes.get(k)
+            if row is None:
+                self.outcomes[k] = list(v)
+            else:
+                for i in range(3):
+                    row[i] += v[i]
+        self.exposures_untracked += other.exposures_untracked
+
     def suppressed_by_reason(self) -> Counter:
         c = Counter()
         for (_rule, reason), n in self.suppressed.items():

@@ -15,6 +15,7 @@ import sys
 import orjson
 
 from ..core.engine import DEFERRED, STAGE, Engine
+from ..core.experiments import OUTCOME
 from ..core.timeline import drive
 from ..core.timeutil import format_time
 from ..io.logs import Reader
@@ -30,8 +31,19 @@ class _Sink:
     def trigger(self, rec: dict) -> None:
         if rec["subject"] in self.who:
             d = rec["data"]
-            self.out.append((rec["time"], "trigger", f"{d['rule']} sent ({d['kind']}, {d['channel']}): {d['reason']}",
+            arm = f", experiment {d['experiment']['name']} arm {d['experiment']['variant']}" if "experiment" in d else ""
+            self.out.append((rec["time"], "trigger",
+                             f"{d['rule']} sent ({d['kind']}, {d['channel']}{arm}): {d['reason']}",
                              {"trigger_id": rec["id"], "rule": d["rule"], "reason": d["reason"]}))
+
+    def outcome(self, rec: dict) -> None:
+        if rec["customer_id"] in self.who:
+            how = (f"converted at {rec['converted_at']} (value {rec['value']:g})" if rec["converted"]
+                   else "not converted")
+            self.out.append((rec["time"], "outcome",
+                             f"{rec['rule']} exposure of {rec['exposed_at']} closed ({rec['variant']}): {how}",
+                             {"trigger_id": rec["trigger_id"], "rule": rec["rule"], "variant": rec["variant"],
+                              "converted": rec["converted"]}))
 
     def audit(self, rec: dict) -> None:
         if rec["customer_id"] in self.who:
@@ -44,6 +56,9 @@ class _Sink:
         if rec["customer_id"] in self.who:
             self.out.append((rec["time"], "stage", f"stage {rec['from']} -> {rec['to']} ({rec['reason']})",
                              {"from": rec["from"], "to": rec["to"]}))
+
+
+_HIDDEN = (STAGE, DEFERRED, OUTCOME)  # timers shown by what they do (stage, deferred trigger, outcome rows)
 
 
 def _timer_name(rule) -> str:
@@ -87,7 +102,7 @@ class Tracer(Engine):
 
     def set_timer(self, st, rule, key, due, data) -> None:
         name = _timer_name(rule)
-        if self.key in self.who and name not in (STAGE, DEFERRED):
+        if self.key in self.who and name not in _HIDDEN:
             new = f"{name}|{key}" not in st.timers
             self._note(self._now(st), "timer", f"{name} {'set' if new else 'moved'}: due {format_time(due)}"
                        + (f" (instance {key})" if key else ""), {"rule": name, "key": key, "due": format_time(due)})
@@ -96,7 +111,7 @@ class Tracer(Engine):
     def cancel_timer(self, st, rule, key):
         t = super().cancel_timer(st, rule, key)
         name = _timer_name(rule)
-        if t is not None and self.key in self.who and name not in (STAGE, DEFERRED):
+        if t is not None and self.key in self.who and name not in _HIDDEN:
             self._note(self._now(st), "timer", f"{name} cancelled (due {format_time(t[0])})"
                        + (f", instance {key}" if key else ""), {"rule": name, "key": key})
         return t
@@ -105,7 +120,7 @@ class Tracer(Engine):
         if self.key in self.who:
             for tk, (due, _d) in sorted(st.timers.items(), key=lambda kv: kv[1][0]):
                 name = tk.split("|", 1)[0]
-                if due <= upto and name not in (STAGE, DEFERRED):
+                if due <= upto and name not in _HIDDEN:
                     self._note(due, "timer", f"{name} due ({tk.split('|', 1)[1] or 'customer'})", {"rule": name})
         super()._run_timers(st, upto)
 

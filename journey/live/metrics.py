@@ -119,9 +119,34 @@ class WorkerCollector:
         cerr = CounterMetricFamily("journey_condition_errors_total",
                                    "Journey conditions and templates that failed at run time (counted as false)",
                                    labels=["journey"])
-        for name in sorted(getattr(rt.config, "journeys", {})):
+        named = set(getattr(rt.config, "journeys", {})) | {
+            n for n, e in getattr(rt.config, "experiments", {}).items() if e.goal_if is not None}
+        for name in sorted(named):
             cerr.add_metric([name], stats.condition_errors[name])
         yield cerr
+
+        labels = ["rule", "arm", "stage"]
+        exp_n = CounterMetricFamily("journey_experiment_exposures_total",
+                                    "Experiment exposures closed (a trigger sent, or held out, whose goal window "
+                                    "ended), by rule, arm and stage at the decision", labels=labels)
+        exp_c = CounterMetricFamily("journey_experiment_conversions_total",
+                                    "Closed exposures with a goal event in their window, by rule, arm and stage",
+                                    labels=labels)
+        exp_v = CounterMetricFamily("journey_experiment_converted_value_total",
+                                    "Revenue of the converting goal events (currency units), by rule, arm and stage",
+                                    labels=labels)
+        for (rule, arm, stage), (n, x, cents) in sorted(stats.outcomes.items()):
+            exp_n.add_metric([rule, arm, stage], n)
+            exp_c.add_metric([rule, arm, stage], x)
+            exp_v.add_metric([rule, arm, stage], cents / 100)
+        yield exp_n
+        yield exp_c
+        yield exp_v
+        untracked = CounterMetricFamily("journey_experiment_exposures_untracked_total",
+                                        "Exposures not measured: the customer already had the most open exposures "
+                                        "kept per customer (50)")
+        untracked.add_metric([], stats.exposures_untracked)
+        yield untracked
 
         serr = CounterMetricFamily("journey_state_errors_total",
                                    "Customer states that could not be loaded from the changelog (skipped) or written "

@@ -59,6 +59,9 @@ class Outbox:
     def audit(self, rec: dict) -> None:
         self.records.append((topics.AUDIT, rec["customer_id"], orjson.dumps(rec)))
 
+    def outcome(self, rec: dict) -> None:
+        self.records.append((topics.OUTCOMES, rec["customer_id"], orjson.dumps(rec)))
+
     def transition(self, rec: dict) -> None:  # pragma: no cover - wants_transitions is False
         pass
 

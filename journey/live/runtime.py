@@ -52,16 +52,7 @@ def _marker(value: bytes) -> tuple[int, dict]:
 
 
 def _merge_stats(into: Stats, other: Stats) -> None:
-    into.events.update(other.events)
-    into.touch.update(other.touch)
-    into.duplicates += other.duplicates
-    into.after_erasure += other.after_erasure
-    into.triggers.update(other.triggers)
-    into.suppressed.update(other.suppressed)
-    into.deferred.update(other.deferred)
-    into.transitions.update(other.transitions)
-    into.timer_errors += other.timer_errors
-    into.condition_errors.update(other.condition_errors)
+    into.merge(other)
 
 
 class Runtime(Outputs):
