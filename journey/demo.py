@@ -6,7 +6,11 @@ population (visitors who abandon carts, loyal repeat buyers, customers with
 support trouble, promoters, detractors) with event times running
 ``--speed`` times faster than the wall clock. Triggers and held-back
 triggers are printed as they appear on ``journey.triggers`` and
-``journey.audit``. Ctrl-C stops the feeder, the worker and the broker.
+``journey.audit``. The example rule file runs experiments (holdouts on two rules):
+the outcomes the worker writes to ``journey.outcomes`` are tallied as they come,
+and the demo ends, at the end of the population or on Ctrl-C, with the experiment
+report: the measured effect of each arm by relationship stage. Ctrl-C stops the
+feeder, the worker and the broker.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 
 import orjson
 
+from .core.uplift import Tally
 from .examples import JOURNEYS
 from .history.synth import generate
 from .io import topics
@@ -40,6 +45,7 @@ def run_demo(a) -> int:
     broker = None
     worker = None
     paint = _paint(sys.stdout.isatty())
+    tally = Tally()
     try:
         if a.broker:
             url = a.broker
@@ -53,11 +59,13 @@ def run_demo(a) -> int:
                               log_path=os.path.join(workdir, "worker.log"))
         print(paint(DIM, f"broker {url} · worker health http://127.0.0.1:{port}/ready · logs in {workdir}"))
         print(paint(DIM, f"feeding {a.customers} customers, {a.speed:,.0f}x real time; Ctrl-C to stop"), flush=True)
-        counts = asyncio.run(_run(url, a, paint, worker))
+        counts = asyncio.run(_run(url, a, paint, worker, tally))
         _summary(counts, paint)
+        _report(tally, paint)
         return 0
     except KeyboardInterrupt:
         print(paint(DIM, "\nstopping ..."), file=sys.stderr)
+        _report(tally, paint)
         return 0
     except RuntimeError as e:
         print(f"journey demo: {e}", file=sys.stderr)
@@ -76,11 +84,11 @@ def run_demo(a) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-async def _run(url: str, a, paint, worker) -> dict:
+async def _run(url: str, a, paint, worker, tally: Tally) -> dict:
     counts = {"events": 0, "triggers": 0, "held back": 0}
     stop = asyncio.Event()
     feeder = asyncio.create_task(_feed(url, a, counts, stop))
-    printer = asyncio.create_task(_print(url, paint, counts, stop))
+    printer = asyncio.create_task(_print(url, paint, counts, stop, tally))
     started = time.monotonic()
     try:
         while not stop.is_set():
@@ -125,10 +133,10 @@ async def _feed(url: str, a, counts: dict, stop: asyncio.Event) -> None:
         await producer.stop()
 
 
-async def _print(url: str, paint, counts: dict, stop: asyncio.Event) -> None:
+async def _print(url: str, paint, counts: dict, stop: asyncio.Event, tally: Tally) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topics.TRIGGERS, topics.AUDIT, bootstrap_servers=bootstrap(url),
+    consumer = AIOKafkaConsumer(topics.TRIGGERS, topics.AUDIT, topics.OUTCOMES, bootstrap_servers=bootstrap(url),
                                 group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -137,7 +145,9 @@ async def _print(url: str, paint, counts: dict, stop: asyncio.Event) -> None:
             for tp, recs in batch.items():
                 for r in recs:
                     rec = orjson.loads(r.value)
-                    if tp.topic == topics.TRIGGERS:
+                    if tp.topic == topics.OUTCOMES:
+                        tally.add(rec)
+                    elif tp.topic == topics.TRIGGERS:
                         counts["triggers"] += 1
                         print(_trigger_line(rec, paint), flush=True)
                     else:
@@ -166,3 +176,15 @@ def _summary(counts: dict, paint) -> None:
     print(paint(BOLD, f"\n{counts['events']:,} events fed · {counts['triggers']:,} triggers · "
                       f"{counts['held back']:,} held back or deferred"))
 
+
+
+def _report(tally: Tally, paint) -> None:
+    from .history.report import format_report
+
+    if not tally.cells:
+        print(paint(DIM, "no experiment outcomes yet: an exposure closes when its goal window (3 to 7 days of "
+                         "event time) has passed; let the demo run longer"))
+        return
+    print(paint(BOLD, "\nexperiments: the measured effect of each arm, by relationship stage "
+                      "(journey experiments report)"))
+    print(format_report(tally.rows(), "stage", tally.bad))
