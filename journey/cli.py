@@ -341,7 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a, extra = parser.parse_known_args(argv)
+    if a.command == "experiments" and extra and not any(x.startswith("-") for x in extra):
+        a.paths += extra  # files after an option (argparse takes a '*' positional as empty at the first option)
+    elif extra:
+        parser.parse_args(argv)  # reports the unrecognized arguments, as ever
     if a.command == "rules" and a.file is None and a.action == "check":
         print("journey rules check: name the rule file to check", file=sys.stderr)
         return 2

@@ -5,6 +5,9 @@ same outcome records on journey.outcomes as ``journey replay --until T --outcome
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import orjson
 from conftest import T
 from live_support import Worker, assert_trigger_ids, produce_log, read_topic, wait_for
@@ -36,5 +39,11 @@ def test_journeys_live_equal_replay(broker, tmp_path):
         outcomes = lambda: sorted(v for _k, v, *_ in read_topic(broker, topics.OUTCOMES, idle_ms=300))
         wait_for(lambda: len(outcomes()) >= len(want_oc), 60, "every outcome")
         assert outcomes() == want_oc
+        # the report reads the topic as it reads the file: the same rows
+        cmd = [sys.executable, "-m", "journey", "experiments", "report", "--json"]
+        runs = [subprocess.run(cmd + args, capture_output=True, timeout=120) for args in (["--broker", broker], [str(oc)])]
+        assert all(r.returncode == 0 for r in runs), [r.stderr.decode()[-2000:] for r in runs]
+        from_topic, from_file = (orjson.loads(r.stdout) for r in runs)
+        assert from_topic == from_file and from_file
     finally:
         assert w.stop() == 0, w.log.read_text()[-3000:]
