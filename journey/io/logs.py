@@ -105,24 +105,11 @@ class Reader:
 
     def events(self):
         """All valid events in event-time order (ties: event id, then content)."""
-        with ExitStack() as stack:
-            runs, chunk = [], []
-            for item in self._parsed():
-                chunk.append(item)
-                if len(chunk) >= self.sort_buffer:
-                    runs.append(self._spill(chunk, stack))
-                    chunk = []
-            chunk.sort()  # (ts, id, seq, event): seq is unique, so the event is never compared
-            self.runs = len(runs) + (1 if chunk else 0)
-            if not runs:
-                for item in chunk:
-                    self.current = item[2]
-                    yield item[3]
-                return
-            runs.append(iter(chunk))
-            for item in heapq.merge(*runs):
-                self.current = item[2]
-                yield item[3]
+        sort = ExternalSort(self.sort_buffer, _pack_events, _unpack_events)
+        for item in sort(self._parsed()):
+            self.current = item[2]
+            yield item[3]
+        self.runs = sort.runs
 
     def locate(self, seq: int) -> tuple[str, int]:
         """(file, line number) of the line counted ``seq``."""
@@ -141,16 +128,61 @@ class Reader:
                     return line.rstrip(b"\r\n")
         return b""
 
+
+class ExternalSort:
+    """Sorts tuples in bounded memory: chunks of ``buffer`` items are sorted, spilled to
+    temporary files (``pack`` turns a batch into something quick to pickle, ``unpack``
+    back into items) and merged. Items must compare without ties beyond their first
+    fields (put a unique sequence number before anything that does not compare)."""
+
+    def __init__(self, buffer: int, pack=None, unpack=None):
+        self.buffer = max(1, buffer)
+        self.pack, self.unpack = pack or list, unpack or iter
+        self.runs = 0
+
+    def __call__(self, items):
+        with ExitStack() as stack:
+            runs, chunk = [], []
+            for item in items:
+                chunk.append(item)
+                if len(chunk) >= self.buffer:
+                    runs.append(self._spill(chunk, stack))
+                    chunk = []
+            chunk.sort()
+            self.runs = len(runs) + (1 if chunk else 0)
+            if not runs:
+                yield from chunk
+                return
+            runs.append(iter(chunk))
+            yield from heapq.merge(*runs)
+
     def _spill(self, chunk, stack):
-        """Sort a chunk and write it to a temporary file as plain tuples (fast to pickle)."""
         chunk.sort()
         tmp = stack.enter_context(tempfile.TemporaryFile(prefix="journey-run-"))
         for i in range(0, len(chunk), _SPILL_BATCH):
-            batch = [(ts, i_, q, e.cid, e.anon, e.type, e.f, e.touch, e.known, e.traits, e.props)
-                     for ts, i_, q, e in chunk[i:i + _SPILL_BATCH]]
-            pickle.dump(batch, tmp, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(self.pack(chunk[i:i + _SPILL_BATCH]), tmp, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.seek(0)
-        return _read_run(tmp)
+        return self._read(tmp)
+
+    def _read(self, f):
+        while True:
+            try:
+                batch = pickle.load(f)
+            except EOFError:
+                return
+            yield from self.unpack(batch)
+
+
+def _pack_events(chunk) -> list:
+    """(ts, id, seq, Event) items as plain tuples (fast to pickle)."""
+    return [(ts, i_, q, e.cid, e.anon, e.type, e.f, e.touch, e.known, e.traits, e.props) for ts, i_, q, e in chunk]
+
+
+def _unpack_events(batch):
+    for ts, eid, seq, cid, anon, typ, fields, touch, known, traits, props in batch:
+        e = Event(eid, cid, anon, typ, ts, fields, touch, known, traits)
+        e.props = props
+        yield ts, eid, seq, e
 
 
 def read_lines(f, path: str):
@@ -167,15 +199,3 @@ def read_lines(f, path: str):
                            "gzip -t; `zcat FILE 2>/dev/null > part.jsonl` keeps the readable part") from None
         n += 1
         yield n, line
-
-
-def _read_run(f):
-    while True:
-        try:
-            batch = pickle.load(f)
-        except EOFError:
-            return
-        for ts, eid, seq, cid, anon, typ, fields, touch, known, traits, props in batch:
-            e = Event(eid, cid, anon, typ, ts, fields, touch, known, traits)
-            e.props = props
-            yield ts, eid, seq, e
