@@ -72,3 +72,23 @@ def test_export_writes_every_schema_its_documents_point_at(tmp_path):
     named = set(re.findall(r"([a-z-]+\.schema\.json)", (tmp_path / "catalog.yaml").read_text()
                            + (tmp_path / "asyncapi.yaml").read_text()))
     assert named and all((tmp_path / n).is_file() for n in named), named
+
+
+def test_produce_sends_in_event_time_order_unless_as_is(tmp_path):
+    import random
+
+    from journey.live.produce import records
+
+    items = generate(40, 2000, 3)
+    lines = [orjson.dumps(rec) for _ts, _stream, rec in items] + [b"{not json"]
+    random.Random(1).shuffle(lines)
+    log = tmp_path / "shuffled.jsonl"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    for buffer in (100, 200_000):  # spilled runs merged, and all in memory
+        out = list(records([log], sort_buffer=buffer))
+        assert len(out) == len(lines)
+        assert out[0][1] is None and out[0][3] is None  # the line that does not parse goes first, unkeyed
+        stamps = [ts for *_x, ts in out[1:]]
+        assert stamps == sorted(stamps)
+    as_is = [v for _t, _k, v, _ts in records([log], as_is=True)]
+    assert as_is == lines

@@ -40,7 +40,8 @@ def cmd_produce(a) -> int:
 
     try:
         counts = asyncio.run(produce(a.paths, a.broker, until=a.until, rate=a.rate, partitions=a.partitions,
-                                     progress=Progress(False if a.quiet else None)))
+                                     progress=Progress(False if a.quiet else None), as_is=a.as_is,
+                                     sort_buffer=a.sort_buffer))
     except FileNotFoundError as e:
         print(f"journey produce: {e}", file=sys.stderr)
         return 2
@@ -104,8 +105,10 @@ def add_commands(sub, time_type) -> None:
     p = sub.add_parser("produce", help="publish historical logs into the source topics",
                        description="Publish JSON-lines logs (plain or .gz): each event on the topic its type "
                                    "belongs to, keyed by customer id, with its event time as the record "
-                                   "timestamp. Unparseable lines go unkeyed to journey.clickstream (the worker "
-                                   "dead-letters them).")
+                                   "timestamp, in event-time order (sorted as replay sorts: a log out of order by "
+                                   "more than the allowed lateness would reach the worker late, and the live "
+                                   "result would then depend on fetch sizes). Unparseable lines go first, unkeyed, "
+                                   "to journey.clickstream (the worker dead-letters them).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="log files (.jsonl or .jsonl.gz)")
     p.add_argument("--broker", default=env_broker, help=f"Kafka bootstrap URL (default {env_broker})")
     p.add_argument("--until", type=time_type, metavar="TIME",
@@ -113,7 +116,12 @@ def add_commands(sub, time_type) -> None:
     p.add_argument("--rate", type=float, metavar="N", help="at most N records per second")
     p.add_argument("--partitions", type=int, default=topics.PARTITIONS,
                    help=f"partition count when it creates the topics (default {topics.PARTITIONS})")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress and no counts")
+    p.add_argument("--as-is", action="store_true",
+                   help="publish in file order instead of event-time order (default: sorted; for logs known to "
+                        "be in order, or to test late arrivals)")
+    p.add_argument("--sort-buffer", type=int, default=200_000, metavar="N",
+                   help="records held in memory while sorting; more spill to temporary files (default 200000)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress and no counts (default: both, on stderr)")
     p.set_defaults(func=cmd_produce)
 
     t = sub.add_parser("topics", help="create the topics, or write the topic catalogue and AsyncAPI document",

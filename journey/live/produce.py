@@ -1,6 +1,9 @@
 """``journey produce``: publish a historical log into the source topics.
 
-Each record goes to the topic its event type belongs to (``topics.STREAM_OF``),
+Records go out in event-time order (the same bounded external sort as replay:
+a log whose lines are out of order by more than the allowed lateness would
+otherwise reach the worker late, and the live result would depend on fetch
+sizes); ``as_is`` keeps file order. Each record goes to the topic its event type belongs to (``topics.STREAM_OF``),
 keyed by customer id (the anonymous id for a visitor), with its event time as
 the Kafka record timestamp and the original bytes as the value. A record that
 does not parse is published too, unkeyed, on ``journey.clickstream``, so the
@@ -26,14 +29,32 @@ import orjson
 from ..core import intake
 from ..io import topics
 from ..io.kafka import bootstrap, ensure_topics
-from ..io.logs import open_log, read_lines
+from ..io.logs import SORT_BUFFER, ExternalSort, open_log, read_lines
 from ..io.progress import Progress
 
 CONTROL = [("journey-control", b"watermark")]
 
 
-def records(paths, max_bytes: int = 1 << 20):
-    """(topic, key bytes or None, value bytes, timestamp ms or None) for each line of the logs."""
+def records(paths, max_bytes: int = 1 << 20, as_is: bool = False, sort_buffer: int = SORT_BUFFER):
+    """(topic, key bytes or None, value bytes, timestamp ms or None) for each line of the logs,
+    in event-time order (ties: event id, then file order; lines that do not parse first),
+    or in file order with ``as_is``."""
+    if as_is:
+        yield from _records(paths, max_bytes)
+        return
+    seq = 0
+
+    def keyed():
+        nonlocal seq
+        for topic, key, line, ts, eid in _records(paths, max_bytes, ids=True):
+            seq += 1
+            yield (-1 if ts is None else ts, eid, seq, topic, key, line)
+
+    for ts, _eid, _seq, topic, key, line in ExternalSort(sort_buffer)(keyed()):
+        yield topic, key, line, (None if ts < 0 else ts)
+
+
+def _records(paths, max_bytes: int, ids: bool = False):
     for path in paths:
         f, _raw = open_log(path)
         with f:
@@ -44,17 +65,21 @@ def records(paths, max_bytes: int = 1 << 20):
                 try:
                     ev = intake.parse(line, max_bytes)
                 except intake.Rejected:
-                    yield topics.CLICKSTREAM, None, line, None
+                    yield (topics.CLICKSTREAM, None, line, None, "") if ids else (topics.CLICKSTREAM, None, line, None)
                     continue
                 key = ev.cid if ev.cid is not None else ev.anon
-                yield topics.topic_for(ev.type), key.encode(), line, ev.ts
+                if ids:
+                    yield topics.topic_for(ev.type), key.encode(), line, ev.ts, ev.id
+                else:
+                    yield topics.topic_for(ev.type), key.encode(), line, ev.ts
 
 
 async def produce(paths, broker: str, until: int | None = None, rate: float | None = None,
                   partitions: int = topics.PARTITIONS, progress: Progress | None = None,
-                  create: bool = True, on_sent=None) -> dict:
+                  create: bool = True, on_sent=None, as_is: bool = False, sort_buffer: int = SORT_BUFFER) -> dict:
     """Publish the logs; returns counts by topic. ``rate`` caps records per second
-    (for steady-load measurements); ``on_sent(ts_wall)`` is called per record."""
+    (for steady-load measurements); ``on_sent(key, value)`` is called per record;
+    ``as_is`` publishes in file order instead of event-time order."""
     from aiokafka import AIOKafkaProducer
 
     if create:
@@ -76,7 +101,7 @@ async def produce(paths, broker: str, until: int | None = None, rate: float | No
             if md.offset + 1 > ends.get(slot, 0):
                 ends[slot] = md.offset + 1
     try:
-        for topic, key, value, ts in records(paths):
+        for topic, key, value, ts in records(paths, as_is=as_is, sort_buffer=sort_buffer):
             if rate:
                 ahead = n / rate - (time.monotonic() - started)
                 if ahead > 0.002:
