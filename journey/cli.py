@@ -305,10 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     cs.set_defaults(func=lambda a: __import__("journey.history.clvfit", fromlist=["cmd_score"]).cmd_score(a))
 
     g = sub.add_parser("generate", help="write a synthetic event log (for demos, tests and benchmarks)")
-    g.add_argument("--customers", type=int, default=1000, help="customers (default 1000)")
+    g.add_argument("--customers", type=int, default=1000,
+                   help="customers (default 1000; more are added when their half year holds fewer than --events)")
     g.add_argument("--events", type=int, default=20_000,
-                   help="events (default 20000; the file also has a few redelivered and malformed lines, "
-                        "on purpose, as real logs do)")
+                   help="valid events, exactly (default 20000); the file also has about 0.3%% redelivered and "
+                        "0.05%% truncated records on top, on purpose, as real logs do (see --clean)")
+    g.add_argument("--clean", action="store_true",
+                   help="no redelivered or truncated records (default: a few, on purpose)")
     g.add_argument("--seed", type=int, default=7, help="seed: the same seed writes the same file (default 7)")
     g.add_argument("--start", type=_time, default=None, metavar="TIME",
                    help="event time of the population's start (default 2026-01-01T00:00:00Z; it spans 180 days)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 from journey.cli import build_parser
 
@@ -57,3 +59,19 @@ def test_produce_without_a_broker_says_what_to_do_and_names_the_error_once(tmp_p
     first = p.stderr.strip().splitlines()[-1]
     name = first.split("journey produce: ", 1)[1].split(":", 1)[0].split(".", 1)[0]
     assert first.count(name) == 1, first
+
+
+def test_generate_writes_exactly_the_events_asked_and_says_what_else_is_there(tmp_path):
+    import orjson
+
+    out = tmp_path / "g.jsonl"
+    p = subprocess.run([sys.executable, "-m", "journey", "generate", "--customers", "200", "--events", "3000",
+                        "--out", str(out)], capture_output=True, text=True, check=True)
+    assert "3,000 events of 200 customers" in p.stderr and "on purpose" in p.stderr
+    s = subprocess.run([sys.executable, "-m", "journey", "replay", str(out), "--out", str(tmp_path / "t.jsonl"),
+                        "--summary-json", str(tmp_path / "s.json"), "-q"], capture_output=True, check=True)
+    summary = orjson.loads((tmp_path / "s.json").read_bytes())
+    assert summary["valid"] - summary["duplicates"] == 3000, (summary, s.stderr)
+    subprocess.run([sys.executable, "-m", "journey", "generate", "--customers", "200", "--events", "3000", "--clean",
+                    "--out", str(out)], capture_output=True, check=True)
+    assert len(out.read_bytes().splitlines()) == 3000

@@ -159,31 +159,42 @@ def _customer_events(c: _Customer, budget: int):
         c.emit("customer.erased", c.t + MS_DAY)
 
 
-def generate(customers: int, events: int, seed: int = 7, start: int | None = None, span_days: int = 180):
-    """Yield ``(ts, stream, record)`` for a population, in no particular order."""
+def generate(customers: int, events: int, seed: int = 7, start: int | None = None, span_days: int = 180,
+             exact: bool = False, info: dict | None = None):
+    """Yield ``(ts, stream, record)`` for a population, in no particular order: at most
+    ``events`` (fewer when the customers' half year holds fewer), or, with ``exact``,
+    exactly ``events``, adding customers past ``customers`` while short (``info`` gets
+    ``customers``, the number used, and ``events``)."""
     rng = random.Random(seed)
     start = parse_time("2026-01-01T00:00:00Z") if start is None else start
     per = max(1, events // max(1, customers))
     produced = 0
-    for i in range(customers):
+    i = 0
+    while produced < events and (i < customers or (exact and i < customers + events)):
         left = events - produced
-        if left <= 0:
-            break
         c = _Customer(random.Random(rng.getrandbits(64)), i, start, span_days * MS_DAY)
         budget = min(left, max(1, int(rng.expovariate(1 / per))) + 2)
+        if exact and i < customers:  # leave a few events for every customer still to come
+            budget = max(1, min(budget, left - 2 * (customers - i - 1)))
         _customer_events(c, budget)
-        out = c.out[:left]
+        out = c.out[:budget] if exact else c.out[:left]
         produced += len(out)
+        i += 1
         yield from out
+    if info is not None:
+        info.update(customers=i, events=produced)
 
 
 def write_log(path: str, customers: int, events: int, seed: int = 7, start: int | None = None,
-              sort: bool = True, noise: bool = True) -> int:
+              sort: bool = True, noise: bool = True, exact: bool = False, info: dict | None = None) -> int:
     """Write a JSON-lines log (gzip if ``path`` ends in .gz). Sorted by event time
     unless ``sort`` is False. With ``noise``, about 0.3% of records are
-    redelivered and 0.05% malformed. Returns the number of lines."""
+    redelivered and 0.05% truncated, on purpose (``info`` gets their counts, and
+    ``generate``'s). Returns the number of lines."""
     rng = random.Random(seed + 1)
-    items = list(generate(customers, events, seed, start))
+    info = {} if info is None else info
+    items = list(generate(customers, events, seed, start, exact=exact, info=info))
+    info.update(redelivered=0, truncated=0)
     if sort:
         items.sort(key=lambda x: x[0])
     opener = gzip.open if path.endswith(".gz") else open
@@ -198,13 +209,26 @@ def write_log(path: str, customers: int, events: int, seed: int = 7, start: int 
                 if x < 0.003:
                     f.write(line + b"\n")   # redelivered
                     n += 1
+                    info["redelivered"] += 1
                 elif x < 0.0035:
                     f.write(line[: len(line) // 2] + b"\n")   # truncated
                     n += 1
+                    info["truncated"] += 1
     return n
 
 
 def main(a) -> int:
-    n = write_log(a.out, a.customers, a.events, a.seed, a.start)
-    print(f"wrote {n:,} lines to {a.out}", file=sys.stderr)
+    info: dict = {}
+    n = write_log(a.out, a.customers, a.events, a.seed, a.start, noise=not a.clean, exact=True, info=info)
+    print(f"wrote {n:,} lines to {a.out}: {describe(info, a.customers)}", file=sys.stderr)
     return 0
+
+
+def describe(info: dict, asked: int) -> str:
+    """What a generated log holds, in words (the dirty lines are there on purpose)."""
+    more = f" (more than the {asked:,} asked: their half year held too few events)" if info["customers"] > asked else ""
+    text = f"{info['events']:,} events of {info['customers']:,} customers{more}"
+    if info.get("redelivered") or info.get("truncated"):
+        text += (f", plus {info['redelivered']:,} redelivered and {info['truncated']:,} truncated records, on "
+                 "purpose (replay counts them as duplicates and rejects; --clean for none)")
+    return text
