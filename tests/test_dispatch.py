@@ -785,3 +785,21 @@ def test_url_credentials_and_query_are_never_shown(broker, tmp_path):
     finally:
         rx.stop()
         assert d.stop() == 0, d.log.read_text()[-3000:]
+
+
+def test_check_warns_of_unset_secret_variables_and_journey_routes_but_running_refuses(tmp_path):
+    import os
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "deploy" / "dispatch.example.toml"
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_SECRETS")}
+    p = subprocess.run([sys.executable, "-m", "journey", "dispatch", "--check", "--config", str(example)],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0 and "warning:" in p.stderr and "--new-secret" in p.stderr, p.stderr
+    assert p.stdout.startswith("endpoint crm:")
+    cfg = parse_dispatch_config({"endpoints": {"a": {"url": "http://h/", "secrets": [SECRET]}},
+                                 "routes": [{"rules": ["browse_abandoned"], "endpoints": ["a"]}]})
+    assert any("browse_abandoned" in w and "journey" in w for w in cfg.warnings)
+    with pytest.raises(ConfigError):
+        parse_dispatch_config({"endpoints": {"a": {"url": "http://h/", "secrets_env": "NOPE_X"}},
+                               "routes": [{"endpoints": ["a"]}]}, env={})

@@ -22,12 +22,14 @@ def cmd_dispatch(a) -> int:
               "JOURNEY_DISPATCH_CONFIG); deploy/dispatch.example.toml is a start", file=sys.stderr)
         return 2
     try:
-        cfg = load_dispatch_config(path)
+        cfg = load_dispatch_config(path, check=a.check)
     except ConfigError as e:
         print(f"journey dispatch: {path} has problems:", file=sys.stderr)
         for p in e.problems:
             print(f"  {p}", file=sys.stderr)
         return 2
+    for w in cfg.warnings:
+        print(f"journey dispatch: warning: {w}", file=sys.stderr)
     if a.check:
         for name, ep in cfg.endpoints.items():
             # the URL without user:password@ and query (they may hold credentials); header names only

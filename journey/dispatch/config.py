@@ -20,6 +20,7 @@ listing every problem.
 from __future__ import annotations
 
 import base64
+import difflib
 import ipaddress
 import math
 import os
@@ -116,6 +117,7 @@ class DispatchConfig:
     endpoints: dict[str, Endpoint]
     routes: tuple[Route, ...]
     source: str = "config"
+    warnings: tuple[str, ...] = ()
 
     def route(self, trigger: dict) -> list[str]:
         """Endpoint names a trigger goes to (each once, in route order)."""
@@ -230,8 +232,11 @@ def _finite(params: dict[str, Param], given, path: str, problems: list) -> dict:
     return out
 
 
-def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) -> DispatchConfig:
+def parse_dispatch_config(data: dict, source: str = "config", env=os.environ, check: bool = False) -> DispatchConfig:
+    """``check``: only validating the file (``--check``): a secret variable that is not set
+    in this environment is a warning, not a problem."""
     problems: list[str] = []
+    warnings: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: expected a table at the top level"])
     for name in data:
@@ -258,8 +263,10 @@ def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) ->
             from_env = env.get(e.secrets_env)
             if from_env is None:
                 env_missing = True
-                problems.append(f"{path}.secrets_env: the environment variable {e.secrets_env} is not set "
-                                f"(its value: whsec_ secrets, comma-separated)")
+                (warnings if check else problems).append(
+                    f"{path}.secrets_env: the environment variable {e.secrets_env} is not set (its value: whsec_ "
+                    f"secrets, comma-separated; make one with `journey dispatch --new-secret`, e.g. "
+                    f"export {e.secrets_env}=$(journey dispatch --new-secret))")
             else:
                 raw += [s.strip() for s in from_env.replace(" ", ",").split(",") if s.strip()]
         if not raw and not env_missing:
@@ -303,7 +310,12 @@ def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) ->
 
             for name in sets["rules"]:
                 if name not in REGISTRY:
-                    problems.append(f"{path}.rules: unknown rule {name!r}{suggest(name, REGISTRY)}")
+                    close = suggest(name, REGISTRY) if difflib.get_close_matches(name, REGISTRY, 1, 0.85) else ""
+                    if close:  # a built-in rule's name misspelt
+                        problems.append(f"{path}.rules: unknown rule {name!r}{close}")
+                    else:  # a journey of the rule file is legal: the dispatcher does not read the rule file
+                        warnings.append(f"{path}.rules: {name!r} is not a built-in rule; fine if it is a journey "
+                                        "of your rule file")
         eps = _strings(r.get("endpoints"), f"{path}.endpoints", problems) or []
         for name in eps:
             if name not in endpoints and name in (given or {}):
@@ -319,8 +331,9 @@ def parse_dispatch_config(data: dict, source: str = "config", env=os.environ) ->
     if problems:
         raise ConfigError(problems)
     return DispatchConfig(group=d.group, max_age=d.max_age / 1000, delivered_memory=d.delivered_memory,
-                          max_in_flight=d.max_in_flight, endpoints=endpoints, routes=tuple(routes), source=source)
+                          max_in_flight=d.max_in_flight, endpoints=endpoints, routes=tuple(routes), source=source,
+                          warnings=tuple(warnings))
 
 
-def load_dispatch_config(path: str, env=os.environ) -> DispatchConfig:
-    return parse_dispatch_config(read_table(path), source=str(path), env=env)
+def load_dispatch_config(path: str, env=os.environ, check: bool = False) -> DispatchConfig:
+    return parse_dispatch_config(read_table(path), source=str(path), env=env, check=check)
