@@ -75,3 +75,24 @@ def test_generate_writes_exactly_the_events_asked_and_says_what_else_is_there(tm
     subprocess.run([sys.executable, "-m", "journey", "generate", "--customers", "200", "--events", "3000", "--clean",
                     "--out", str(out)], capture_output=True, check=True)
     assert len(out.read_bytes().splitlines()) == 3000
+
+
+def test_worker_and_dispatch_without_a_broker_say_so_in_one_message(tmp_path):
+    import os
+
+    from journey.live.broker import free_port
+
+    url = f"kafka://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**os.environ, "JOURNEY_BROKER_WAIT": "1", "JOURNEY_CRM_SECRETS": "", "JOURNEY_SMS_SECRETS": ""}
+    cfg = tmp_path / "d.toml"
+    secret = subprocess.run([sys.executable, "-m", "journey", "dispatch", "--new-secret"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    cfg.write_text(f'[endpoints.crm]\nurl = "http://127.0.0.1:9/x"\nsecrets = ["{secret}"]\n'
+                   '[[routes]]\nendpoints = ["crm"]\n')
+    for cmd in (["worker", "--store", "memory://", "--data-dir", str(tmp_path / "data")],
+                ["dispatch", "--config", str(cfg), "--web-port", str(free_port())]):
+        p = subprocess.run([sys.executable, "-m", "journey", *cmd, "--broker", url], capture_output=True, text=True,
+                           env=env, timeout=60, cwd=tmp_path)
+        assert p.returncode == 1, p.stderr
+        assert "Traceback" not in p.stderr and "ERROR aiokafka" not in p.stderr, p.stderr
+        assert f"Is a Kafka broker listening at {url}?" in p.stderr.splitlines()[-1], p.stderr

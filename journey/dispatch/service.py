@@ -38,6 +38,7 @@ import asyncio
 import logging
 import random
 import signal
+import sys
 import time
 
 import aiohttp
@@ -172,10 +173,18 @@ class Dispatcher:
         count of journey.triggers: a delivery record goes to its trigger's partition number."""
         from aiokafka.admin import AIOKafkaAdminClient
 
-        from ..io.kafka import _partition_counts, _retry, ensure_topics
+        from ..io.errors import what
+        from ..io.kafka import _partition_counts, _retry, broker_wait, ensure_topics, quiet_client_logs
 
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(self.broker))
-        await _retry(admin.start, 30)
+        try:
+            with quiet_client_logs():
+                await _retry(admin.start, broker_wait(), lambda: print(
+                    f"journey dispatch: waiting for the broker at {self.broker} (up to {broker_wait():g} s) ...",
+                    file=sys.stderr))
+        except Exception as e:
+            raise SystemExit(f"journey dispatch: {what(e)}. Is a Kafka broker listening at {self.broker}? Give "
+                             "--broker URL (or JOURNEY_BROKER)") from None
         try:
             counts = await _partition_counts(admin)
         finally:

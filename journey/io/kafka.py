@@ -11,6 +11,9 @@ else, or used librdkafka's default CRC32 partitioner) is re-keyed through
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+from contextlib import contextmanager
 
 from aiokafka.partitioner import murmur2
 
@@ -60,13 +63,14 @@ class Partitioner:
 
 
 async def ensure_topics(url: str, partitions: int = topics.PARTITIONS, app_id: str = topics.APP_ID,
-                        replication: int = 1, timeout: float = 30.0) -> dict[str, str]:
+                        replication: int = 1, timeout: float = 30.0, on_wait=None) -> dict[str, str]:
     """Create every catalogue topic that does not exist yet. Returns name -> "created" or
-    "exists" (with a warning text when an existing topic's partition count differs)."""
+    "exists" (with a warning text when an existing topic's partition count differs).
+    ``on_wait()`` is called once if the broker does not answer at the first try."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(url), request_timeout_ms=int(timeout * 1000))
-    await _retry(admin.start, timeout)
+    await _retry(admin.start, timeout, on_wait)
     try:
         existing = await _partition_counts(admin)
         wanted = topics.catalog(partitions, app_id)
@@ -132,7 +136,28 @@ async def _partition_counts(admin) -> dict[str, int]:
     return out
 
 
-async def _retry(start, timeout: float) -> None:
+def broker_wait() -> float:
+    """Seconds a command waits for its broker at start (JOURNEY_BROKER_WAIT, default 30)."""
+    try:
+        return max(0.0, float(os.environ.get("JOURNEY_BROKER_WAIT", "30")))
+    except ValueError:
+        return 30.0
+
+
+@contextmanager
+def quiet_client_logs():
+    """aiokafka logs an ERROR per failed connection attempt (two a second while a broker is
+    away): while a command waits for its broker, only its own message should speak."""
+    lg = logging.getLogger("aiokafka")
+    before = lg.level
+    lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        lg.setLevel(before)
+
+
+async def _retry(start, timeout: float, on_wait=None) -> None:
     """Start a client, retrying while the broker is still coming up."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -143,4 +168,7 @@ async def _retry(start, timeout: float) -> None:
         except Exception:
             if loop.time() > deadline:
                 raise
+            if on_wait is not None:
+                on_wait()
+                on_wait = None
             await asyncio.sleep(0.5)

@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core.config import Config
-from ..io import topics
-from ..io.kafka import ensure_topics, faust_url
+from ..io import errors, topics
+from ..io.kafka import broker_wait, ensure_topics, faust_url, quiet_client_logs
 from ..io.rulefile import load_config
 from .batching import BatchApp
 from .gcpolicy import tune_gc
@@ -152,7 +153,16 @@ def run(settings: Settings) -> int:
     logging.basicConfig(level=getattr(logging, settings.loglevel.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(settings.rules) if settings.rules else Config()
-    status = asyncio.run(ensure_topics(settings.broker, settings.partitions, settings.app_id, settings.replication))
+    try:
+        with quiet_client_logs():
+            status = asyncio.run(ensure_topics(settings.broker, settings.partitions, settings.app_id,
+                                               settings.replication, timeout=broker_wait(), on_wait=lambda: print(
+                                                   f"journey worker: waiting for the broker at {settings.broker} "
+                                                   f"(up to {broker_wait():g} s) ...", file=sys.stderr)))
+    except Exception as e:  # no broker there (ensure_topics retried for 30 s)
+        print(f"journey worker: {errors.what(e)}. Is a Kafka broker listening at {settings.broker}? Start one (journey "
+              "demo runs an embedded one; docker compose up starts Kafka) or give --broker URL", file=sys.stderr)
+        return 1
     for name, what in status.items():
         if what not in ("created", "exists"):
             raise SystemExit(f"journey worker: topic {name} {what}")
