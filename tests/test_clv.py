@@ -177,3 +177,25 @@ def test_batch_statistics_share_the_streams_dedup_stitching_and_erasure(tmp_path
     stats = stats_from_log([log], T("2026-01-09T00:00:00Z"))
     first = T(day.format(1)) // MS_DAY
     assert stats == {"c1": [first, first + 2, 1, 2000], "c3": [first + 1, first + 1, 0, 0]}
+
+
+def test_a_fit_the_data_cannot_support_is_refused_and_such_a_model_file_too(tmp_path):
+    from journey.core.config import ConfigError
+    from journey.history.synth import write_log
+
+    log = tmp_path / "g.jsonl"
+    write_log(str(log), customers=600, events=12000, seed=3)  # half a year, spend alike: not identified
+    out = tmp_path / "m.json"
+    r = subprocess.run([sys.executable, "-m", "journey", "clv", "fit", str(log), "--calibration-end", "2026-04-01",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 1 and "refused" in r.stderr and "repeat purchases" in r.stderr, r.stderr
+    assert not out.exists()
+    # a degenerate model file written elsewhere is refused by the rule file that names it
+    bad = Model(0.2, 4.0, 2.5e6, 6.8e6, diagnostics={"bgnbd_converged": False})
+    out.write_bytes(orjson.dumps(bad.to_dict()))
+    with pytest.raises(ConfigError) as e:
+        config_from({"clv": {"model": str(out)}})
+    assert "refused" in str(e.value) and "did not converge" in str(e.value)
+    r = subprocess.run([sys.executable, "-m", "journey", "clv", "fit", str(log), "--calibration-end", "2026-13-01",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("journey clv fit: --calibration-end '2026-13-01' is not a date")

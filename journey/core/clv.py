@@ -54,6 +54,13 @@ def summary(stats: list, now: int) -> tuple[int, float, float, float]:
 
 # -- the model ----------------------------------------------------------------------
 
+# fitted parameters outside this range sit at an edge the data did not identify (the
+# published CDNOW fit: r=0.24 alpha=4.41 a=0.79 b=2.43, p=6.25 q=3.74 v=15.44)
+_PLAUSIBLE = (1e-4, 1e4)
+NEEDS = ("the model needs customers with repeat purchases spread over a calibration period long enough to see "
+         "some of them stop buying (a year or more of orders; CDNOW's calibration is 39 weeks of 78), and spend "
+         "that differs between customers")
+
 class Model:
     """Fitted BG/NBD (r, alpha, a, b) and Gamma-Gamma (p, q, v) parameters."""
 
@@ -66,6 +73,31 @@ class Model:
         return {"bgnbd": {"r": self.r, "alpha": self.alpha, "a": self.a, "b": self.b},
                 "gamma_gamma": None if self.p is None else {"p": self.p, "q": self.q, "v": self.v},
                 "time_unit": "week", "purchase_period": "UTC day", "diagnostics": self.diagnostics}
+
+    def problems(self) -> list[str]:
+        """Why this model must not be used (empty when it may): a fit that did not converge,
+        or parameters at a degenerate edge (the data did not identify them)."""
+        out = []
+        d = self.diagnostics
+        if d.get("bgnbd_converged") is False:
+            out.append("the BG/NBD fit did not converge")
+        bad = [f"{n}={v:.4g}" for n, v in (("r", self.r), ("alpha", self.alpha), ("a", self.a), ("b", self.b))
+               if not (isinstance(v, (int, float)) and math.isfinite(v) and _PLAUSIBLE[0] <= v <= _PLAUSIBLE[1])]
+        if bad:
+            out.append(f"BG/NBD parameters at a degenerate edge ({', '.join(bad)})")
+        if self.p is not None:
+            if d.get("gamma_gamma_converged") is False:
+                out.append("the Gamma-Gamma fit did not converge")
+            bad = [f"{n}={v:.4g}" for n, v in (("p", self.p), ("q", self.q), ("v", self.v))
+                   if not (isinstance(v, (int, float)) and math.isfinite(v) and _PLAUSIBLE[0] <= v <= _PLAUSIBLE[1])]
+            if bad:
+                out.append(f"Gamma-Gamma parameters at a degenerate edge ({', '.join(bad)}): spend does not vary "
+                           "between customers enough to fit it")
+        for k in ("bgnbd_loglik", "gamma_gamma_loglik"):
+            v = d.get(k)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+                out.append(f"{k} is not finite")
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> Model:

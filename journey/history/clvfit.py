@@ -6,12 +6,12 @@ fitted model. The model's formulas and the stream side are in
 
 from __future__ import annotations
 
-from ..core.clv import Model, summary
+from ..core.clv import NEEDS, Model, summary
 from ..core.config import Config
 from ..core.engine import Engine
 from ..core.rules import REGISTRY
 from ..core.timeline import drive
-from ..core.timeutil import MS_DAY, MS_WEEK, parse_duration, parse_time
+from ..core.timeutil import MS_DAY, MS_WEEK, TimeError, parse_duration, parse_time
 from ..io.logs import Reader
 from .replay import no_cyclic_gc
 
@@ -138,7 +138,12 @@ def cmd_fit(a) -> int:
 
     import orjson
 
-    end = parse_day(a.calibration_end)
+    try:
+        end = parse_day(a.calibration_end)
+    except TimeError:
+        print(f"journey clv fit: --calibration-end {a.calibration_end!r} is not a date; use YYYY-MM-DD "
+              "(e.g. 1997-09-30) or an ISO-8601 time", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     stats = stats_from_log(a.paths, end)
     t1 = time.perf_counter()
@@ -148,6 +153,12 @@ def cmd_fit(a) -> int:
         print(f"journey clv fit: {e}", file=sys.stderr)
         return 1
     t2 = time.perf_counter()
+    refused = model.problems()
+    if refused:
+        print(f"journey clv fit: the model is refused, nothing was written: {'; '.join(refused)}. "
+              f"{NEEDS[0].upper()}{NEEDS[1:]} ({model.diagnostics['customers']:,} customers, "
+              f"{model.diagnostics['repeat_customers']:,} with repeat purchases here)", file=sys.stderr)
+        return 1
     model.diagnostics.update({"calibration_end": a.calibration_end, "read_seconds": round(t1 - t0, 3),
                               "fit_seconds": round(t2 - t1, 3)})
     with open(a.out, "wb") as f:
@@ -177,7 +188,16 @@ def cmd_score(a) -> int:
     except (OSError, ValueError) as e:
         print(f"journey clv score: {a.model}: {e}", file=sys.stderr)
         return 2
-    at = parse_day(a.at)
+    if model.problems():
+        print(f"journey clv score: {a.model} is refused: {'; '.join(model.problems())}. Fit it again (journey clv "
+              "fit) on more history", file=sys.stderr)
+        return 1
+    try:
+        at = parse_day(a.at)
+    except TimeError:
+        print(f"journey clv score: --at {a.at!r} is not a date; use YYYY-MM-DD (e.g. 1998-06-30) or an ISO-8601 "
+              "time", file=sys.stderr)
+        return 2
     horizon = parse_duration(a.horizon) / MS_WEEK
     stats = stats_from_log(a.paths, at)
     out = open(a.out, "w", newline="") if a.out != "-" else sys.stdout

@@ -39,11 +39,15 @@ def read_model(path: str, source: str) -> Model:
     if not p.is_absolute() and source not in ("defaults", ""):
         p = Path(source).parent / p
     try:
-        return Model.from_dict(orjson.loads(p.read_bytes()))
+        model = Model.from_dict(orjson.loads(p.read_bytes()))
     except OSError as e:
         raise ValueError(f"cannot read {p}: {e.strerror} (create it with: journey clv fit)") from None
     except (ValueError, orjson.JSONDecodeError) as e:
         raise ValueError(f"{p}: {e}") from None
+    refused = model.problems()
+    if refused:
+        raise ValueError(f"{p} is refused: {'; '.join(refused)}; fit it again (journey clv fit) on more history")
+    return model
 
 
 def config_from(data: dict | None, source: str = "defaults") -> Config:
