@@ -269,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --broker: the longest the topic read may take (default 60)")
     xp.set_defaults(func=cmd_experiments)
 
+    from .history import simulate
+
+    simulate.add_parser(sub)
+
     ru = sub.add_parser("rules", help="check or show a rule configuration")
     ru.add_argument("action", choices=("check", "show"), help="check: validate FILE; show: every setting in force")
     ru.add_argument("file", nargs="?", metavar="FILE",
