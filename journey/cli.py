@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "feed a synthetic population in accelerated time, printing the triggers "
                                    "live with their reasons. Ctrl-C stops everything.")
     d.add_argument("--broker", help="use this broker instead of starting one")
-    d.add_argument("--customers", type=int, default=400, help="customers in the population (default 400)")
+    d.add_argument("--customers", type=int, default=1000, help="customers in the population (default 1000)")
     d.add_argument("--speed", type=float, default=86400.0,
                    help="simulated seconds per wall second (default 86400: a day a second, so the "
                         "population's half year plays in about three minutes)")

@@ -6,17 +6,24 @@ population (visitors who abandon carts, loyal repeat buyers, customers with
 support trouble, promoters, detractors) with event times running
 ``--speed`` times faster than the wall clock. Triggers and held-back
 triggers are printed as they appear on ``journey.triggers`` and
-``journey.audit``. The example rule file runs experiments (holdouts on two rules):
-the outcomes the worker writes to ``journey.outcomes`` are tallied as they come,
-and the demo ends, at the end of the population or on Ctrl-C, with the experiment
-report: the measured effect of each arm by relationship stage. Ctrl-C stops the
-feeder, the worker and the broker.
+``journey.audit``. The example rule file runs experiments (holdouts on two rules),
+and the customers react to them through the reaction model of
+``journey/examples/demo.reactions.toml`` (the one ``journey simulate`` uses): for
+each exposure the demo sees (a trigger sent, or held out), the customer places an
+order within the window with the model's probability for that rule, arm and stage,
+fed into the stream like their other events. The outcomes the worker writes to
+``journey.outcomes`` are tallied as they come, and the demo ends, at the end of the
+population or on Ctrl-C, with the experiment report: the measured effect of each
+arm by relationship stage. Ctrl-C stops the feeder, the worker and the broker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
+import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -24,6 +31,7 @@ import time
 
 import orjson
 
+from .core.timeutil import format_time, parse_time
 from .core.uplift import Tally
 from .examples import JOURNEYS
 from .history.synth import generate
@@ -44,8 +52,11 @@ def run_demo(a) -> int:
     workdir = tempfile.mkdtemp(prefix="journey-demo-")
     broker = None
     worker = None
+    failed = False
     paint = _paint(sys.stdout.isatty())
     tally = Tally()
+    counts = {"events": 0, "triggers": 0, "held back": 0}
+    reacts = None if a.rules else Reacting(a.seed)  # the reaction model fits the example experiments only
     try:
         if a.broker:
             url = a.broker
@@ -56,18 +67,23 @@ def run_demo(a) -> int:
         asyncio.run(ensure_topics(url))
         port = free_port()
         worker = spawn_worker(url, web_port=port, store="memory://", rules=a.rules or str(JOURNEYS),
-                              log_path=os.path.join(workdir, "worker.log"))
-        print(paint(DIM, f"broker {url} · worker health http://127.0.0.1:{port}/ready · logs in {workdir}"))
+                              data_dir=os.path.join(workdir, "data"), log_path=os.path.join(workdir, "worker.log"),
+                              extra_env={"NO_COLOR": "1", "TERM": "dumb"})
+        print(paint(DIM, f"broker {url} · worker health http://127.0.0.1:{port}/ready · logs in {workdir} "
+                         "(removed at the end unless something failed)"))
         print(paint(DIM, f"feeding {a.customers} customers, {a.speed:,.0f}x real time; Ctrl-C to stop"), flush=True)
-        counts = asyncio.run(_run(url, a, paint, worker, tally))
-        _summary(counts, paint)
+        print(paint(DIM, _HEADER), flush=True)
+        asyncio.run(_run(url, a, paint, worker, tally, reacts, counts))
+        _summary(counts, reacts, paint)
         _report(tally, paint)
         return 0
     except KeyboardInterrupt:
         print(paint(DIM, "\nstopping ..."), file=sys.stderr)
+        _summary(counts, reacts, paint)
         _report(tally, paint)
         return 0
     except RuntimeError as e:
+        failed = True
         print(f"journey demo: {e}", file=sys.stderr)
         return 1
     finally:
@@ -81,14 +97,51 @@ def run_demo(a) -> int:
                 worker.wait(5)
         if broker is not None:
             broker.stop()
+        if failed:
+            print(paint(DIM, f"logs kept in {workdir}"), file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-async def _run(url: str, a, paint, worker, tally: Tally) -> dict:
-    counts = {"events": 0, "triggers": 0, "held back": 0}
+class Reacting:
+    """The customers' reactions to the experiments: orders to feed, by event time."""
+
+    def __init__(self, seed: int):
+        from .history.simulate import load_reactions
+        from .io.rulefile import load_config
+
+        self.model = load_reactions(DEMO_REACTIONS)
+        self.windows = {n: e.window for n, e in load_config(JOURNEYS).experiments.items()}
+        self.seed = seed
+        self.pending: list[tuple[int, str, dict]] = []   # (ts, id, record) orders still to feed
+        self.now = 0                                     # the event time fed so far
+        self.orders = 0
+
+    def exposed(self, rule: str, arm: str, stage: str, cid: str, tid: str, at: int) -> None:
+        reaction, window = self.model.rules.get(rule), self.windows.get(rule)
+        if reaction is None or window is None:
+            return
+        r = random.Random(f"{self.seed}/{tid}")
+        if r.random() >= reaction.p(arm, stage or "prospect"):
+            return
+        lo = max(at, self.now + 1)  # never behind what was fed already
+        if lo >= at + window:
+            return  # the window passed while the trigger was on its way
+        ts = lo + int(r.random() * (at + window - lo))
+        rec = {"id": f"react-{tid}", "customer_id": cid, "type": "order.completed", "ts": format_time(ts),
+               "props": {"order_id": f"react-{tid}", "revenue": round(r.uniform(20, 120), 2)}}
+        heapq.heappush(self.pending, (ts, rec["id"], rec))
+        self.orders += 1
+
+
+DEMO_REACTIONS = JOURNEYS.with_name("demo.reactions.toml")
+
+
+async def _run(url: str, a, paint, worker, tally: Tally, reacts: Reacting | None, counts: dict) -> dict:
     stop = asyncio.Event()
-    feeder = asyncio.create_task(_feed(url, a, counts, stop))
-    printer = asyncio.create_task(_print(url, paint, counts, stop, tally))
+    feeder = asyncio.create_task(_feed(url, a, counts, stop, reacts))
+    printer = asyncio.create_task(_print(url, paint, counts, stop, tally, reacts))
     started = time.monotonic()
     try:
         while not stop.is_set():
@@ -107,7 +160,7 @@ async def _run(url: str, a, paint, worker, tally: Tally) -> dict:
     return counts
 
 
-async def _feed(url: str, a, counts: dict, stop: asyncio.Event) -> None:
+async def _feed(url: str, a, counts: dict, stop: asyncio.Event, reacts: Reacting | None) -> None:
     from aiokafka import AIOKafkaProducer
 
     # the population's half year ends about now: events stamped ahead of the clock would be
@@ -117,14 +170,17 @@ async def _feed(url: str, a, counts: dict, stop: asyncio.Event) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap(url), linger_ms=5)
     await producer.start()
     t0 = time.monotonic()
+    pending = reacts.pending if reacts is not None else []
     try:
-        for ts, stream, rec in items:
+        for ts, stream, rec in _merged(items, pending):
             if stop.is_set():
                 break
             due = (ts - start) / 1000.0 / a.speed
             wait = due - (time.monotonic() - t0)
             if wait > 0.005:
                 await asyncio.sleep(wait)
+            if reacts is not None:
+                reacts.now = ts
             key = rec.get("customer_id") or rec.get("userId") or rec.get("anonymousId")
             await producer.send(stream, orjson.dumps(rec), key=key.encode() if key else None, timestamp_ms=ts)
             counts["events"] += 1
@@ -133,7 +189,16 @@ async def _feed(url: str, a, counts: dict, stop: asyncio.Event) -> None:
         await producer.stop()
 
 
-async def _print(url: str, paint, counts: dict, stop: asyncio.Event, tally: Tally) -> None:
+def _merged(items, pending: list):
+    """The population's events with the reaction orders (pushed while feeding), by event time."""
+    for item in items:
+        while pending and pending[0][0] <= item[0]:
+            ts, _id, rec = heapq.heappop(pending)
+            yield ts, topics.PURCHASES, rec
+        yield item
+
+
+async def _print(url: str, paint, counts: dict, stop: asyncio.Event, tally: Tally, reacts: Reacting | None) -> None:
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topics.TRIGGERS, topics.AUDIT, topics.OUTCOMES, bootstrap_servers=bootstrap(url),
@@ -142,39 +207,77 @@ async def _print(url: str, paint, counts: dict, stop: asyncio.Event, tally: Tall
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500)
+            rows = []
+            width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else None
             for tp, recs in batch.items():
                 for r in recs:
                     rec = orjson.loads(r.value)
                     if tp.topic == topics.OUTCOMES:
                         tally.add(rec)
-                    elif tp.topic == topics.TRIGGERS:
+                        continue
+                    if reacts is not None:
+                        _react(reacts, tp.topic, rec)
+                    if tp.topic == topics.TRIGGERS:
                         counts["triggers"] += 1
-                        print(_trigger_line(rec, paint), flush=True)
+                        rows.append((rec["time"], _trigger_line(rec, paint, width)))
                     else:
                         counts["held back"] += 1
-                        print(_audit_line(rec, paint), flush=True)
+                        rows.append((rec["time"], _audit_line(rec, paint, width)))
+            rows.sort(key=lambda x: x[0])  # partitions arrive batch by batch: show them in time order
+            for _t, line in rows:
+                print(line)
+            sys.stdout.flush()
     finally:
         await consumer.stop()
 
 
-def _trigger_line(ce: dict, paint) -> str:
+def _react(reacts: Reacting, topic: str, rec: dict) -> None:
+    """An exposure: a trigger of an experiment sent, or one held out."""
+    if topic == topics.TRIGGERS:
+        d = rec.get("data") or {}
+        exp = d.get("experiment")
+        if exp:
+            reacts.exposed(d["rule"], exp["variant"], (d.get("relationship") or {}).get("stage"), d["customer_id"],
+                           rec["id"], parse_time(rec["time"]))
+    elif rec.get("reason") == "holdout" and rec.get("experiment"):
+        reacts.exposed(rec["rule"], "holdout", rec.get("stage"), rec["customer_id"], rec["trigger_id"],
+                       parse_time(rec["time"]))
+
+
+_HEADER = f"{'time (UTC)':<16}  {'what':<11} {'rule':<19} {'customer':<14} {'chan':<6} reason"
+
+
+def _fit(text: str, room: int | None) -> str:
+    if room is None or len(text) <= room:
+        return text
+    return text[:max(0, room - 1)] + "…"
+
+
+def _trigger_line(ce: dict, paint, width: int | None = None) -> str:
+    """One row: time, kind, rule, customer, channel, then the reason (cut to the terminal's width)."""
     d = ce["data"]
     colour = RED if d["kind"] == "recovery" else GREEN
     rel = d.get("relationship") or {}
-    return (f"{ce['time'][:16].replace('T', ' ')}  {paint(colour, d['kind']):<20} "
-            f"{paint(BOLD, d['rule']):<28} {d['customer_id']:<14} {d['channel']:<6} "
-            f"{d['reason']}  {paint(DIM, '[' + str(rel.get('stage')) + ', health ' + str(rel.get('health')) + ']')}")
+    arm = f", arm {(d.get('experiment') or {}).get('variant')}" if d.get("experiment") else ""
+    head = (f"{ce['time'][:16].replace('T', ' ')}  {paint(colour, format(d['kind'], '<11'))} "
+            f"{paint(BOLD, format(d['rule'], '<19'))} {d['customer_id']:<14} {d['channel']:<6} ")
+    tail = f"  [{rel.get('stage')}, health {rel.get('health')}{arm}]"
+    used = 16 + 2 + 11 + 1 + 19 + 1 + 14 + 1 + 6 + 1
+    room = None if width is None else max(10, width - used - len(tail))
+    return head + _fit(d["reason"], room) + paint(DIM, tail)
 
 
-def _audit_line(a: dict, paint) -> str:
+def _audit_line(a: dict, paint, width: int | None = None) -> str:
     what = "deferred" if a.get("deferred_until") else "held back"
-    return paint(YELLOW, f"{a['time'][:16].replace('T', ' ')}  {what:<11} {a['rule']:<19} {a['customer_id']:<14} "
-                         f"{a['reason']}: {a.get('detail', '')}")
+    head = f"{a['time'][:16].replace('T', ' ')}  {what:<11} {a['rule']:<19} {a['customer_id']:<14} {'':<6} "
+    text = f"{a['reason']}: {a.get('detail', '')}"
+    return paint(YELLOW, head + _fit(text, None if width is None else max(10, width - len(head))))
 
 
-def _summary(counts: dict, paint) -> None:
+def _summary(counts: dict, reacts, paint) -> None:
+    orders = f" · {reacts.orders:,} orders placed in reaction to experiments" if reacts is not None else ""
     print(paint(BOLD, f"\n{counts['events']:,} events fed · {counts['triggers']:,} triggers · "
-                      f"{counts['held back']:,} held back or deferred"))
+                      f"{counts['held back']:,} held back or deferred{orders}"))
 
 
 

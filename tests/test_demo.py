@@ -32,6 +32,9 @@ def test_demo_shows_triggers_and_ctrl_c_leaves_nothing_behind(tmp_path):
         os.killpg(p.pid, signal.SIGINT)   # Ctrl-C reaches the whole foreground group
         rest = p.communicate(timeout=60)[0].decode()
         assert p.returncode == 0, rest[-2000:]
+        # Ctrl-C still ends with the summary and the experiment report (or says why there is none yet)
+        assert "events fed" in rest and ("experiments:" in rest or "no experiment outcomes yet" in rest), rest[-2000:]
+        assert not (tmp_path / "journey-data").exists()  # the demo keeps nothing in the working directory
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)

@@ -580,6 +580,7 @@ class Engine:
                            reason, now, f"{pd['why']}; {detail}", pd["o"], pd["ev"], until)
         if experiment is not None:
             rec["experiment"] = experiment
+            rec["stage"] = st.stage  # the arm's stage at the decision, as the outcome will have it
         self.sink.audit(rec)
 
     # -- experiments -----------------------------------------------------------------------
