@@ -2,10 +2,12 @@
 of the contact policy does not hide what the rule did (the policy has its
 own tests)."""
 
+import orjson
 import pytest
 from conftest import T, ev, identify
 
 from journey.core.timeutil import MS_DAY
+from journey.io.rulefile import config_from
 
 
 def orders(n, cid="c1", start="2026-01-05T12:00:00Z", every=MS_DAY * 3, revenue=10):
@@ -102,6 +104,27 @@ def test_anniversary_of_first_order(run):
     got = r.of("anniversary")
     assert [(t["time"], t["data"]["details"]["years"]) for t in got] == [("2026-04-02T07:00:00Z", 1)]
     # 2027: the last order (2026-01-10) is more than 365 days before -> no second anniversary
+
+
+def test_yearly_timers_stop_for_customers_who_cannot_qualify_and_an_order_rearms_them():
+    """No dead timers: a customer whose last order is too old to qualify at the next birthday
+    or anniversary keeps neither timer; ordering again brings both back, and they fire."""
+    from conftest import T
+
+    from journey.core.engine import Engine
+    from journey.core.intake import parse
+    from journey.core.timeline import drive
+
+    evs = [identify("c1", "2024-01-01T00:00:00Z", birthday="1990-06-10"), *orders(1, start="2024-02-01T12:00:00Z")]
+    eng = Engine(config_from({}))
+    drive(eng, [parse(orjson.dumps(e)) for e in evs], until=T("2026-01-01T00:00:00Z"))
+    st = eng.states["c1"]
+    assert not [k for k in st.timers if k.split("|")[0] in ("birthday", "anniversary")], st.timers
+    assert eng.timers_pending() == 0 or all(k.startswith("_stage") for k in st.timers)
+    later = orders(1, start="2026-03-01T12:00:00Z")
+    drive(eng, [parse(orjson.dumps(e)) for e in later], until=T("2027-03-01T00:00:00Z"))
+    fired = [t["data"]["rule"] + ":" + t["data"]["occasion"] for t in eng.sink.triggers]
+    assert "birthday:2026" in fired and "anniversary:3" in fired, fired
 
 
 # -- advocate ---------------------------------------------------------------------

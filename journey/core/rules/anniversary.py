@@ -5,7 +5,11 @@ from .base import RECOGNITION, Rule
 
 
 class Anniversary(Rule):
-    """At ``at`` local time on each yearly anniversary of the first order, for a recent buyer."""
+    """At ``at`` local time on each yearly anniversary of the first order, for a recent buyer.
+
+    The yearly timer is kept only while the customer can still qualify at the next
+    anniversary (an order within ``ordered_within`` before it); a customer who cannot has
+    no timer until they order again (no dead timers in state)."""
 
     name = "anniversary"
     kind = RECOGNITION
@@ -19,8 +23,9 @@ class Anniversary(Rule):
     def on_event(self, eng, st, ev, p):
         if st.first_order is None:
             return
-        if ev.type == "order.completed" and eng.new_order and st.orders == 1:
-            self.schedule(eng, st, ev.ts, p)
+        if ev.type == "order.completed" and eng.new_order:
+            if st.orders == 1 or eng.timer(st, self, "next") is None:  # the first order, or back after a gap
+                self.schedule(eng, st, ev.ts, p)
         elif ev.type == "profile.updated" and ev.traits and "timezone" in ev.traits:
             self.schedule(eng, st, ev.ts, p)
 
@@ -28,6 +33,9 @@ class Anniversary(Rule):
         first = local(st.first_order, customer_zone(st, eng.cfg))
         due, year = next_yearly(max(after, st.first_order + MS_DAY), first.month, first.day, p.at,
                                 customer_zone(st, eng.cfg))
+        if st.last_order is None or due - st.last_order > p.ordered_within:
+            eng.cancel_timer(st, self, "next")  # cannot qualify then; an order re-arms it
+            return
         eng.set_timer(st, self, "next", due, year - first.year)
 
     def on_timer(self, eng, st, key, years, due, p):
