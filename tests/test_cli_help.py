@@ -53,8 +53,9 @@ def test_produce_without_a_broker_says_what_to_do_and_names_the_error_once(tmp_p
 
     log = tmp_path / "e.jsonl"
     log.write_text('{"id":"e","customer_id":"c","type":"page.viewed","ts":"2026-03-01T10:00:00Z"}\n')
+    env = {**__import__("os").environ, "JOURNEY_BROKER_WAIT": "1"}
     p = subprocess.run([sys.executable, "-m", "journey", "produce", str(log), "--broker",
-                        f"kafka://127.0.0.1:{free_port()}", "-q"], capture_output=True, text=True, timeout=120)
+                        f"kafka://127.0.0.1:{free_port()}", "-q"], capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 1 and "Is a Kafka broker listening at" in p.stderr, p.stderr
     first = p.stderr.strip().splitlines()[-1]
     name = first.split("journey produce: ", 1)[1].split(":", 1)[0].split(".", 1)[0]

@@ -184,7 +184,7 @@ def test_a_fit_the_data_cannot_support_is_refused_and_such_a_model_file_too(tmp_
     from journey.history.synth import write_log
 
     log = tmp_path / "g.jsonl"
-    write_log(str(log), customers=600, events=12000, seed=3)  # half a year, spend alike: not identified
+    write_log(str(log), customers=300, events=5000, seed=3)  # half a year, spend alike: not identified
     out = tmp_path / "m.json"
     r = subprocess.run([sys.executable, "-m", "journey", "clv", "fit", str(log), "--calibration-end", "2026-04-01",
                         "--out", str(out)], capture_output=True, text=True)

@@ -28,7 +28,7 @@ import orjson
 
 from ..core import intake
 from ..io import topics
-from ..io.kafka import bootstrap, ensure_topics
+from ..io.kafka import bootstrap, broker_wait, ensure_topics, quiet_client_logs
 from ..io.logs import SORT_BUFFER, ExternalSort, open_log, read_lines
 from ..io.progress import Progress
 
@@ -83,7 +83,8 @@ async def produce(paths, broker: str, until: int | None = None, rate: float | No
     from aiokafka import AIOKafkaProducer
 
     if create:
-        await ensure_topics(broker, partitions)
+        with quiet_client_logs():
+            await ensure_topics(broker, partitions, timeout=broker_wait())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap(broker), linger_ms=5, acks="all",
                                 max_batch_size=1 << 20, max_request_size=8 << 20)
     await producer.start()
