@@ -618,7 +618,7 @@ class Engine:
 
             sources["customer"] = customer_snapshot(self, st, ev.ts)
         try:
-            return cond.run(cond.context(sources)) is True
+            return cond.evaluate(sources) is True
         except Exception:  # a missing prop, a type error: false, and counted
             self.stats.condition_errors[exp.rule] += 1
             return False

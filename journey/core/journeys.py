@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from . import health, policy
 from .catalog import TYPES
+from .celfast import Fallback, compile_fast
 from .params import Param, section, suggest
 from .rules.base import PRIORITIES, RECOGNITION, RECOVERY, Rule
 from .timeutil import format_time
@@ -63,7 +64,7 @@ _STRS = ("entry", "exit", "then")  # a type or a list of types
 class Compiled:
     """One CEL expression, compiled at load."""
 
-    __slots__ = ("source", "program", "needs", "customer", "fields", "props")
+    __slots__ = ("source", "program", "fast", "needs", "customer", "fields", "props")
 
     def __init__(self, source: str, where: str, problems: list):
         import cel
@@ -90,13 +91,26 @@ class Compiled:
         ev = self.needs.get("event")
         self.fields, self.props = (ev if ev is not None else (set(), set()))
         self.program = None
+        self.fast = None
         try:
             self.program = cel.compile(source)
         except Exception as e:  # the library's message carries the position
             problems.append(f"{where}: CEL does not parse: {_first_lines(str(e))}")
+        else:
+            self.fast = compile_fast(source)  # simple expressions skip the library where CEL's answer is plain
 
     def run(self, ctx: dict):
         return self.program.execute(ctx)
+
+    def evaluate(self, sources: dict):
+        """CEL's value of the expression on ``sources`` (see :meth:`context`); raises where
+        CEL raises."""
+        if self.fast is not None:
+            try:
+                return self.fast(sources)
+            except Fallback:
+                pass
+        return self.program.execute(self.context(sources))
 
     def context(self, sources: dict) -> dict:
         """The variables this expression names, from ``sources``: ``event``/``entry``/``then``
@@ -299,10 +313,10 @@ class Journey(Rule):
 
     # -- CEL context --------------------------------------------------------------------
     def _ctx(self, eng, st, ev, cond: Compiled) -> dict:
-        """The context of a condition on the event being applied (only what it names)."""
+        """The sources of a condition on the event being applied (the customer only if named)."""
         props = (ev.props if ev.props is not None else ev.f) or {}
-        return cond.context({"event": (ev.type, ev.ts, props),
-                             "customer": self._customer(eng, st, ev.ts) if cond.customer else None})
+        return {"event": (ev.type, ev.ts, props),
+                "customer": self._customer(eng, st, ev.ts) if cond.customer else None}
 
     def _kept(self, ev) -> dict:
         props = ev.props if ev.props is not None else ev.f
@@ -313,9 +327,9 @@ class Journey(Rule):
     def _customer(self, eng, st, now: int) -> dict:
         return customer_snapshot(eng, st, now)
 
-    def _true(self, eng, cond: Compiled, ctx: dict) -> bool:  # ctx: cond.context(...) or built for it
+    def _true(self, eng, cond: Compiled, sources: dict) -> bool:
         try:
-            return cond.run(ctx) is True
+            return cond.evaluate(sources) is True
         except Exception:  # a missing prop, a type error: false, and counted
             eng.stats.condition_errors[self.name] += 1
             return False
@@ -330,7 +344,7 @@ class Journey(Rule):
                 out.append(str(raw) if raw is not None else "")
             else:
                 try:
-                    out.append(_show(part[1].run(part[1].context(sources))))
+                    out.append(_show(part[1].evaluate(sources)))
                 except Exception:
                     eng.stats.condition_errors[self.name] += 1
                     out.append("?")
@@ -477,7 +491,7 @@ class Journey(Rule):
         if self.wants_customer:
             sources["customer"] = self._customer(eng, st, now)
         reason = self._render(eng, self.reason_t, sources)
-        if self.cond_when is not None and not self._true(eng, self.cond_when, self.cond_when.context(sources)):
+        if self.cond_when is not None and not self._true(eng, self.cond_when, sources):
             eng.audit_occasion(st, self, occasion, now, "condition_not_met",
                                f"when ({self.cond_when.source}) was false", evidence, why=reason)
             return
