@@ -94,7 +94,7 @@ class Tally:
                     if kind == "health":
                         row["health_band"] = group
                     row.update({"exposures": n, "conversions": x, "rate": x / n,
-                                "value_per_exposure": round(v / n, 4), "uplift": None, "ci_low": None,
+                                "value_per_exposure": v / n, "uplift": None, "ci_low": None,
                                 "ci_high": None})
                     if arm != HOLDOUT and base is not None and base[0] > 0:
                         d, lo, hi = newcombe(x, n, base[1], base[0])
