@@ -209,6 +209,8 @@ class PartitionProcessor:
         reached in the order they were read; a marker's token is held until it is reached
         (a restart reads it again). A ``final`` one ends the publication's hold."""
         self.marks.append((until, ends, token, final))
+        if self.hold is not None:
+            self.last_arrival = None  # the publication is still going: its quiet time starts again
 
     @property
     def marker(self):
@@ -250,6 +252,7 @@ class PartitionProcessor:
             self.timeline.released.append(old)  # a newer publication's hold takes over (not the
             # same record read again after a seek back: that one stays unacknowledged)
         self.hold = token if token is not None else True
+        self.last_arrival = None  # quiet time (after which a hold without its final marker ends) from now
 
     def release_hold(self) -> None:
         hold, self.hold = self.hold, None
