@@ -42,7 +42,7 @@ import orjson
 from ..core import intake
 from ..io import topics
 from ..io.kafka import bootstrap, ensure_topics
-from ..io.logs import open_log, read_lines
+from ..io.logs import LogError, open_log, read_lines
 from ..io.progress import Progress
 
 CONTROL = [("journey-control", b"watermark")]
@@ -134,7 +134,11 @@ async def produce(paths, broker: str, until: int | None = None, rate: float | No
                 body["more"] = True
             await producer.send(topics.INTERNAL, value=orjson.dumps(body), partition=p, headers=CONTROL)
     try:
-        floors = chunk_floors(paths, chunk) if held else []
+        try:
+            floors = chunk_floors(paths, chunk) if held else []
+        except LogError as e:
+            e.nothing_published = True  # found by the first pass, before any record or hold was written
+            raise
         if held:
             for p in range(partitions):
                 await producer.send(topics.INTERNAL, value=b"{}", partition=p, headers=HOLD)
