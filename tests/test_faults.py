@@ -14,7 +14,7 @@ import time
 
 import pytest
 from conftest import T
-from live_support import Worker, produce_log, ready, trigger_ids, wait_for
+from live_support import Worker, produce_log, read_topic, ready, trigger_ids, wait_for
 from test_live import UNTIL, _changelog_states, _comparable, _debug_state_diff, replayed, synthetic
 
 RUNS = int(os.environ.get("JOURNEY_FAULT_RUNS", "1"))
@@ -24,18 +24,51 @@ def _seed() -> int:
     return int(os.environ.get("JOURNEY_FAULT_SEED") or random.SystemRandom().randrange(1 << 30))
 
 
-def _same_as_replay(broker, want_t, engine, seed, timeout=150):
+def _dump_divergence(broker, tmp_path, want_t, engine, seed) -> str:
+    """On a divergence: every missing and extra trigger, with its customer, rule, time and
+    partition, and the changelog state of each customer concerned next to replay's, written
+    to ``divergence.json`` beside the workers' logs (the file named in the failure)."""
+    import orjson
+
+    from journey.io import topics
+    from journey.io.kafka import Partitioner
+
+    part = Partitioner(6)
+    want = {t["id"]: t for t in want_t}
+    got = {}
+    for _k, v, p, off, _h in read_topic(broker, topics.TRIGGERS):
+        t = orjson.loads(v)
+        got.setdefault(t["id"], (t, p, off))
+    row = lambda t: {"id": t["id"], "subject": t["subject"], "rule": t["data"]["rule"], "time": t["time"],
+                     "partition": part(t["subject"]), "reason": t["data"].get("reason")}
+    missing = [row(t) for i, t in want.items() if i not in got]
+    extra = [{**row(t), "offset": off} for i, (t, _p, off) in got.items() if i not in want]
+    who = {r["subject"] for r in missing + extra}
+    states = _changelog_states(broker)
+    out = {"seed": seed, "missing": missing, "extra": extra,
+           "states": {k: {"live": orjson.loads(_comparable(states[k])) if k in states else None,
+                          "replay": orjson.loads(_comparable(engine.states[k])) if k in engine.states else None}
+                      for k in sorted(who)[:40]}}
+    path = tmp_path / "divergence.json"
+    path.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    return str(path)
+
+
+def _same_as_replay(broker, want_t, engine, seed, timeout=150, tmp_path=None):
     want = {t["id"] for t in want_t}
     try:
         wait_for(lambda: set(trigger_ids(broker, idle_ms=200)) >= want, timeout, f"every trigger (seed {seed})")
     except AssertionError as e:
         got = set(trigger_ids(broker))
         lost = [t for t in want_t if t["id"] not in got]
+        where = _dump_divergence(broker, tmp_path, want_t, engine, seed) if tmp_path is not None else ""
         raise AssertionError(f"{e}: {len(lost)} of {len(want)} missing, {len(got - want)} extra; first missing: "
-                             f"{[(t['subject'], t['data']['rule'], t['time']) for t in lost[:5]]}") from None
+                             f"{[(t['subject'], t['data']['rule'], t['time']) for t in lost[:5]]} {where}") from None
     time.sleep(1.5)
     got = trigger_ids(broker)
     missing, extra = want - set(got), set(got) - want
+    if (missing or extra) and tmp_path is not None:
+        _dump_divergence(broker, tmp_path, want_t, engine, seed)
     assert not missing and not extra, f"seed {seed}: {len(missing)} trigger(s) lost, {len(extra)} invented"
     expected = {k: _comparable(s) for k, s in engine.states.items()}
 
@@ -75,10 +108,11 @@ def test_kill9_at_random_moments_loses_and_invents_nothing(broker, tmp_path, sto
         w.stop()
 
 
-# Known open (issue 14): in about 1 run in 20 the survivor's trigger ids diverge from replay (a
-# few hundred ids, on partitions it kept and took over alike). Not strict, so it still runs
-# and reports in every suite; JOURNEY_FAULT_RUNS=20 reproduces it.
-@pytest.mark.xfail(strict=False, reason="issue 14: a killed worker of two diverges from replay in about 1 run in 20")
+# Issue 14 (about 1 run in 20 diverged, on partitions kept and taken over alike): not the
+# takeover but the publication racing the workers. produce_log runs while both read, and the
+# topics are written in parallel: a worker could find purchases read to its end (high watermark
+# 0) with the whole clickstream of its partition in, move event time on, and then apply the
+# orders late or drop them as redeliveries. journey produce now holds event time to its markers.
 @pytest.mark.parametrize("run", range(RUNS))
 def test_a_killed_worker_of_two_is_taken_over_without_divergence(broker, tmp_path, run):
     seed = _seed()
@@ -95,8 +129,9 @@ def test_a_killed_worker_of_two_is_taken_over_without_divergence(broker, tmp_pat
         produce_log(broker, log, until=T(UNTIL))
         time.sleep(rnd.uniform(0.0, 3.0))
         victim = rnd.choice([a, b])
+        print(f"seed {seed}: killing {victim.log.name}")
         victim.kill9()
-        _same_as_replay(broker, want_t, keep[0], seed, timeout=180)
+        _same_as_replay(broker, want_t, keep[0], seed, timeout=180, tmp_path=tmp_path)
     finally:
         a.stop()
         b.stop()

@@ -233,6 +233,44 @@ def test_kill9_restart_loses_nothing(broker, tmp_path, store):
         w2.stop()
 
 
+def test_a_log_published_while_the_worker_reads_it_gives_replays_triggers_in_any_order(broker, tmp_path):
+    # journey produce writes the three topics in parallel, so a worker reading meanwhile can
+    # find an input read to its end while its records of the same moment are still on their
+    # way. Here the extreme: the log is in topic order (the whole year of clickstream first,
+    # then purchases, then support) and goes out in chunks of 500 records, each acknowledged
+    # before the next, so the worker reads months of clickstream while purchases is empty.
+    # Ordered by what it had read, it would apply the orders late or drop them as redeliveries
+    # (cart_abandoned instead of first_purchase); held to the producer's markers, it equals replay.
+    import asyncio
+
+    from journey.core import intake
+    from journey.live.produce import produce
+
+    log = synthetic(tmp_path, seed=11)
+    order = {topics.CLICKSTREAM: 0, topics.PURCHASES: 1, topics.SUPPORT: 2}
+    lines = log.read_bytes().splitlines(keepends=True)
+    by_topic = tmp_path / "by_topic.jsonl"
+
+    def topic(line):
+        try:
+            return topics.topic_for(intake.parse(line).type)
+        except intake.Rejected:
+            return topics.CLICKSTREAM  # produce publishes a line it cannot read there
+    by_topic.write_bytes(b"".join(sorted(lines, key=lambda x: order[topic(x)])))
+    want_t, _a, _d = replayed(tmp_path, by_topic)
+    w = Worker(broker, tmp_path, name="w")
+    try:
+        w.wait_ready()
+        asyncio.run(produce([by_topic], broker, until=T(UNTIL), chunk=500, as_is=True))  # file order: the worst case
+        want = {t["id"] for t in want_t}
+        wait_for(lambda: set(trigger_ids(broker)) >= want, 90, "every trigger")
+        time.sleep(1.5)
+        got = set(trigger_ids(broker))
+        assert got == want, f"{len(want - got)} lost, {len(got - want)} invented"
+    finally:
+        w.stop()
+
+
 def test_two_workers_split_partitions(broker, tmp_path):
     log = synthetic(tmp_path, seed=5)
     want_t, _a, _d = replayed(tmp_path, log)

@@ -51,14 +51,56 @@ def test_a_marker_waits_until_reached_then_moves_the_watermark_and_is_acknowledg
     p = proc()
     p.offer(topics.CLICKSTREAM, parse(ev("checkout.started", "c1", "2026-03-01T10:00:00Z", checkout_id="k")), "a", 0)
     until = T("2026-03-02T00:00:00Z")
-    p.mark(until, {topics.CLICKSTREAM: 5}, "m0")
+    p.mark(until - 1, {topics.CLICKSTREAM: 5}, "m0")
     assert p.watermark is None and "m0" not in p.timeline.released  # waits (the runtime checks the offsets)
-    p.mark(until, {topics.CLICKSTREAM: 6}, "m1")                      # a newer marker replaces it
-    assert "m0" in p.timeline.released and p.marker[2] == "m1"
+    p.mark(until, {topics.CLICKSTREAM: 6}, "m1")                      # markers are reached in order
+    assert p.marker[2] == "m0"
+    p.marker_reached()
+    assert p.watermark == until - 1 and "m0" in p.timeline.released and p.marker[2] == "m1"
     p.marker_reached()
     assert p.watermark == until and p.marker is None
-    assert {"a", "m1"} <= set(p.timeline.released)
+    assert {"a", "m0", "m1"} <= set(p.timeline.released)
     assert any(b"cart_abandoned" in v for _t, _k, v in p.outbox.records)
+
+
+def test_a_held_publication_moves_event_time_only_with_its_markers():
+    # journey produce writes the topics in parallel: here the clickstream of a whole day is read
+    # while the purchases input looks read to its end (its records are still on their way)
+    p = proc()
+    p.hold_on("h")
+    p.offer(topics.CLICKSTREAM, parse(ev("checkout.started", "c1", "2026-03-01T10:00:00Z", checkout_id="k")), "a", 0)
+    p.offer(topics.CLICKSTREAM, parse(ev("page.viewed", "c2", "2026-03-02T12:00:00Z")), "b", 0)
+    p.settle(lambda t: False)
+    assert p.watermark is None and p.timeline.released == []       # held: nothing ordered yet
+    p.offer(topics.PURCHASES, parse(ev("order.completed", "c1", "2026-03-01T10:20:00Z", order_id="o")), "c", 0)
+    p.mark(T("2026-03-02T11:59:59Z"), {topics.CLICKSTREAM: 1, topics.PURCHASES: 1}, "m0", final=False)
+    p.marker_reached()
+    assert p.watermark == T("2026-03-02T11:59:59Z") and p.hold == "h"  # still held: more to come
+    assert [r for r in p.outbox.records if r[0] == topics.TRIGGERS and b"cart_abandoned" in r[2]] == []
+    assert sorted(p.timeline.released) == ["a", "c", "m0"]
+    p.mark(T("2026-03-03T00:00:00Z"), {topics.CLICKSTREAM: 2, topics.PURCHASES: 1}, "m1")
+    p.marker_reached()
+    assert p.hold is None and sorted(p.timeline.released) == ["a", "b", "c", "h", "m0", "m1"]
+    # after the hold, event time follows the events again
+    p.offer(topics.CLICKSTREAM, parse(ev("page.viewed", "c2", "2026-03-04T12:00:00Z")), "d", 0)
+    p.settle(lambda t: False)
+    assert p.watermark == T("2026-03-04T12:00:00Z") - 10 * SEC
+
+
+def test_a_hold_whose_final_marker_never_comes_ends_when_the_partition_is_quiet():
+    p = proc()
+    p.hold_on("h")
+    p.offer(topics.CLICKSTREAM, parse(ev("page.viewed", "c2", "2026-03-01T12:00:00Z")), "a", 1_000)
+    p.settle(lambda t: False)
+    assert p.tick(1_000 + 4 * SEC) is False and p.hold == "h"
+    p.mark(T("2026-03-01T11:00:00Z"), {topics.CLICKSTREAM: 1}, "m0", final=False)  # still publishing
+    p.marker_reached()
+    p.tick(1_000 + 6 * SEC)                                 # its quiet time starts again
+    assert p.hold == "h"
+    p.tick(1_000 + 12 * SEC)
+    assert p.hold is None and "h" in p.timeline.released
+    p.settle(lambda t: False)                               # event time follows the events again
+    assert p.watermark == T("2026-03-01T12:00:00Z") - 10 * SEC
 
 
 def test_state_and_watermark_survive_a_reload():

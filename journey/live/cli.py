@@ -47,7 +47,9 @@ def cmd_produce(a) -> int:
         print(f"journey produce: {e}", file=sys.stderr)
         return 2
     except LogError as e:
-        print(f"journey produce: {e}. The lines before it were published.", file=sys.stderr)
+        done = "Nothing was published." if getattr(e, "nothing_published", False) else \
+            "The lines before it were published."
+        print(f"journey produce: {e}. {done}", file=sys.stderr)
         return 1
     except Exception as e:  # the broker is not reachable, mostly
         print(f"journey produce: {_what(e)}. Is a Kafka broker listening at {a.broker}? "

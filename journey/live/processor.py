@@ -25,6 +25,7 @@ time), so a timer fires without further traffic.
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import orjson
 
@@ -81,7 +82,11 @@ class PartitionProcessor:
         self.last_arrival: int | None = None   # wall ms of the last record
         self.wm_saved: int | None = None
         self.anchor = None                      # the worker's handle for this partition
-        self.marker = None                      # a watermark marker waiting: (until, ends, token)
+        # watermark markers waiting, in the order read: (until, ends, token, final)
+        self.marks: deque = deque()
+        # a publication in progress (``journey produce`` holds event time to its markers): the
+        # token of its hold record, or True; None when event time follows the events
+        self.hold = None
         self.bad_states = 0                     # changelog records that could not be loaded (skipped)
         self.state_errors = 0                   # states that could not be written (kept in memory)
         self.applied: list = []                 # tokens applied, waiting for the next checkpoint
@@ -182,8 +187,8 @@ class PartitionProcessor:
         that input of the partition still has unread records."""
         latest = self.latest
         tl = self.timeline
-        if tl.max_ts is None:
-            return
+        if tl.max_ts is None or self.hold is not None:
+            return  # (held: event time moves with the publication's markers)
         bound = tl.max_ts
         for topic in MARKED_TOPICS:
             if behind(topic):
@@ -200,24 +205,62 @@ class PartitionProcessor:
             # ever faster than the clock: the worker settles before every tick)
             self.quiet_base = tl.watermark
 
-    def mark(self, until: int, ends: dict, token=None) -> None:
+    def mark(self, until: int, ends: dict, token=None, final: bool = True) -> None:
         """A watermark marker (``journey produce --until``) read on ``journey.internal``:
         once this partition has read each source topic up to ``ends[topic]`` (the offsets
-        the producer's records ended at), event time has reached ``until``. Its token is
-        held until then (a restart reads the marker again); a newer marker replaces an
-        older one, which is acknowledged."""
-        if self.marker is not None and self.marker[2] is not None:
-            self.timeline.released.append(self.marker[2])
-        self.marker = (until, ends, token)
+        the producer's records ended at), event time has reached ``until``. Markers are
+        reached in the order they were read; a marker's token is held until it is reached
+        (a restart reads it again). A ``final`` one ends the publication's hold."""
+        self.marks.append((until, ends, token, final))
+        if self.hold is not None:
+            self.last_arrival = None  # the publication is still going: its quiet time starts again
+
+    @property
+    def marker(self):
+        """The marker waited for: ``(until, ends, token)``, or None."""
+        if not self.marks:
+            return None
+        until, ends, token, _final = self.marks[0]
+        return until, ends, token
 
     def marker_reached(self) -> None:
         """The waiting marker's inputs are all read: move event time to its ``until``."""
-        until, _ends, token = self.marker
-        self.marker = None
+        until, _ends, token, final = self.marks.popleft()
         self.timeline.advance(until)
         self.quiet_base = self.timeline.watermark
         if token is not None:
             self.timeline.released.append(token)
+        if final:
+            self.release_hold()
+
+    def drop_marker(self):
+        """Give up the waiting marker (it names offsets never written); returns its token."""
+        _until, _ends, token, final = self.marks.popleft()
+        if final:
+            self.release_hold()
+        return token
+
+    def hold_on(self, token=None) -> None:
+        """A publication starts (``journey produce`` writes a hold record on each partition of
+        ``journey.internal`` before its first record): until its final marker is reached,
+        event time moves only with its markers, never with the events read. The producer
+        writes the topics in parallel, so an input can look read to its end (nothing unread
+        by the high watermark last fetched) while its records of the same moment are still
+        on their way; ordering by the events read would apply them late, out of order, or
+        (older than the customer's newest event by more than the dedup window) drop them.
+        The hold record is acknowledged only once the hold ends, so a restart or a new owner
+        reads it again."""
+        old = self.hold
+        if old is not None and old is not True and (token is None or old[:2] != token[:2]):
+            self.timeline.released.append(old)  # a newer publication's hold takes over (not the
+            # same record read again after a seek back: that one stays unacknowledged)
+        self.hold = token if token is not None else True
+        self.last_arrival = None  # quiet time (after which a hold without its final marker ends) from now
+
+    def release_hold(self) -> None:
+        hold, self.hold = self.hold, None
+        if hold is not None and hold is not True:
+            self.timeline.released.append(hold)
 
     def tick(self, wall_ms: int) -> bool:
         """Advance a quiet partition's watermark with the wall clock; True if it moved."""
@@ -229,6 +272,12 @@ class PartitionProcessor:
         quiet = wall_ms - self.last_arrival
         if quiet < self.idle_ms:
             return False
+        if self.hold is not None:
+            # nothing more to read and quiet for the idle timeout: the publication's final
+            # marker is not coming (its producer died); event time follows the events again
+            log.warning("partition %d: a publication's hold ended without its final marker (quiet for "
+                        "%d ms)", self.partition, quiet)
+            self.release_hold()
         before = tl.watermark
         base = self.quiet_base if self.quiet_base is not None else tl.max_ts - tl.lateness
         tl.advance(base + quiet)

@@ -17,6 +17,23 @@ ended, its watermark moves to TIME, or to the latest event time published if
 that is later, as ``journey replay --until`` does. Workers obey control
 records only on ``journey.internal``; on a source topic the header is
 ignored.
+
+With ``--until`` (and no ``--rate``) the publication is also *held*: before
+its first record it writes a hold record (``journey-control: hold``) on each
+partition of ``journey.internal``, and after every ``CHUNK`` records, once
+the broker has acknowledged them, a marker ``{"until": ms, "ends": {...},
+"more": true}`` whose ``until`` is just before the earliest event time still
+to come (the next record's, in event-time order; with ``as_is`` a first pass
+over the logs finds it, whatever their order). Until
+the final marker, a worker moves event time only with these markers, never
+with the events it has read: the topics are written in parallel, so a worker
+reading while they are written can find an input read to its end while that
+input's records of the same moment are still on their way (months of event
+time, when history is published at full speed), and ordering by what it has
+read would apply them late, out of order, or drop them as redeliveries. So
+a log published while workers run gives the same triggers as replay, and a
+worker holds at most about a chunk of events (times the number of chunks it
+reads ahead) waiting.
 """
 
 from __future__ import annotations
@@ -29,10 +46,12 @@ import orjson
 from ..core import intake
 from ..io import topics
 from ..io.kafka import bootstrap, broker_wait, ensure_topics, quiet_client_logs
-from ..io.logs import SORT_BUFFER, ExternalSort, open_log, read_lines
+from ..io.logs import SORT_BUFFER, ExternalSort, LogError, open_log, read_lines
 from ..io.progress import Progress
 
 CONTROL = [("journey-control", b"watermark")]
+HOLD = [("journey-control", b"hold")]
+CHUNK = 10_000   # records between two markers of a held publication
 
 
 def records(paths, max_bytes: int = 1 << 20, as_is: bool = False, sort_buffer: int = SORT_BUFFER):
@@ -74,12 +93,36 @@ def _records(paths, max_bytes: int, ids: bool = False):
                     yield topics.topic_for(ev.type), key.encode(), line, ev.ts
 
 
+def chunk_floors(paths, chunk: int = CHUNK) -> list:
+    """For each run of ``chunk`` records of the logs (in file order), the earliest event time
+    among the records after it (None: no event follows)."""
+    mins = []
+    m, n = None, 0
+    for _topic, _key, _value, ts in records(paths, as_is=True):
+        if ts is not None and (m is None or ts < m):
+            m = ts
+        n += 1
+        if n == chunk:
+            mins.append(m)
+            m, n = None, 0
+    if n:
+        mins.append(m)
+    after, low = [None] * len(mins), None
+    for i in range(len(mins) - 1, -1, -1):
+        after[i] = low
+        if mins[i] is not None and (low is None or mins[i] < low):
+            low = mins[i]
+    return after
+
+
 async def produce(paths, broker: str, until: int | None = None, rate: float | None = None,
                   partitions: int = topics.PARTITIONS, progress: Progress | None = None,
-                  create: bool = True, on_sent=None, as_is: bool = False, sort_buffer: int = SORT_BUFFER) -> dict:
+                  create: bool = True, on_sent=None, as_is: bool = False, sort_buffer: int = SORT_BUFFER,
+                  chunk: int = CHUNK) -> dict:
     """Publish the logs; returns counts by topic. ``rate`` caps records per second
     (for steady-load measurements); ``on_sent(key, value)`` is called per record;
-    ``as_is`` publishes in file order instead of event-time order."""
+    ``as_is`` publishes in file order instead of event-time order; ``chunk``: records
+    between two markers of a held publication."""
     from aiokafka import AIOKafkaProducer
 
     if create:
@@ -101,8 +144,51 @@ async def produce(paths, broker: str, until: int | None = None, rate: float | No
             slot = (md.topic, md.partition)
             if md.offset + 1 > ends.get(slot, 0):
                 ends[slot] = md.offset + 1
+    held = until is not None and not rate   # a paced publication is read as live traffic is
+    futures: list = []
+
+    async def delivered() -> None:
+        # every record sent so far is with the broker (and ``ends`` knows its offset: ``sent``
+        # was added before gather's own callback, so it has run)
+        if futures:
+            await asyncio.gather(*futures)
+            futures.clear()
+
+    async def markers(at: int, more: bool) -> None:
+        # one per partition, on journey.internal (the only topic whose control records a worker obeys)
+        for p in range(partitions):
+            body = {"until": at, "ends": {t: ends[(t, p)] for t in topics.SOURCES if (t, p) in ends}}
+            if more:
+                body["more"] = True
+            await producer.send(topics.INTERNAL, value=orjson.dumps(body), partition=p, headers=CONTROL)
     try:
-        for topic, key, value, ts in records(paths, as_is=as_is, sort_buffer=sort_buffer):
+        try:
+            # the earliest event time after each chunk: in event-time order, the next record's;
+            # in file order, a first pass finds it
+            floors = chunk_floors(paths, chunk) if held and as_is else []
+        except LogError as e:
+            e.nothing_published = True  # found by the first pass, before any record or hold was written
+            raise
+        if held:
+            for p in range(partitions):
+                await producer.send(topics.INTERNAL, value=b"{}", partition=p, headers=HOLD)
+            await producer.flush()  # before any record: a worker that reads one sees the hold coming
+        k = 0  # chunks sent
+        boundary = False  # in event-time order: a chunk ended, its marker goes before the next record
+        stream = records(paths, as_is=as_is, sort_buffer=sort_buffer)
+        while True:
+            try:
+                item = next(stream, None)  # in event-time order, the sort reads everything first
+            except LogError as e:
+                e.nothing_published = n == 0
+                raise
+            if item is None:
+                break
+            topic, key, value, ts = item
+            if boundary and ts is not None:
+                boundary = False
+                await delivered()
+                await markers(ts - 1, more=True)  # every record stamped before this one is written
             if rate:
                 ahead = n / rate - (time.monotonic() - started)
                 if ahead > 0.002:
@@ -111,24 +197,33 @@ async def produce(paths, broker: str, until: int | None = None, rate: float | No
                 latest = ts
             fut = await producer.send(topic, value=value, key=key, timestamp_ms=ts)
             fut.add_done_callback(sent)
+            if held:
+                futures.append(fut)
             if on_sent is not None:
                 on_sent(key, value)
             counts[topic] = counts.get(topic, 0) + 1
             n += 1
             if n % 5000 == 0:
                 progress.update("produce", n, unit="records", rate=n / max(1e-9, time.monotonic() - started))
+            if held and n % chunk == 0:
+                if not as_is:
+                    boundary = True
+                    continue
+                await delivered()
+                floor = floors[k] if k < len(floors) else None
+                k += 1
+                if floor is not None:  # every record stamped before the next one to come is written
+                    await markers(floor - 1, more=True)
         await producer.flush()
+        await delivered()
         if until is not None:
-            # one marker per partition on journey.internal (the only topic whose control records
-            # a worker obeys): once a partition has read its source topics up to where these
-            # records ended, event time is at ``until``, or at the latest event time sent when
-            # that is later (as replay --until: timers due by the log's last event fire too)
             for _ in range(3):
                 await asyncio.sleep(0)  # let the delivery callbacks of the flushed batches run
+            # once a partition has read its source topics up to where these records ended, event
+            # time is at ``until``, or at the latest event time sent when that is later (as replay
+            # --until: timers due by the log's last event fire too); this one ends the hold
             until = max(until, latest) if latest is not None else until
-            for p in range(partitions):
-                body = {"until": until, "ends": {t: ends[(t, p)] for t in topics.SOURCES if (t, p) in ends}}
-                await producer.send(topics.INTERNAL, value=orjson.dumps(body), partition=p, headers=CONTROL)
+            await markers(until, more=False)
             await producer.flush()
             counts["watermark markers"] = partitions
     finally:

@@ -41,14 +41,15 @@ DEADLETTER_RAW_MAX = 128 << 10   # bytes of a rejected record kept in its dead l
                                  # them up to 6x; a producer batch holds 1 MiB)
 
 
-def _marker(value: bytes) -> tuple[int, dict]:
-    """A watermark marker's ``{"until": ms, "ends": {source topic: offset}}`` (``journey produce``)."""
+def _marker(value: bytes) -> tuple[int, dict, bool]:
+    """A watermark marker's ``{"until": ms, "ends": {source topic: offset}, "more": bool}``
+    (``journey produce``; ``more``: the publication goes on, its hold stays)."""
     d = orjson.loads(value)
-    until, ends = d["until"], d.get("ends", {})
-    if type(until) is not int or not isinstance(ends, dict) or not all(
+    until, ends, more = d["until"], d.get("ends", {}), d.get("more", False)
+    if type(until) is not int or not isinstance(ends, dict) or type(more) is not bool or not all(
             t in topics.SOURCES and type(o) is int and o >= 0 for t, o in ends.items()):
         raise ValueError("not a watermark marker")
-    return until, ends
+    return until, ends, not more
 
 
 def _merge_stats(into: Stats, other: Stats) -> None:
@@ -270,9 +271,11 @@ class Runtime(Outputs):
                     if v in HANDOFFS:
                         proc.handoff(v.decode(), orjson.loads(rec.value), token)
                     elif v == b"watermark":
-                        until, ends = _marker(rec.value)
-                        proc.mark(until, ends, token)
+                        until, ends, final = _marker(rec.value)
+                        proc.mark(until, ends, token, final)
                         self.markers(proc)
+                    elif v == b"hold":
+                        proc.hold_on(token)
                     else:
                         raise ValueError("an unknown journey-control record")
                 except Exception as e:
@@ -298,33 +301,34 @@ class Runtime(Outputs):
 
     def markers(self, proc) -> None:
         """A waiting watermark marker is reached once every source topic of the partition
-        has been read up to the offset the producer's records ended at. Once the partition
-        has read all it can (no input behind) without reaching it, the marker names offsets
-        that were never written: it is dead-lettered, not waited for."""
-        marker = proc.marker
-        if marker is None:
-            return
+        has been read up to the offset the producer's records ended at (markers are reached
+        in the order read). Once the partition has read all it can (no input behind) without
+        reaching it, the marker names offsets that were never written: it is dead-lettered,
+        not waited for."""
         p = proc.partition
-        _until, ends, token = marker
-        short = False
-        for topic in topics.SOURCES:
-            end = ends.get(topic, 0)
-            if end <= 0:
-                continue
-            tp = TP(topic, p)
-            last = self.read.get(tp)
-            at = last + 1 if last is not None else self.start_pos.get(tp, 0)
-            if at < end:
-                short = True
-                break
-        if not short:
-            proc.marker_reached()
-        elif not any(self.behind(t, p) for t in MARKED_TOPICS):
-            proc.marker = None
-            self.rejected[intake.BAD_FIELD] += 1
-            self._deadletter(intake.BAD_FIELD, "a watermark marker past the end of its inputs",
-                             token[0], token[1], b"")
-            self.acks.append(token)
+        while (marker := proc.marker) is not None:
+            _until, ends, token = marker
+            short = False
+            for topic in topics.SOURCES:
+                end = ends.get(topic, 0)
+                if end <= 0:
+                    continue
+                tp = TP(topic, p)
+                last = self.read.get(tp)
+                at = last + 1 if last is not None else self.start_pos.get(tp, 0)
+                if at < end:
+                    short = True
+                    break
+            if not short:
+                proc.marker_reached()
+            elif not any(self.behind(t, p) for t in MARKED_TOPICS):
+                proc.drop_marker()
+                self.rejected[intake.BAD_FIELD] += 1
+                self._deadletter(intake.BAD_FIELD, "a watermark marker past the end of its inputs",
+                                 token[0], token[1], b"")
+                self.acks.append(token)
+            else:
+                return
 
     def _deadletter(self, reason: str, detail: str, tp, offset: int, raw: bytes) -> None:
         """A rejected record to ``journey.deadletter`` (on its source partition), batched like
