@@ -65,6 +65,9 @@ class Reader:
         self.runs = 0
         self.starts: list[tuple[int, str]] = []  # (line count before the file, file)
         self.current = 0  # the line count of the event last handed out by ``events``
+        # take(seq) -> bool, called for every line in order: lines it refuses are skipped
+        # unread and uncounted (each replay worker reads its own share; see history.workers)
+        self.take = None
         for p in self.paths:
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{p}: no such file (journey replay takes JSON-lines files, .jsonl or .jsonl.gz)")
@@ -76,12 +79,15 @@ class Reader:
         total = sum(os.path.getsize(p) for p in self.paths) or 1
         done_before = 0
         seq = 0
+        take = self.take
         for path in self.paths:
             self.starts.append((seq, path))
             f, raw = open_log(path)
             with f, raw:
                 for n, line in read_lines(f, path):
                     seq += 1
+                    if take is not None and not take(seq):
+                        continue
                     self.lines += 1
                     line = line.rstrip(b"\r\n")
                     if not line.strip():

@@ -1,0 +1,497 @@
+"""``journey replay --workers N`` and ``journey backtest --workers N``: the same engine on N
+processes, one shard of the customers each, with outputs byte-identical to one worker.
+
+Sharding. A customer goes to ``partition_of(key, N)`` (Kafka's murmur2, as the live worker
+places customer ids on partitions). Anonymous visitors are the exception that needs care:
+an event with an anonymous id and a customer id links them, and the visitor's state
+(``anon:<id>``) is absorbed into the customer's; ``customer.erased`` drops the customer's
+aliases. Rather than replaying that alias timeline, the workers put whole *link
+components* on one shard: every (anonymous id, customer id) pair seen on any event joins
+the two in a union-find; a component's events all go to the partition of its smallest
+customer id (so a visitor linked to one customer goes where that customer goes, as live),
+and a visitor never linked goes to the partition of ``anon:<id>``. No state or alias in
+the engine ever refers outside its component, so each shard's engine does, for its
+customers, exactly what the single engine does: exact also where the alias timeline is
+not (an erasure that the engine drops as a duplicate, links to erased customers).
+
+Passes. Pass 1 (N processes, line ``seq`` to process ``seq % N``): the cheap routing key
+of each line (``intake.routing_key``: one ``orjson.loads``, no validation) to a key file,
+and the link pairs. The parent builds the components. Pass 2 (N processes): each reads all
+key files in line order, fully parses only the lines routed to it (the same Reader: its
+rejected lines, its external sort in ``sort_buffer // N`` events), checks ``parse``'s ids
+against the key (any disagreement: the run falls back to one worker), waits for the
+others' last event time (the final watermark must be the global one), and runs the engine
+on one timeline (``drive``), its outputs tagged with their place in the single run:
+
+* made while applying the event at (ts, id, line): ``(ts, 0, id, line, n)``;
+* made by the timers of customer K due at D: ``(max(D, t), 1, D, K, n)`` where t is the
+  last event time applied before (a timer set already due fires at the next fire point:
+  after the events at t). ``drive`` fires timers due before an event's time first, in
+  (due, customer) order, the customer's due timers together, and timers due at T after
+  the events at T: the tags sort exactly as the single run emits.
+
+The parent merges the shards' tagged files (each in tag order) with ``heapq.merge`` and
+writes the final files; rejected lines come first in line order, as one worker writes
+them while reading. Memory: each process holds its shard's states and sort buffer, the
+parent only the link components.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import tempfile
+import time
+from collections import Counter
+from multiprocessing.connection import wait as wait_any
+
+import orjson
+
+from ..core.engine import Engine, Stats
+from ..core.intake import routing_key
+from ..core.timeline import drive
+from ..io.kafka import partition_of
+from ..io.logs import Reader, open_log, read_lines
+
+_BATCH = 4096
+NO_TS = -(1 << 62)
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+class Mismatch(Exception):
+    """The pre-filter's ids and the parser's disagree on a record: fall back to one worker."""
+
+
+class _Tagged:
+    """One tagged output stream of a shard: (tag, line bytes) in pickled batches."""
+
+    def __init__(self, path: str):
+        self.f = open(path, "wb", buffering=1 << 20)
+        self.buf: list = []
+
+    def add(self, tag, rec: dict) -> None:
+        self.buf.append((tag, orjson.dumps(rec)))
+        if len(self.buf) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            pickle.dump(self.buf, self.f, protocol=pickle.HIGHEST_PROTOCOL)
+            self.buf = []
+
+    def close(self) -> None:
+        self.flush()
+        self.f.close()
+
+
+def _read_tagged(path: str):
+    with open(path, "rb") as f:
+        while True:
+            try:
+                batch = pickle.load(f)
+            except EOFError:
+                return
+            yield from batch
+
+
+class _Unit:
+    """Knows the unit of the single run that the engine is in (an event, or a customer's
+    timers at one due time) and numbers the outputs within it."""
+
+    def __init__(self):
+        self.tag = None
+        self.n = 0
+        self.last = NO_TS
+
+    def next(self):
+        self.n += 1
+        return self.tag + (self.n,)
+
+
+class TagSink:
+    def __init__(self, unit: _Unit, streams: dict):
+        self.unit = unit
+        self.streams = streams
+        self.trigger = self.audit = self.transition = _ignore
+        for kind, s in streams.items():
+            setattr(self, kind, self._writer(s))  # outcome only when asked for (the engine looks)
+        self.wants_transitions = "transition" in streams
+
+    def _writer(self, stream):
+        unit = self.unit
+
+        def write(rec):
+            stream.add(unit.next(), rec)
+        return write
+
+
+def tag_engine(engine: Engine, unit: _Unit) -> None:
+    """Make ``engine`` set ``unit.tag`` for each customer's timers (the events: ``TaggedDrive``)."""
+    run = engine._run_timers
+
+    def run_timers(st, due):
+        last = unit.last
+        unit.tag = (due if due > last else last, 1, due, engine.key)
+        run(st, due)
+    engine._run_timers = run_timers
+
+
+class TaggedDrive:
+    """What ``drive`` drives: the engine(s), with the unit of each event set first."""
+
+    def __init__(self, target, unit: _Unit, reader: Reader, heap):
+        self.target, self.unit, self.reader, self.heap = target, unit, reader, heap
+        self.fire_due = target.fire_due
+
+    def apply(self, ev):
+        u = self.unit
+        u.tag = (ev.ts, 0, ev.id, self.reader.current)
+        u.last = ev.ts
+        self.target.apply(ev)
+
+
+# -- components -------------------------------------------------------------------------
+def components(pairs) -> dict:
+    """state key -> the key its component is routed by (only keys routed by another)."""
+    parent: dict[str, str] = {}
+
+    def find(x):
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for anon, cid in pairs:
+        a, b = find("anon:" + anon), find(cid)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    groups: dict[str, list] = {}
+    for k in list(parent):
+        groups.setdefault(find(k), []).append(k)
+    rep = {}
+    for root, members in groups.items():
+        members.append(root)
+        customers = [m for m in members if not m.startswith("anon:")]
+        r = min(customers) if customers else min(members)
+        for m in members:
+            if m != r:
+                rep[m] = r
+    return rep
+
+
+class Router:
+    def __init__(self, rep: dict, n: int):
+        self.rep, self.n, self.memo = rep, n, {}
+
+    def __call__(self, key: str) -> int:
+        p = self.memo.get(key)
+        if p is None:
+            if len(self.memo) > 1 << 20:
+                self.memo.clear()
+            p = self.memo[key] = partition_of(self.rep.get(key, key), self.n)
+        return p
+
+
+# -- the processes ----------------------------------------------------------------------
+def _lines(paths):
+    """(seq, line) of every line, numbered as Reader numbers them."""
+    seq = 0
+    for path in paths:
+        f, raw = open_log(path)
+        with f, raw:
+            for _n, line in read_lines(f, path):
+                seq += 1
+                yield seq, line, raw
+
+
+def _pass1(i: int, n: int, paths, d: str, shared) -> dict:
+    """Routing keys of lines seq % n == i, and the link pairs they carry."""
+    pairs = set()
+    out = open(os.path.join(d, f"keys{i}"), "wb", buffering=1 << 20)
+    buf = []
+    with out:
+        for seq, line, raw in _lines(paths):
+            if seq % n != i:
+                continue
+            ids = routing_key(line.rstrip(b"\r\n"))
+            if ids is None:
+                buf.append(None)
+            else:
+                cid, anon = ids
+                if cid is not None and anon is not None:
+                    pairs.add((anon, cid))
+                buf.append(cid if cid is not None else "anon:" + anon)
+            if len(buf) >= 8192:
+                pickle.dump(buf, out, protocol=pickle.HIGHEST_PROTOCOL)
+                buf = []
+                shared[i] = raw.tell()
+        pickle.dump(buf, out, protocol=pickle.HIGHEST_PROTOCOL)
+    return {"pairs": pairs}
+
+
+def _keys(path: str):
+    with open(path, "rb") as f:
+        while True:
+            try:
+                batch = pickle.load(f)
+            except EOFError:
+                return
+            yield from batch
+
+
+class _ShardReader(Reader):
+    """The Reader of one shard: parses only the lines routed to it, checks the routing."""
+
+    def setup(self, j: int, n: int, route: Router, d: str):
+        self.shard, self.route, self.max_ts = j, route, None
+        keys = [_keys(os.path.join(d, f"keys{i}")) for i in range(n)]
+        self.take = lambda seq: _take(seq, keys, n, route, j, self)
+        self.cur = 0
+
+    def _parsed(self):
+        route, j = self.route, self.shard
+        for item in super()._parsed():
+            ev = item[3]
+            cid, anon = ev.cid, ev.anon
+            key = cid if cid is not None else "anon:" + anon
+            if route(key) != j or (cid is not None and anon is not None
+                                   and route.rep.get("anon:" + anon, "anon:" + anon) != route.rep.get(cid, cid)):
+                raise Mismatch(f"line {item[2]}")
+            if self.max_ts is None or ev.ts > self.max_ts:
+                self.max_ts = ev.ts
+            yield item
+
+
+def _take(seq, keys, n, route, j, reader) -> bool:
+    key = next(keys[seq % n])
+    mine = (route(key) if key is not None else 0) == j
+    if mine:
+        reader.cur = seq
+    return mine
+
+
+def _pass2(j: int, n: int, job: dict, route: Router, d: str, shared, barrier) -> dict:
+    cfg_list = job["configs"]
+    reader = _ShardReader(job["paths"], None, job["max_bytes"], None, max(1, job["sort_buffer"] // n),
+                          job["future_limit"], job["keep"])
+    reader.setup(j, n, route, d)
+    reader.progress = _SharedProgress(shared, j)
+    kinds = job["kinds"]
+    unit = _Unit()
+    streams = {k: _Tagged(os.path.join(d, f"{k}{j}")) for k in kinds}
+    rejects = None
+    if "deadletter" in streams:
+        rejects = _Tagged(os.path.join(d, f"rejects{j}"))
+        reader.deadletter = lambda rec: rejects.add((reader.cur,), rec)
+    engines = []
+    for c, cfg in enumerate(cfg_list):
+        sub = {k.split(".", 1)[1]: s for k, s in streams.items() if k.startswith(f"{c}.")}
+        eng = Engine(cfg, TagSink(unit, sub))
+        tag_engine(eng, unit)
+        eng.on_timer_error = _ignore
+        engines.append(eng)
+    target = job["target"](engines)
+    events = reader.events()
+    first = next(events, None)  # reading and sorting happen here
+    shared[n + j] = reader.max_ts if reader.max_ts is not None else NO_TS
+    barrier.wait()
+    last = max(shared[n:2 * n])
+    last = None if last == NO_TS else last
+    until = job["until"]
+    final = last if until is None or (last is not None and until < last) else until
+    deadletter = streams.get("deadletter")
+    processed = Counting(_chain(first, events), shared, 2 * n + j)
+    on_error = None
+    if job.get("on_error") is not None:
+        def write(rec):
+            if deadletter is not None:
+                deadletter.add(unit.next(), rec)
+        on_error = job["on_error"](reader, write)
+    drive(TaggedDrive(target, unit, reader, getattr(target, "heap", None)), processed, final, on_error=on_error)
+    for s in streams.values():
+        s.close()
+    if rejects is not None:
+        rejects.close()
+    return {"lines": reader.lines, "valid": reader.valid, "rejected": reader.rejected, "runs": reader.runs,
+            "stats": [e.stats for e in engines], "customers": [e.customers() for e in engines],
+            "failed": getattr(target, "failed", None), "watermark": final}
+
+
+class _SharedProgress:
+    def __init__(self, shared, slot):
+        self.shared, self.slot = shared, slot
+
+    def update(self, _label, done, _total=None, *_a, **_k):
+        self.shared[self.slot] = int(done)
+
+    def done(self):
+        pass
+
+
+class Counting:
+    def __init__(self, it, shared, slot):
+        self.it, self.shared, self.slot = it, shared, slot
+
+    def __iter__(self):
+        n = 0
+        shared, slot = self.shared, self.slot
+        for ev in self.it:
+            n += 1
+            if not n & 4095:
+                shared[slot] = n
+            yield ev
+        shared[slot] = n
+
+
+def _chain(first, rest):
+    if first is None:
+        return
+    yield first
+    yield from rest
+
+
+def _ignore(*_a) -> None:
+    pass
+
+
+def _child(fn, args, result_path):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (Ctrl-C goes to the whole group)
+    gc.disable()  # as replay: millions of long-lived objects, no cycles
+    try:
+        r = fn(*args)
+        code = 0
+    except BaseException as e:  # reported to the parent, which re-raises it
+        r, code = e, 1
+    try:
+        with open(result_path, "wb") as f:
+            pickle.dump(r, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:  # an exception that does not pickle
+        with open(result_path, "wb") as f:
+            pickle.dump(RuntimeError(f"{type(r).__name__}: {r}; {e}"), f)
+        code = 1
+    os._exit(code)
+
+
+def _run_all(ctx, fn, argss, d, tag, on_tick=None) -> list:
+    """Run fn(*args) for each args in a forked process; results in order; an error in any
+    stops all and is raised here."""
+    procs = []
+    try:
+        for k, args in enumerate(argss):
+            p = ctx.Process(target=_child, args=(fn, args, os.path.join(d, f"{tag}{k}.result")), daemon=True)
+            p.start()
+            procs.append(p)
+        pending = {p.sentinel: p for p in procs}
+        while pending:
+            for s in wait_any(list(pending), timeout=0.2):
+                p = pending.pop(s)
+                p.join()
+                if p.exitcode != 0:
+                    k = procs.index(p)
+                    raise _result(os.path.join(d, f"{tag}{k}.result"), p.exitcode)
+            if on_tick is not None:
+                on_tick()
+        return [_load(os.path.join(d, f"{tag}{k}.result")) for k in range(len(procs))]
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join()
+
+
+def _load(path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def _result(path, code) -> BaseException:
+    try:
+        e = _load(path)
+    except Exception:
+        return RuntimeError(f"a replay worker died (exit code {code}); run again with --workers 1 to see why")
+    return e if isinstance(e, BaseException) else RuntimeError(str(e))
+
+
+def run_sharded(paths, n: int, job: dict, progress=None) -> list:
+    """Passes 1 and 2 on n processes; returns the per-shard results and the temp dir
+    (the caller merges, then removes it). Raises Mismatch for a fallback to one worker."""
+    Reader(paths)  # the files exist (FileNotFoundError otherwise)
+    ctx = multiprocessing.get_context("fork")
+    d = tempfile.mkdtemp(prefix="journey-workers-")
+    ok = False
+    try:
+        shared = ctx.Array("q", 3 * n, lock=False)
+        total = sum(os.path.getsize(p) for p in paths) or 1
+
+        def tick1():
+            if progress is not None:
+                progress.update("scanning", sum(shared[:n]) / n, total)
+
+        r1 = _run_all(ctx, _pass1, [(i, n, list(paths), d, shared) for i in range(n)], d, "p1", tick1)
+        pairs = set()
+        for r in r1:
+            pairs |= r["pairs"]
+        route = Router(components(pairs), n)
+        del pairs, r1
+        if progress is not None:
+            progress.done()
+        barrier = ctx.Barrier(n)
+        for k in range(3 * n):
+            shared[k] = 0
+        t1 = [time.perf_counter()]
+
+        def tick2():
+            if progress is None:
+                return
+            done = sum(shared[2 * n:3 * n])
+            if done:
+                el = time.perf_counter() - t1[0]
+                progress.update("processing", done, None, "events", rate=done / el if el else None)
+            else:
+                t1[0] = time.perf_counter()
+                progress.update("reading", sum(shared[:n]) / n, total)
+
+        results = _run_all(ctx, _pass2, [(j, n, job, route, d, shared, barrier) for j in range(n)], d, "p2", tick2)
+        if progress is not None:
+            progress.done()
+        ok = True
+        return results, d
+    finally:
+        if not ok:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def merged(d: str, kind: str, n: int):
+    """The lines of one output, in the single run's order."""
+    for _tag, line in heapq.merge(*(_read_tagged(os.path.join(d, f"{kind}{j}")) for j in range(n)),
+                                  key=_first):
+        yield line
+
+
+def _first(item):
+    return item[0]
+
+
+def merge_stats(results, c: int) -> Stats:
+    s = Stats()
+    for r in results:
+        s.merge(r["stats"][c])
+    return s
+
+
+def sum_rejected(results) -> Counter:
+    c = Counter()
+    for r in results:
+        c.update(r["rejected"])
+    return c
