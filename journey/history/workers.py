@@ -55,7 +55,6 @@ import orjson
 from ..core.engine import Engine, Stats
 from ..core.intake import routing_key
 from ..core.timeline import drive
-from ..io.kafka import partition_of
 from ..io.logs import Reader, open_log, read_lines
 
 _BATCH = 4096
@@ -64,6 +63,37 @@ NO_TS = -(1 << 62)
 
 def default_workers() -> int:
     return os.cpu_count() or 1
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's ``Utils.murmur2``), here so that replay needs no
+    Kafka client; ``io.kafka.partition_of`` (aiokafka's) gives the same partitions."""
+    m, length = 0x5BD1E995, len(data)
+    h = 0x9747B28C ^ length
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    rest = length % 4
+    base = length & ~3
+    if rest >= 3:
+        h ^= data[base + 2] << 16
+    if rest >= 2:
+        h ^= data[base + 1] << 8
+    if rest >= 1:
+        h ^= data[base]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The live worker's partition of a key (Kafka's default partitioner)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 class Mismatch(Exception):
