@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="events generated (default 2000000: a run of about a minute; 200000 for a quick one)")
     be.add_argument("--seed", type=int, default=7, help="seed of the generated population (default 7)")
     be.add_argument("--keep", metavar="DIR", help="keep the generated log and outputs in DIR")
+    be.add_argument("--worker-pairs", type=int, default=2, metavar="N",
+                    help="then replay with 1 and with 2 workers, N times each, alternately, and print the "
+                         "speedup (default 2; 0 to skip)")
     be.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("clv", help="customer lifetime value: fit BG/NBD and Gamma-Gamma, score customers",

@@ -201,6 +201,7 @@ def _replay_workers(paths, out, audit, deadletter, until, transitions, progress,
            "sort_buffer": sort_buffer, "future_limit": limit, "keep": cfg.keep_props, "kinds": kinds,
            "until": until, "target": _first_engine, "on_error": failed_event}
     results, d = workers_mod.run_sharded(job["paths"], n, job, progress)
+    t_merge = time.perf_counter()
     outs = {k: JsonLines(v) for k, v in files.items()}
     ok = False
     try:
@@ -217,6 +218,9 @@ def _replay_workers(paths, out, audit, deadletter, until, transitions, progress,
     elapsed = time.perf_counter() - t0
     s = workers_mod.merge_stats(results, 0).as_dict()
     lines = sum(r["lines"] for r in results)
+    if os.environ.get("JOURNEY_WORKERS_DEBUG"):
+        print(f"workers cpu (pass 1, read, process) s: {[tuple(round(x, 2) for x in r['cpu']) for r in results]}; "
+              f"merge {time.perf_counter() - t_merge:.2f} s", file=sys.stderr)
     return {
         "lines": lines,
         "valid": sum(r["valid"] for r in results),

@@ -246,6 +246,7 @@ def _lines(paths):
 
 def _pass1(i: int, n: int, paths, d: str, shared) -> dict:
     """Routing keys of lines seq % n == i, and the link pairs they carry."""
+    c0 = time.process_time()
     pairs = set()
     out = open(os.path.join(d, f"keys{i}"), "wb", buffering=1 << 20)
     buf = []
@@ -266,7 +267,7 @@ def _pass1(i: int, n: int, paths, d: str, shared) -> dict:
                 buf = []
                 shared[i] = raw.tell()
         pickle.dump(buf, out, protocol=pickle.HIGHEST_PROTOCOL)
-    return {"pairs": pairs}
+    return {"pairs": pairs, "cpu": time.process_time() - c0}
 
 
 def _keys(path: str):
@@ -311,6 +312,7 @@ def _take(seq, keys, n, route, j, reader) -> bool:
 
 
 def _pass2(j: int, n: int, job: dict, route: Router, d: str, shared, barrier) -> dict:
+    c0 = time.process_time()
     cfg_list = job["configs"]
     reader = _ShardReader(job["paths"], None, job["max_bytes"], None, max(1, job["sort_buffer"] // n),
                           job["future_limit"], job["keep"])
@@ -333,6 +335,7 @@ def _pass2(j: int, n: int, job: dict, route: Router, d: str, shared, barrier) ->
     target = job["target"](engines)
     events = reader.events()
     first = next(events, None)  # reading and sorting happen here
+    c1 = time.process_time()
     shared[n + j] = reader.max_ts if reader.max_ts is not None else NO_TS
     barrier.wait()
     last = max(shared[n:2 * n])
@@ -354,7 +357,8 @@ def _pass2(j: int, n: int, job: dict, route: Router, d: str, shared, barrier) ->
         rejects.close()
     return {"lines": reader.lines, "valid": reader.valid, "rejected": reader.rejected, "runs": reader.runs,
             "stats": [e.stats for e in engines], "customers": [e.customers() for e in engines],
-            "failed": getattr(target, "failed", None), "watermark": final}
+            "failed": getattr(target, "failed", None), "watermark": final,
+            "cpu": (c1 - c0, time.process_time() - c1)}
 
 
 class _SharedProgress:
@@ -469,6 +473,7 @@ def run_sharded(paths, n: int, job: dict, progress=None) -> list:
                 progress.update("scanning", sum(shared[:n]) / n, total)
 
         r1 = _run_all(ctx, _pass1, [(i, n, list(paths), d, shared) for i in range(n)], d, "p1", tick1)
+        cpu1 = [r["cpu"] for r in r1]
         pairs = set()
         for r in r1:
             pairs |= r["pairs"]
@@ -495,6 +500,8 @@ def run_sharded(paths, n: int, job: dict, progress=None) -> list:
         results = _run_all(ctx, _pass2, [(j, n, job, route, d, shared, barrier) for j in range(n)], d, "p2", tick2)
         if progress is not None:
             progress.done()
+        for r, c in zip(results, cpu1):
+            r["cpu"] = (c, *r["cpu"])  # seconds: pass 1, pass 2 reading, pass 2 processing
         ok = True
         return results, d
     finally:
