@@ -391,15 +391,16 @@ def routing_key(raw: bytes) -> tuple[str | None, str | None] | None:
             return None
         call = d.get("type")
         if type(call) is str and call in SEGMENT_CALLS and "customer_id" not in d:
-            cid = _who(d.get("userId"), "userId")
-            anon = d.get("anonymousId")
-            if anon is not None:
-                anon = _who(anon, "anonymousId")
+            cid, anon = d.get("userId"), d.get("anonymousId")
             if call == "alias":
-                anon = _who(d.get("previousId"), "previousId") or anon
+                anon = _who(d.get("previousId"), "previousId") or (_who(anon, "anonymousId") if anon is not None
+                                                                     else None)
         else:
-            cid = _who(d.get("customer_id"), "customer_id")
-            anon = _who(d.get("anonymous_id"), "anonymous_id")
+            cid, anon = d.get("customer_id"), d.get("anonymous_id")
+        if not (type(cid) is str and 0 < len(cid) <= MAX_ID_LEN and cid.isprintable()):  # the usual case, inline
+            cid = _who(cid, "id")
+        if anon is not None and not (type(anon) is str and 0 < len(anon) <= MAX_ID_LEN and anon.isprintable()):
+            anon = _who(anon, "id")
     except Exception:
         return None
     if cid is None and anon is None:

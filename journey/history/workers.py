@@ -15,13 +15,17 @@ customers, exactly what the single engine does: exact also where the alias timel
 not (an erasure that the engine drops as a duplicate, links to erased customers).
 
 Passes. Pass 1 (N processes, line ``seq`` to process ``seq % N``): the cheap routing key
-of each line (``intake.routing_key``: one ``orjson.loads``, no validation) to a key file,
-and the link pairs. The parent builds the components. Pass 2 (N processes): each reads all
-key files in line order, fully parses only the lines routed to it (the same Reader: its
-rejected lines, its external sort in ``sort_buffer // N`` events), checks ``parse``'s ids
-against the key (any disagreement: the run falls back to one worker), waits for the
-others' last event time (the final watermark must be the global one), and runs the engine
-on one timeline (``drive``), its outputs tagged with their place in the single run:
+of each line (``intake.routing_key``: one ``orjson.loads``, no validation) and the link
+pairs; the lines go to bucket files by the key's partition (visitors' and unreadable
+lines to a bucket of their own). The parent builds the components. Pass 2 (N processes):
+each reads its bucket from every pass-1 process, the visitors' buckets and any bucket
+holding a customer whose component moved to it, keeps the lines routed to it and parses
+them with the same Reader (its rejected lines, its external sort in ``sort_buffer // N``
+events; bucket order does not matter, the sort orders by time, id and line). It checks
+``parse``'s ids against the routing (any disagreement: the run falls back to one
+worker), waits for the others' last event time (the final watermark must be the global
+one), and runs the engine on one timeline (``drive``), its outputs tagged with their
+place in the single run:
 
 * made while applying the event at (ts, id, line): ``(ts, 0, id, line, n)``;
 * made by the timers of customer K due at D: ``(max(D, t), 1, D, K, n)`` where t is the
@@ -55,7 +59,7 @@ import orjson
 from ..core.engine import Engine, Stats
 from ..core.intake import routing_key
 from ..core.timeline import drive
-from ..io.logs import Reader, open_log, read_lines
+from ..io.logs import ExternalSort, Reader
 
 _BATCH = 4096
 NO_TS = -(1 << 62)
@@ -233,61 +237,78 @@ class Router:
 
 
 # -- the processes ----------------------------------------------------------------------
-def _lines(paths):
-    """(seq, line) of every line, numbered as Reader numbers them."""
-    seq = 0
-    for path in paths:
-        f, raw = open_log(path)
-        with f, raw:
-            for _n, line in read_lines(f, path):
-                seq += 1
-                yield seq, line, raw
-
-
 def _pass1(i: int, n: int, paths, d: str, shared) -> dict:
-    """Routing keys of lines seq % n == i, and the link pairs they carry."""
+    """Lines seq % n == i: their routing key, the link pairs they carry, and the lines
+    themselves, as (seq, key, line) in bucket files by the key's partition (n: visitors'
+    and unreadable lines, whose shard the links decide)."""
     c0 = time.process_time()
     pairs = set()
-    out = open(os.path.join(d, f"keys{i}"), "wb", buffering=1 << 20)
-    buf = []
-    with out:
-        for seq, line, raw in _lines(paths):
-            if seq % n != i:
-                continue
-            ids = routing_key(line.rstrip(b"\r\n"))
-            if ids is None:
-                buf.append(None)
+    part = Router({}, n)
+    outs = [_Tagged(os.path.join(d, f"b{i}.{b}")) for b in range(n + 1)]
+    bufs = [o.buf for o in outs]
+    reader = Reader(paths)
+    reader.progress = _SharedProgress(shared, i)
+    for seq, line in reader._numbered():
+        if seq % n != i:
+            continue
+        line = line.rstrip(b"\r\n")
+        if not line.strip():
+            continue  # not a line (Reader skips it uncounted)
+        ids = routing_key(line)
+        if ids is None:
+            key, b = None, n
+        else:
+            cid, anon = ids
+            if cid is None:
+                key, b = "anon:" + anon, n
             else:
-                cid, anon = ids
-                if cid is not None and anon is not None:
+                key, b = cid, part(cid)
+                if anon is not None:
                     pairs.add((anon, cid))
-                buf.append(cid if cid is not None else "anon:" + anon)
-            if len(buf) >= 8192:
-                pickle.dump(buf, out, protocol=pickle.HIGHEST_PROTOCOL)
-                buf = []
-                shared[i] = raw.tell()
-        pickle.dump(buf, out, protocol=pickle.HIGHEST_PROTOCOL)
-    return {"pairs": pairs, "cpu": time.process_time() - c0}
-
-
-def _keys(path: str):
-    with open(path, "rb") as f:
-        while True:
-            try:
-                batch = pickle.load(f)
-            except EOFError:
-                return
-            yield from batch
+        buf = bufs[b]
+        buf.append((seq, key, line))
+        if len(buf) >= _BATCH:
+            outs[b].flush()
+            bufs[b] = outs[b].buf
+    for o in outs:
+        o.close()
+    return {"pairs": pairs, "starts": reader.starts, "cpu": time.process_time() - c0}
 
 
 class _ShardReader(Reader):
-    """The Reader of one shard: parses only the lines routed to it, checks the routing."""
+    """The Reader of one shard: the lines routed to it, from the bucket files of pass 1 (in
+    line order); checks the routing against the parser."""
 
-    def setup(self, j: int, n: int, route: Router, d: str):
+    def setup(self, j: int, n: int, route: Router, d: str, starts, buckets):
         self.shard, self.route, self.max_ts = j, route, None
-        keys = [_keys(os.path.join(d, f"keys{i}")) for i in range(n)]
-        self.take = lambda seq: _take(seq, keys, n, route, j, self)
-        self.cur = 0
+        self.n = n
+        self.sources = [(b, _read_tagged(os.path.join(d, f"b{i}.{b}"))) for i in range(n) for b in buckets]
+        self.starts = list(starts)
+
+    def _numbered(self):
+        """The lines routed here, bucket after bucket: their order does not matter (the sort
+        orders by time, id and line; dead letters are tagged with their line)."""
+        route, j, n, rep = self.route, self.shard, self.n, self.route.rep
+        shared, slot = self.progress.shared, self.progress.slot
+        k = 0
+        for b, source in self.sources:
+            for seq, key, line in source:
+                k += 1
+                if not k & 4095:
+                    shared[slot] = k
+                if b == j:  # this shard's customers, but for those moved to another's component
+                    if key not in rep or route(key) == j:
+                        yield seq, line
+                elif b == n:  # visitors and unreadable lines
+                    if (route(key) if key is not None else 0) == j:
+                        yield seq, line
+                elif key in rep and route(key) == j:  # customers moved here with their component
+                    yield seq, line
+        shared[slot] = k
+
+    def locate(self, seq: int) -> tuple[str, int]:
+        self.locate_seq = seq  # the dead letter of a rejected line is tagged with it
+        return super().locate(seq)
 
     def _parsed(self):
         route, j = self.route, self.shard
@@ -303,28 +324,20 @@ class _ShardReader(Reader):
             yield item
 
 
-def _take(seq, keys, n, route, j, reader) -> bool:
-    key = next(keys[seq % n])
-    mine = (route(key) if key is not None else 0) == j
-    if mine:
-        reader.cur = seq
-    return mine
-
-
-def _pass2(j: int, n: int, job: dict, route: Router, d: str, shared, barrier) -> dict:
+def _pass2(j: int, n: int, job: dict, route: Router, d: str, shared, barrier, starts, buckets) -> dict:
     c0 = time.process_time()
     cfg_list = job["configs"]
     reader = _ShardReader(job["paths"], None, job["max_bytes"], None, max(1, job["sort_buffer"] // n),
                           job["future_limit"], job["keep"])
-    reader.setup(j, n, route, d)
     reader.progress = _SharedProgress(shared, j)
+    reader.setup(j, n, route, d, starts, buckets)
     kinds = job["kinds"]
     unit = _Unit()
     streams = {k: _Tagged(os.path.join(d, f"{k}{j}")) for k in kinds}
     rejects = None
     if "deadletter" in streams:
-        rejects = _Tagged(os.path.join(d, f"rejects{j}"))
-        reader.deadletter = lambda rec: rejects.add((reader.cur,), rec)
+        rejects = _Tagged(os.path.join(d, f"rejects{j}.unsorted"))
+        reader.deadletter = lambda rec: rejects.add((reader.locate_seq,), rec)
     engines = []
     for c, cfg in enumerate(cfg_list):
         sub = {k.split(".", 1)[1]: s for k, s in streams.items() if k.startswith(f"{c}.")}
@@ -353,8 +366,15 @@ def _pass2(j: int, n: int, job: dict, route: Router, d: str, shared, barrier) ->
     drive(TaggedDrive(target, unit, reader, getattr(target, "heap", None)), processed, final, on_error=on_error)
     for s in streams.values():
         s.close()
-    if rejects is not None:
+    if rejects is not None:  # read bucket after bucket: put them in line order
         rejects.close()
+        out = _Tagged(os.path.join(d, f"rejects{j}"))
+        sort = ExternalSort(reader.sort_buffer)
+        for item in sort(_read_tagged(rejects.f.name)):
+            out.buf.append(item)
+            if len(out.buf) >= _BATCH:
+                out.flush()
+        out.close()
     return {"lines": reader.lines, "valid": reader.valid, "rejected": reader.rejected, "runs": reader.runs,
             "stats": [e.stats for e in engines], "customers": [e.customers() for e in engines],
             "failed": getattr(target, "failed", None), "watermark": final,
@@ -477,7 +497,17 @@ def run_sharded(paths, n: int, job: dict, progress=None) -> list:
         pairs = set()
         for r in r1:
             pairs |= r["pairs"]
-        route = Router(components(pairs), n)
+        rep = components(pairs)
+        route = Router(rep, n)
+        starts = r1[0]["starts"]
+        # a worker reads its own bucket, the visitors' one, and any other holding a customer
+        # whose component is routed to it
+        buckets = [{j, n} for j in range(n)]
+        plain = Router({}, n)
+        for key in rep:
+            if not key.startswith("anon:"):
+                buckets[route(key)].add(plain(key))
+        buckets = [sorted(b) for b in buckets]
         del pairs, r1
         if progress is not None:
             progress.done()
@@ -495,9 +525,10 @@ def run_sharded(paths, n: int, job: dict, progress=None) -> list:
                 progress.update("processing", done, None, "events", rate=done / el if el else None)
             else:
                 t1[0] = time.perf_counter()
-                progress.update("reading", sum(shared[:n]) / n, total)
+                progress.update("reading", sum(shared[:n]), None, "lines")
 
-        results = _run_all(ctx, _pass2, [(j, n, job, route, d, shared, barrier) for j in range(n)], d, "p2", tick2)
+        results = _run_all(ctx, _pass2, [(j, n, job, route, d, shared, barrier, starts, buckets[j])
+                                         for j in range(n)], d, "p2", tick2)
         if progress is not None:
             progress.done()
         for r, c in zip(results, cpu1):
