@@ -420,6 +420,7 @@ def _ignore(*_a) -> None:
 
 def _child(fn, args, result_path):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (Ctrl-C goes to the whole group)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     gc.disable()  # as replay: millions of long-lived objects, no cycles
     try:
         r = fn(*args)
@@ -484,6 +485,7 @@ def run_sharded(paths, n: int, job: dict, progress=None) -> list:
     ctx = multiprocessing.get_context("fork")
     d = tempfile.mkdtemp(prefix="journey-workers-")
     ok = False
+    term = _on_sigterm()
     try:
         shared = ctx.Array("q", 3 * n, lock=False)
         total = sum(os.path.getsize(p) for p in paths) or 1
@@ -536,8 +538,21 @@ def run_sharded(paths, n: int, job: dict, progress=None) -> list:
         ok = True
         return results, d
     finally:
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
         if not ok:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _on_sigterm():
+    """While workers run, SIGTERM stops the parent as Ctrl-C does (the workers are stopped,
+    the temporary files removed). Returns the handler to put back (None off the main thread)."""
+    def stop(_sig, _frame):
+        raise KeyboardInterrupt
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        return None
 
 
 def merged(d: str, kind: str, n: int):
