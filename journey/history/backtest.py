@@ -8,11 +8,15 @@ per rule.
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
+
+import orjson
 
 from ..core.engine import Engine, ListSink
 from ..core.timeline import drive
-from ..io.logs import Reader
+from ..io.logs import SORT_BUFFER, Reader
+from . import workers as workers_mod
 from .replay import no_cyclic_gc
 
 
@@ -42,17 +46,56 @@ def _ignore(*_args) -> None:
     pass
 
 
-def backtest(paths, new_cfg, base_cfg, until: int | None = None, progress=None) -> dict:
+def backtest(paths, new_cfg, base_cfg, until: int | None = None, progress=None, workers: int = 1) -> dict:
+    """``workers`` > 1: that many processes, one shard of the customers each (``history.workers``),
+    the same result."""
+    max_bytes = min(new_cfg.engine.max_record_bytes, base_cfg.engine.max_record_bytes)
+    keep = new_cfg.keep_props | base_cfg.keep_props
+    if workers > 1:
+        try:
+            return _backtest_workers(paths, new_cfg, base_cfg, until, progress, workers, max_bytes, keep)
+        except workers_mod.Mismatch as e:
+            print(f"journey backtest: the worker pre-filter reads a record's ids differently from the parser "
+                  f"({e}); running on one worker instead", file=sys.stderr)
     new, base = Engine(new_cfg, ListSink()), Engine(base_cfg, ListSink())
-    reader = Reader(paths, None, min(new_cfg.engine.max_record_bytes, base_cfg.engine.max_record_bytes), progress,
-                    keep=new_cfg.keep_props | base_cfg.keep_props)
+    reader = Reader(paths, None, max_bytes, progress, keep=keep)
     with no_cyclic_gc():
         tee = _Tee([new, base])
         drive(tee, reader.events(), until)
+    return _compare(new, base, new_cfg, base_cfg, reader.lines, sum(reader.rejected.values()), tee.failed,
+                    new.stats, base.stats)
+
+
+def _backtest_workers(paths, new_cfg, base_cfg, until, progress, n, max_bytes, keep) -> dict:
+    job = {"paths": [str(p) for p in paths], "configs": [new_cfg, base_cfg], "max_bytes": max_bytes,
+           "sort_buffer": SORT_BUFFER, "future_limit": None, "keep": keep,
+           "kinds": ["0.trigger", "0.outcome", "1.trigger"], "until": until, "target": _Tee, "on_error": None}
+    results, d = workers_mod.run_sharded(job["paths"], n, job, progress)
+    try:
+        new, base = _Merged(d, n, 0), _Merged(d, n, 1)
+    finally:
+        workers_mod.shutil.rmtree(d, ignore_errors=True)
+    failed = [sum(r["failed"][i] for r in results) for i in range(2)]
+    return _compare(new, base, new_cfg, base_cfg, sum(r["lines"] for r in results),
+                    sum(workers_mod.sum_rejected(results).values()), failed,
+                    workers_mod.merge_stats(results, 0), workers_mod.merge_stats(results, 1))
+
+
+class _Merged:
+    """An engine's merged outputs, as its ListSink would hold them."""
+
+    def __init__(self, d, n, c):
+        self.sink = ListSink()
+        self.sink.triggers.extend(orjson.loads(x) for x in workers_mod.merged(d, f"{c}.trigger", n))
+        if c == 0:
+            self.sink.outcomes.extend(orjson.loads(x) for x in workers_mod.merged(d, f"{c}.outcome", n))
+
+
+def _compare(new, base, new_cfg, base_cfg, lines, rejected, failed, new_stats, base_stats) -> dict:
     rules = sorted(set(new_cfg.rules) | set(base_cfg.rules))
     by_new = {t["id"]: t for t in new.sink.triggers}
     by_base = {t["id"]: t for t in base.sink.triggers}
-    result = {"lines": reader.lines, "rejected": sum(reader.rejected.values()), "unprocessable": tee.failed,
+    result = {"lines": lines, "rejected": rejected, "unprocessable": failed,
               "rules": {}, "added": [], "removed": []}
     per = defaultdict(lambda: {"baseline": 0, "new": 0, "added": 0, "removed": 0})
     for t in base.sink.triggers:
@@ -69,8 +112,8 @@ def backtest(paths, new_cfg, base_cfg, until: int | None = None, progress=None) 
             result["removed"].append(t)
     result["rules"] = {r: per[r] for r in rules if r in per}
     result["outcomes"] = new.sink.outcomes  # the proposed rules' closed exposures (experiments)
-    sup_new = new.stats.suppressed_by_reason()
-    sup_base = base.stats.suppressed_by_reason()
+    sup_new = new_stats.suppressed_by_reason()
+    sup_base = base_stats.suppressed_by_reason()
     result["suppressed"] = {r: {"baseline": sup_base.get(r, 0), "new": sup_new.get(r, 0)}
                             for r in sorted(set(sup_new) | set(sup_base))}
     return result

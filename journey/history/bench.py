@@ -47,6 +47,32 @@ def state_bytes(engine) -> dict:
     }
 
 
+def workers_bench(log: str, d: str, pairs: int, target: float = 1.7) -> float:
+    """Replay events/s with 1 and 2 workers on the same log, in alternating pairs (so that
+    load from elsewhere on the machine hits both alike); the ratio of the medians."""
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    print()
+    print(f"replay --workers, {pairs} pair(s) of runs (1 worker, then 2), {os.cpu_count()} core(s):")
+    for k in range(pairs):
+        for w in ((1, 2) if k % 2 == 0 else (2, 1)):
+            s = replay([log], os.path.join(d, f"w{w}.triggers.jsonl"), os.path.join(d, f"w{w}.audit.jsonl"),
+                       os.path.join(d, f"w{w}.deadletter.jsonl"), config=Config(), workers=w)
+            rates[w].append(s["lines"] / s["seconds"])
+            print(f"  {w} worker(s)            {rates[w][-1]:>12,.0f} events/s  ({s['seconds']:.2f} s)")
+    same = all(_same(os.path.join(d, f"w1.{x}.jsonl"), os.path.join(d, f"w2.{x}.jsonl"))
+               for x in ("triggers", "audit", "deadletter"))
+    r1, r2 = statistics.median(rates[1]), statistics.median(rates[2])
+    ratio = r2 / r1
+    print(f"2 workers / 1 worker   {ratio:>12.2f}x (medians; target: at least {target}x: "
+          f"{'met' if ratio >= target else 'missed'}); outputs byte-identical: {'yes' if same else 'NO'}")
+    return ratio
+
+
+def _same(a: str, b: str) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return fa.read() == fb.read()
+
+
 def run_bench(a) -> int:
     d = a.keep or tempfile.mkdtemp(prefix="journey-bench-")
     os.makedirs(d, exist_ok=True)
@@ -80,6 +106,8 @@ def run_bench(a) -> int:
               f"max {sb.get('max')} B over {sb['customers']:,} customers (target: mean under 1 KB: "
               f"{'met' if mean < 1024 else 'missed'})")
         print(f"size run               {a.customers:,} customers, {a.events:,} events, seed {a.seed}")
+        if a.worker_pairs:
+            workers_bench(log, d, a.worker_pairs)
     finally:
         if not a.keep:
             shutil.rmtree(d, ignore_errors=True)

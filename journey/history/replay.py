@@ -32,6 +32,7 @@ from ..core.triggers import deadletter_record
 from ..io.logs import SORT_BUFFER, Reader
 from ..io.progress import Progress
 from ..io.rulefile import load_config
+from . import workers as workers_mod
 
 
 class JsonLines:
@@ -99,11 +100,22 @@ class Counting:
 def replay(paths, out: str, audit: str | None = None, deadletter: str | None = None, rules: str | None = None,
            until: int | None = None, transitions: str | None = None, progress: Progress | None = None,
            sort_buffer: int = SORT_BUFFER, config=None, keep_engine: list | None = None,
-           now: int | None = None, outcomes: str | None = None) -> dict:
+           now: int | None = None, outcomes: str | None = None, workers: int = 1) -> dict:
     """Run a replay; returns the summary (see :func:`format_summary`). ``now`` (epoch ms) is
     the present the log was taken at: events more than ``[engine] future_horizon`` after
     it are dead-lettered as ``future_time``, as the live worker does against its clock.
-    ``outcomes``: the file of closed experiment exposures (domain.md section 7)."""
+    ``outcomes``: the file of closed experiment exposures (domain.md section 7).
+    ``workers`` > 1: that many processes, one shard of the customers each (``history.workers``),
+    the same output files byte for byte."""
+    if workers > 1 and keep_engine is None:
+        cfg = config or load_config(rules)
+        try:
+            return _replay_workers(paths, out, audit, deadletter, until, transitions, progress or Progress(),
+                                   sort_buffer, cfg, now, outcomes, workers)
+        except workers_mod.Mismatch as e:
+            print(f"journey replay: the worker pre-filter reads a record's ids differently from the parser "
+                  f"({e}); replaying on one worker instead", file=sys.stderr)
+            config = cfg
     with no_cyclic_gc():
         return _replay(paths, out, audit, deadletter, rules, until, transitions, progress, sort_buffer, config,
                        keep_engine, now, outcomes)
@@ -175,6 +187,74 @@ def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, 
         "read_seconds": round(t_read, 3),
         "events_per_second": round(reader.lines / elapsed) if elapsed else 0,
     }
+
+
+def _replay_workers(paths, out, audit, deadletter, until, transitions, progress, sort_buffer, cfg, now, outcomes,
+                    n):
+    t0 = time.perf_counter()
+    horizon = cfg.engine.future_horizon
+    limit = now + horizon if now is not None and horizon > 0 else None
+    files = {"0.trigger": out, "0.audit": audit, "deadletter": deadletter, "0.transition": transitions,
+             "0.outcome": outcomes}
+    kinds = [k for k, v in files.items() if v is not None or k == "0.trigger"]
+    job = {"paths": [str(p) for p in paths], "configs": [cfg], "max_bytes": cfg.engine.max_record_bytes,
+           "sort_buffer": sort_buffer, "future_limit": limit, "keep": cfg.keep_props, "kinds": kinds,
+           "until": until, "target": _first_engine, "on_error": failed_event}
+    results, d = workers_mod.run_sharded(job["paths"], n, job, progress)
+    t_merge = time.perf_counter()
+    outs = {k: JsonLines(v) for k, v in files.items()}
+    ok = False
+    try:
+        for k in kinds:
+            o = outs[k]
+            if k == "deadletter":
+                _write(o, workers_mod.merged(d, "rejects", n))
+            _write(o, workers_mod.merged(d, k, n))
+        ok = True
+    finally:
+        for o in outs.values():
+            o.close(keep=ok)
+        workers_mod.shutil.rmtree(d, ignore_errors=True)
+    elapsed = time.perf_counter() - t0
+    s = workers_mod.merge_stats(results, 0).as_dict()
+    lines = sum(r["lines"] for r in results)
+    if os.environ.get("JOURNEY_WORKERS_DEBUG"):
+        print(f"workers cpu (pass 1, read, process) s: {[tuple(round(x, 2) for x in r['cpu']) for r in results]}; "
+              f"merge {time.perf_counter() - t_merge:.2f} s", file=sys.stderr)
+    return {
+        "lines": lines,
+        "valid": sum(r["valid"] for r in results),
+        "rejected_by_reason": dict(sorted(workers_mod.sum_rejected(results).items())),
+        "duplicates": s["duplicates"],
+        "after_erasure": s["after_erasure"],
+        "events_applied": s["events"],
+        "events_by_type": s["events_by_type"],
+        "triggers": outs["0.trigger"].count,
+        "triggers_by_rule": s["triggers_by_rule"],
+        "suppressed_by_reason": s["suppressed_by_reason"],
+        "deferred_by_rule": s["deferred_by_rule"],
+        "transitions": s["transitions"],
+        "timer_errors": s["timer_errors"],
+        "outcomes": s["outcomes"],
+        "customers": sum(r["customers"][0] for r in results),
+        "watermark": results[0]["watermark"],
+        "sort_runs": max(r["runs"] for r in results),  # per worker (each sorts its shard)
+        "seconds": round(elapsed, 3),
+        "read_seconds": None,
+        "events_per_second": round(lines / elapsed) if elapsed else 0,
+    }
+
+
+def _first_engine(engines):
+    return engines[0]
+
+
+def _write(o: JsonLines, lines) -> None:
+    f = o.f
+    for line in lines:
+        o.count += 1
+        if f is not None:
+            f.write(line + b"\n")
 
 
 def _timer_failed(_due, _exc) -> None:

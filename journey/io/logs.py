@@ -69,10 +69,8 @@ class Reader:
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{p}: no such file (journey replay takes JSON-lines files, .jsonl or .jsonl.gz)")
 
-    def _parsed(self):
-        """(ts, id, seq, event) tuples in file order; rejects go to the dead-letter output.
-        ``seq`` counts every line of every file, in the order given: ties of time and id
-        (the same event twice) keep the first in file order, and ``locate`` finds a line."""
+    def _numbered(self):
+        """(seq, line) of every line of every file, in the order given (blank lines too)."""
         total = sum(os.path.getsize(p) for p in self.paths) or 1
         done_before = 0
         seq = 0
@@ -80,28 +78,36 @@ class Reader:
             self.starts.append((seq, path))
             f, raw = open_log(path)
             with f, raw:
-                for n, line in read_lines(f, path):
+                for _n, line in read_lines(f, path):
                     seq += 1
-                    self.lines += 1
-                    line = line.rstrip(b"\r\n")
-                    if not line.strip():
-                        self.lines -= 1
-                        continue
-                    try:
-                        ev = parse(line, self.max_bytes, self.keep)
-                        if self.future_limit is not None and ev.ts > self.future_limit:
-                            raise Rejected(FUTURE_TIME, f"stamped {format_time(ev.ts)}, more than the future horizon "
-                                                        f"after --now ({format_time(self.future_limit)})")
-                    except Rejected as r:
-                        self.rejected[r.reason] += 1
-                        if self.deadletter is not None:
-                            self.deadletter(deadletter_record(r.reason, r.detail, {"file": path, "line": n}, line))
-                        continue
-                    self.valid += 1
-                    yield (ev.ts, ev.id, seq, ev)
-                    if not self.lines & 4095:
+                    yield seq, line
+                    if not seq & 4095:
                         self.progress.update("reading", done_before + raw.tell(), total)
             done_before += os.path.getsize(path)
+
+    def _parsed(self):
+        """(ts, id, seq, event) tuples in file order; rejects go to the dead-letter output.
+        ``seq`` counts every line of every file, in the order given: ties of time and id
+        (the same event twice) keep the first in file order, and ``locate`` finds a line."""
+        for seq, line in self._numbered():
+            self.lines += 1
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                self.lines -= 1
+                continue
+            try:
+                ev = parse(line, self.max_bytes, self.keep)
+                if self.future_limit is not None and ev.ts > self.future_limit:
+                    raise Rejected(FUTURE_TIME, f"stamped {format_time(ev.ts)}, more than the future horizon "
+                                                f"after --now ({format_time(self.future_limit)})")
+            except Rejected as r:
+                self.rejected[r.reason] += 1
+                if self.deadletter is not None:
+                    path, n = self.locate(seq)
+                    self.deadletter(deadletter_record(r.reason, r.detail, {"file": path, "line": n}, line))
+                continue
+            self.valid += 1
+            yield (ev.ts, ev.id, seq, ev)
 
     def events(self):
         """All valid events in event-time order (ties: event id, then content)."""
