@@ -182,11 +182,7 @@ def cmd_experiments(a) -> int:
         if tally is None:
             tally = more
         else:
-            for k, c in more.cells.items():
-                t = tally.cells.setdefault(k, [0, 0, 0.0])
-                for i in range(3):
-                    t[i] += c[i]
-            tally.bad += more.bad
+            tally.merge(more)
     rows = tally.rows(a.by)
     if a.json:
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")

@@ -53,7 +53,9 @@ class Tally:
     """Exposures, conversions and value by (rule, arm, stage) and (rule, arm, health band)."""
 
     def __init__(self):
-        self.cells: dict[tuple, list] = {}   # (rule, arm, group kind, group) -> [n, conversions, value]
+        # (rule, arm, group kind, group) -> [n, conversions, value in cents]: whole cents, so the
+        # sums do not depend on the order the records come in (a topic's, a file's)
+        self.cells: dict[tuple, list] = {}
         self.bad = 0                          # records that are not outcome records (skipped)
 
     def add(self, rec) -> bool:
@@ -61,8 +63,9 @@ class Tally:
             rule, arm, stage = rec["rule"], rec["variant"], rec["stage"]
             converted = rec["converted"] is True
             value = float(rec.get("value") or 0) if converted else 0.0
-            if not (isinstance(rule, str) and isinstance(arm, str) and isinstance(stage, str)) or value != value:
+            if not (isinstance(rule, str) and isinstance(arm, str) and isinstance(stage, str)) or not abs(value) < 1e13:
                 raise TypeError
+            cents = round(value * 100)
             hb = band(rec.get("health"))
         except (KeyError, TypeError, ValueError, AttributeError):
             self.bad += 1
@@ -70,11 +73,18 @@ class Tally:
         for key in ((rule, arm, "all", None), (rule, arm, "stage", stage), (rule, arm, "health", hb)):
             c = self.cells.get(key)
             if c is None:
-                c = self.cells[key] = [0, 0, 0.0]
+                c = self.cells[key] = [0, 0, 0]
             c[0] += 1
             c[1] += converted
-            c[2] += value
+            c[2] += cents
         return True
+
+    def merge(self, other: Tally) -> None:
+        for k, c in other.cells.items():
+            t = self.cells.setdefault(k, [0, 0, 0])
+            for i in range(3):
+                t[i] += c[i]
+        self.bad += other.bad
 
     def rows(self, by: str = "stage") -> list[dict]:
         """Rows per rule and arm (``stage`` None), then per rule, arm and ``by`` (stage or
@@ -94,7 +104,7 @@ class Tally:
                     if kind == "health":
                         row["health_band"] = group
                     row.update({"exposures": n, "conversions": x, "rate": x / n,
-                                "value_per_exposure": v / n, "uplift": None, "ci_low": None,
+                                "value_per_exposure": v / 100 / n, "uplift": None, "ci_low": None,
                                 "ci_high": None})
                     if arm != HOLDOUT and base is not None and base[0] > 0:
                         d, lo, hi = newcombe(x, n, base[1], base[0])
