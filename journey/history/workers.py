@@ -418,9 +418,15 @@ def _ignore(*_a) -> None:
     pass
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _child(fn, args, result_path):
+    # the parent forked with these signals blocked: set our own handlers first, then let a
+    # pending one in (a SIGTERM during the fork must not run the parent's handler here)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (Ctrl-C goes to the whole group)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     gc.disable()  # as replay: millions of long-lived objects, no cycles
     try:
         r = fn(*args)
@@ -444,7 +450,11 @@ def _run_all(ctx, fn, argss, d, tag, on_tick=None) -> list:
     try:
         for k, args in enumerate(argss):
             p = ctx.Process(target=_child, args=(fn, args, os.path.join(d, f"{tag}{k}.result")), daemon=True)
-            p.start()
+            before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                p.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
             procs.append(p)
         pending = {p.sentinel: p for p in procs}
         while pending:
