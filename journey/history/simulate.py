@@ -92,7 +92,7 @@ from ..io.progress import Progress
 from ..io.rulefile import load_config, read_table
 from .replay import JsonLines, no_cyclic_gc
 from .report import format_report
-from .synth import ZONES, _Customer, _ticket
+from .synth import ZONES, _Customer, _ticket, cart_to_payment, ship_and_deliver
 
 REACTIONS = Path(examples.__file__).with_name("simulate.example.toml")
 RULES = Path(examples.__file__).with_name("simulate.rules.toml")
@@ -412,33 +412,15 @@ def _cart_and_order(sim, c: _Person, t: int, buy: bool, value: float, pid: str) 
     """The rest of a session from the cart on; returns the session's last time. The order is
     not drawn here but when its time comes (``Simulation._organic_order``): a reaction window
     may own the customer's orders by then."""
-    r = c.rng
-    c.emit("cart.product_added", t, product_id=pid, price=round(value, 2))
-    t += r.randint(20, 300) * 1000
-    chk = f"chk-{c.id}-{c.n}"
-    c.emit("checkout.started", t, checkout_id=chk, value=round(value, 2))
-    if not buy:
-        return t
-    t += r.randint(1, 20) * MS_MINUTE
-    if r.random() < 0.04:
-        c.emit("payment.failed", t, checkout_id=chk)
-        t += r.randint(2, 30) * MS_MINUTE
-        if r.random() < 0.4:
-            return t
-    sim.push(t, _WAKE, ("order", c, value))
+    t, paid = cart_to_payment(c, t, buy, value, pid)
+    if paid:
+        sim.push(t, _WAKE, ("order", c, value))
     return t
 
 
 def _fulfil(c: _Person, r: random.Random, oid: str, t: int, value: float) -> None:
-    """Shipping, delivery, sometimes a refund and a review or survey (synth's model)."""
-    ship = t + r.randint(4, 30) * MS_HOUR
-    promised = ship + r.randint(2, 4) * MS_DAY
-    c.emit("order.shipped", ship, order_id=oid, promised_by=format_time(promised))
-    late = c.persona == "trouble" and r.random() < 0.5
-    delivered = promised + (r.randint(1, 48) * MS_HOUR if late or r.random() < 0.03 else -r.randint(1, 40) * MS_HOUR)
-    c.emit("order.delivered", max(delivered, ship + MS_HOUR), order_id=oid)
-    if r.random() < 0.04:
-        c.emit("order.refunded", delivered + r.randint(1, 10) * MS_DAY, order_id=oid, revenue=round(value, 2))
+    """Shipping, delivery, sometimes a refund (synth's model), and a review or survey."""
+    ship_and_deliver(c, r, oid, t, value)
     if r.random() < 0.15:
         if c.persona == "promoter":
             c.emit("survey.answered", t + 3 * MS_DAY, nps=r.choice([9, 10]))

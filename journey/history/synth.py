@@ -76,20 +76,36 @@ def _session(c: _Customer, buy: bool, value: float):
             c.emit("app.error", t + 9 * MS_MINUTE, code="E503")
     if not buy and r.random() < 0.55:
         return t
+    t, paid = cart_to_payment(c, t, buy, value, pid)
+    if not paid:
+        return t
+    oid = f"ord-{c.id}-{c.n}"
+    c.emit("order.completed", t, order_id=oid, revenue=round(value, 2), currency="EUR")
+    ship_and_deliver(c, c.rng, oid, t, value)
+    return t
+
+
+def cart_to_payment(c: _Customer, t: int, buy: bool, value: float, pid: str) -> tuple[int, bool]:
+    """A session from the cart to the payment: (its last time, whether the order goes
+    through). ``journey simulate`` shares it and places the order itself."""
+    r = c.rng
     c.emit("cart.product_added", t, product_id=pid, price=round(value, 2))
     t += r.randint(20, 300) * 1000
     chk = f"chk-{c.id}-{c.n}"
     c.emit("checkout.started", t, checkout_id=chk, value=round(value, 2))
     if not buy:
-        return t
+        return t, False
     t += r.randint(1, 20) * MS_MINUTE
     if r.random() < 0.04:
         c.emit("payment.failed", t, checkout_id=chk)
         t += r.randint(2, 30) * MS_MINUTE
         if r.random() < 0.4:
-            return t
-    oid = f"ord-{c.id}-{c.n}"
-    c.emit("order.completed", t, order_id=oid, revenue=round(value, 2), currency="EUR")
+            return t, False
+    return t, True
+
+
+def ship_and_deliver(c: _Customer, r: random.Random, oid: str, t: int, value: float) -> None:
+    """An order's shipping, delivery (late for some trouble customers) and, sometimes, refund."""
     ship = t + r.randint(4, 30) * MS_HOUR
     promised = ship + r.randint(2, 4) * MS_DAY
     c.emit("order.shipped", ship, order_id=oid, promised_by=format_time(promised))
@@ -98,7 +114,6 @@ def _session(c: _Customer, buy: bool, value: float):
     c.emit("order.delivered", max(delivered, ship + MS_HOUR), order_id=oid)
     if r.random() < 0.04:
         c.emit("order.refunded", delivered + r.randint(1, 10) * MS_DAY, order_id=oid, revenue=round(value, 2))
-    return t
 
 
 def _ticket(c: _Customer, t: int, slow: bool):
