@@ -164,28 +164,34 @@ def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, 
         for o in outs:
             o.close(keep=ok)
     elapsed = time.perf_counter() - t0
-    s = engine.stats.as_dict()
+    return _summary(engine.stats.as_dict(), reader.lines, reader.valid, reader.rejected, outs[0].count,
+                    engine.customers(), watermark, reader.runs, elapsed, round(t_read, 3))
+
+
+def _summary(s: dict, lines: int, valid: int, rejected, triggers: int, customers: int, watermark, runs: int,
+             elapsed: float, read_seconds) -> dict:
+    """The replay summary (see :func:`format_summary`), from the engine's counters and the reading's."""
     return {
-        "lines": reader.lines,
-        "valid": reader.valid,
-        "rejected_by_reason": dict(sorted(reader.rejected.items())),
+        "lines": lines,
+        "valid": valid,
+        "rejected_by_reason": dict(sorted(rejected.items())),
         "duplicates": s["duplicates"],
         "after_erasure": s["after_erasure"],
         "events_applied": s["events"],
         "events_by_type": s["events_by_type"],
-        "triggers": outs[0].count,
+        "triggers": triggers,
         "triggers_by_rule": s["triggers_by_rule"],
         "suppressed_by_reason": s["suppressed_by_reason"],
         "deferred_by_rule": s["deferred_by_rule"],
         "transitions": s["transitions"],
         "timer_errors": s["timer_errors"],
         "outcomes": s["outcomes"],
-        "customers": engine.customers(),
+        "customers": customers,
         "watermark": watermark,
-        "sort_runs": reader.runs,
+        "sort_runs": runs,
         "seconds": round(elapsed, 3),
-        "read_seconds": round(t_read, 3),
-        "events_per_second": round(reader.lines / elapsed) if elapsed else 0,
+        "read_seconds": read_seconds,
+        "events_per_second": round(lines / elapsed) if elapsed else 0,
     }
 
 
@@ -221,28 +227,10 @@ def _replay_workers(paths, out, audit, deadletter, until, transitions, progress,
     if os.environ.get("JOURNEY_WORKERS_DEBUG"):
         print(f"workers cpu (pass 1, read, process) s: {[tuple(round(x, 2) for x in r['cpu']) for r in results]}; "
               f"merge {time.perf_counter() - t_merge:.2f} s", file=sys.stderr)
-    return {
-        "lines": lines,
-        "valid": sum(r["valid"] for r in results),
-        "rejected_by_reason": dict(sorted(workers_mod.sum_rejected(results).items())),
-        "duplicates": s["duplicates"],
-        "after_erasure": s["after_erasure"],
-        "events_applied": s["events"],
-        "events_by_type": s["events_by_type"],
-        "triggers": outs["0.trigger"].count,
-        "triggers_by_rule": s["triggers_by_rule"],
-        "suppressed_by_reason": s["suppressed_by_reason"],
-        "deferred_by_rule": s["deferred_by_rule"],
-        "transitions": s["transitions"],
-        "timer_errors": s["timer_errors"],
-        "outcomes": s["outcomes"],
-        "customers": sum(r["customers"][0] for r in results),
-        "watermark": results[0]["watermark"],
-        "sort_runs": max(r["runs"] for r in results),  # per worker (each sorts its shard)
-        "seconds": round(elapsed, 3),
-        "read_seconds": None,
-        "events_per_second": round(lines / elapsed) if elapsed else 0,
-    }
+    # sort runs: per worker (each sorts its shard); the read time is not one figure with workers
+    return _summary(s, lines, sum(r["valid"] for r in results), workers_mod.sum_rejected(results),
+                    outs["0.trigger"].count, sum(r["customers"][0] for r in results), results[0]["watermark"],
+                    max(r["runs"] for r in results), elapsed, None)
 
 
 def _first_engine(engines):
