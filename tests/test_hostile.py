@@ -164,9 +164,13 @@ def test_a_state_record_of_the_wrong_shape_is_refused():
     good = CustomerState()
     good.orders, good.first_order, good.last_order, good.spend = 1, 5, 5, 100
     assert CustomerState.checked(orjson.loads(good.to_bytes())) == good
+    good.timers["_outcome|t1"] = [9, ["cart_abandoned", "holdout", "new", 50, 5, None, 0]]
+    assert CustomerState.checked(orjson.loads(good.to_bytes())) == good
     for bad in ([], {"zz": 1}, {"o": [1, 2]}, {"o": ["a", 1, 1, 1, 1]}, {"tm": {"x": ["a", 1]}},
                 {"sn": [1, 2, 3]}, {"t": {"nope": [1, 1, 1, []]}}, {"an": [1]}, {"o": [1, 2, 3, 10**30, 0]},
-                {"h": ["x", 1]}, {"cs": {"email": "yes"}}):
+                {"h": ["x", 1]}, {"cs": {"email": "yes"}},
+                {"tm": {"_outcome|t1": [5, ["cart_abandoned", "holdout"]]}},   # an exposure of the wrong shape
+                {"tm": {"_outcome|t1": [5, ["r", "a", "new", 50, "x", None, 0]]}}):
         with pytest.raises(ValueError):
             CustomerState.checked(bad)
 

@@ -257,6 +257,12 @@ def _touch(v) -> bool:
         for k, r in v.items())
 
 
+def _exposure(v) -> bool:
+    """An open experiment exposure: [rule, arm, stage, health, exposed_at, converted_at, value cents]."""
+    return (isinstance(v, list) and len(v) == 7 and all(type(x) is str for x in v[:3]) and _num(v[3])
+            and _int(v[4]) and (v[5] is None or _int(v[5])) and _int(v[6]))
+
+
 _FIELDS_OK = {
     "a": lambda v: type(v) in (int, bool),
     "tz": _opt_str, "bd": _opt_str, "lc": _opt_str,
@@ -269,6 +275,7 @@ _FIELDS_OK = {
     "s": lambda v: type(v) is str,
     "tk": lambda v: isinstance(v, dict) and all(type(k) is str and isinstance(x, list) for k, x in v.items()),
     "tm": lambda v: isinstance(v, dict) and all(type(k) is str and isinstance(x, list) and len(x) == 2 and _int(x[0])
+                                                and (not k.startswith("_outcome|") or _exposure(x[1]))
                                                 for k, x in v.items()),
     "oc": lambda v: isinstance(v, dict) and all(type(k) is str for k in v),
     "ct": lambda v: isinstance(v, list) and all(_int(x) for x in v),
