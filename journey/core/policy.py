@@ -16,7 +16,7 @@ Order of checks (the first that applies decides):
 from __future__ import annotations
 
 from . import health
-from .timeutil import at_local, format_duration, local, zone
+from .timeutil import at_local, format_duration, wall, zone
 
 SEND, DEFER, SUPPRESS = "send", "defer", "suppress"
 
@@ -52,7 +52,7 @@ def quiet_until(now: int, tz, start: int, end: int) -> int | None:
     """If ``now`` is inside customer-local quiet hours [start, end), when they end."""
     if start == end:
         return None
-    lt = local(now, tz)
+    lt = wall(now, tz)
     m = lt.hour * 60 + lt.minute
     inside = (m >= start or m < end) if start > end else (start <= m < end)
     if not inside:

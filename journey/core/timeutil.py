@@ -85,13 +85,23 @@ def parse_time(value) -> int:
     return ms
 
 
+_MINUTES: dict[int, str] = {}  # minute since the epoch -> "YYYY-MM-DDTHH:MM:" (formatted once)
+_SECONDS = [f"{i:02d}" for i in range(60)]
+
+
 def format_time(ms: int) -> str:
     """Format epoch milliseconds as RFC 3339 UTC (``2026-03-01T10:30:00Z``; four-digit years)."""
     s, frac = divmod(ms, 1000)
     if 0 <= s < 253402300800:  # years 1970 to 9999: strftime's %Y has four digits
+        minute, sec = divmod(s, 60)
+        head = _MINUTES.get(minute)
+        if head is None:
+            if len(_MINUTES) >= 65536:
+                _MINUTES.clear()  # bounded; the usual input moves forward in time
+            head = _MINUTES[minute] = _time.strftime("%Y-%m-%dT%H:%M:", _time.gmtime(minute * 60))
         if frac:
-            return _time.strftime("%Y-%m-%dT%H:%M:%S.", _time.gmtime(s)) + f"{frac:03d}Z"
-        return _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(s))
+            return f"{head}{_SECONDS[sec]}.{frac:03d}Z"
+        return head + _SECONDS[sec] + "Z"
     t = EPOCH + timedelta(milliseconds=ms)  # before 1970 (a customer-local day of 1970-01-01)
     out = f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
     return out + (f".{frac:03d}Z" if frac else "Z")
@@ -153,22 +163,54 @@ def local(ms: int, tz) -> datetime:
     return (EPOCH + timedelta(milliseconds=ms)).astimezone(tz)
 
 
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_SPAN = 15 * MS_MINUTE  # time zone offsets and their changes fall on quarter hours (since 1972)
+_OFFSETS: dict[tuple, int | None] = {}  # (zone, quarter hour) -> UTC offset in ms, None if it changes inside
+
+
+def _offset_ms(ms: int, tz) -> int:
+    return (EPOCH + timedelta(milliseconds=ms)).astimezone(tz).utcoffset() // _MS
+
+
+def wall(ms: int, tz) -> datetime:
+    """The customer-local wall time of ``ms`` in ``tz`` as a naive datetime: the same
+    fields as ``local(ms, tz)``, from an offset looked up once per zone and quarter hour
+    (a quarter hour whose offset changes inside it is computed exactly every time)."""
+    if tz is UTC:
+        return _NAIVE_EPOCH + timedelta(milliseconds=ms)
+    q = ms // _SPAN
+    key = (tz, q)
+    off = _OFFSETS.get(key, False)
+    if off is False:
+        start = q * _SPAN
+        a, b = _offset_ms(start, tz), _offset_ms(start + _SPAN - 1, tz)
+        off = a if a == b else None
+        if len(_OFFSETS) >= 65536:
+            _OFFSETS.clear()  # bounded
+        _OFFSETS[key] = off
+    if off is None:
+        return local(ms, tz).replace(tzinfo=None)
+    return _NAIVE_EPOCH + timedelta(milliseconds=ms + off)
+
+
 def to_ms(dt: datetime) -> int:
     return (dt - EPOCH) // timedelta(milliseconds=1)
 
 
+@lru_cache(maxsize=65536)
 def at_local(day: date, minutes: int, tz) -> int:
     """Epoch ms of wall-clock ``minutes`` after midnight on ``day`` in ``tz``.
 
     A wall time that does not exist (skipped by a daylight-saving change) maps
     to the same offset as before the change, i.e. a little later in real time.
+    (Memoized: the same days, times and zones recur for every customer.)
     """
     dt = datetime.combine(day, time(minutes // 60, minutes % 60), tzinfo=tz)
     return to_ms(dt)
 
 
 def month_index(ms: int, tz) -> int:
-    d = local(ms, tz)
+    d = wall(ms, tz)
     return d.year * 12 + (d.month - 1)
 
 
@@ -187,7 +229,7 @@ def next_yearly(after_ms: int, month: int, day: int, minutes: int, tz, strictly_
 
     Returns ``(due_ms, year)``.
     """
-    year = local(after_ms, tz).year
+    year = wall(after_ms, tz).year
     for y in (year - 1, year, year + 1, year + 2):
         due = at_local(yearly_date(y, month, day), minutes, tz)
         if due > after_ms or (not strictly_after and due == after_ms):

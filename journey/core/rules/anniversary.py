@@ -1,6 +1,6 @@
 from ..params import Param
 from ..policy import customer_zone
-from ..timeutil import MS_DAY, format_duration, format_time, local, next_yearly
+from ..timeutil import MS_DAY, format_duration, format_time, next_yearly, wall
 from .base import RECOGNITION, Rule
 
 
@@ -30,7 +30,7 @@ class Anniversary(Rule):
             self.schedule(eng, st, ev.ts, p)
 
     def schedule(self, eng, st, after, p):
-        first = local(st.first_order, customer_zone(st, eng.cfg))
+        first = wall(st.first_order, customer_zone(st, eng.cfg))
         due, year = next_yearly(max(after, st.first_order + MS_DAY), first.month, first.day, p.at,
                                 customer_zone(st, eng.cfg))
         if st.last_order is None or due - st.last_order > p.ordered_within:
