@@ -298,6 +298,19 @@ class Engine:
             # forget ids older than the window, and the oldest beyond the cap (down to 3/4 of
             # it, so the pruning is amortized over several events)
             horizon = max(ev.ts, st.last_ts or ev.ts) - self._dedup_window
+            if len(seen) <= self._dedup_max:
+                # the usual case: a few of the oldest ids left the window; the memory is
+                # oldest first, so they are a prefix (deleted in place, no copy)
+                old = []
+                for k, v in seen.items():
+                    if v >= horizon:
+                        break
+                    old.append(k)
+                for k in old:
+                    del seen[k]
+                if st.seen_floor is not None and st.seen_floor < horizon:
+                    st.seen_floor = None
+                return False
             keep = [(k, v) for k, v in seen.items() if v >= horizon]
             if len(keep) > self._dedup_max:
                 keep = keep[-(self._dedup_max * 3 // 4 or 1):]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from operator import itemgetter
 
+_due = itemgetter(0)
+
 import orjson
 
 from .catalog import TOUCH_KINDS
@@ -78,9 +80,13 @@ class CustomerState:
 
     # -- timers --------------------------------------------------------------
     def next_due(self) -> int | None:
-        if not self.timers:
+        timers = self.timers
+        if not timers:
             return None
-        return min(t[0] for t in self.timers.values())
+        if len(timers) == 1:
+            for t in timers.values():
+                return t[0]
+        return min(map(_due, timers.values()))
 
     # -- serialization -------------------------------------------------------
     def to_dict(self) -> dict:
