@@ -88,46 +88,26 @@ class Reader:
     def _parsed(self):
         """(ts, id, seq, event) tuples in file order; rejects go to the dead-letter output.
         ``seq`` counts every line of every file, in the order given: ties of time and id
-        (the same event twice) keep the first in file order, and ``locate`` finds a line.
-        (The reading of ``_numbered``, inlined: this loop runs once per line.)"""
-        total = sum(os.path.getsize(p) for p in self.paths) or 1
-        done_before = 0
-        seq = 0
-        max_bytes, keep, limit, progress = self.max_bytes, self.keep, self.future_limit, self.progress
-        for path in self.paths:
-            self.starts.append((seq, path))
-            first = seq
-            f, raw = open_log(path)
-            with f, raw:
-                it = iter(f)
-                while True:
-                    try:
-                        line = next(it)
-                    except StopIteration:
-                        break
-                    except (EOFError, OSError, zlib.error) as e:
-                        raise _corrupt(path, seq - first, e) from None
-                    seq += 1
-                    if not seq & 4095:
-                        progress.update("reading", done_before + raw.tell(), total)
-                    line = line.rstrip(b"\r\n")
-                    if not line or not line.strip():
-                        continue
-                    self.lines += 1
-                    try:
-                        ev = parse(line, max_bytes, keep)
-                        if limit is not None and ev.ts > limit:
-                            raise Rejected(FUTURE_TIME, f"stamped {format_time(ev.ts)}, more than the future "
-                                                        f"horizon after --now ({format_time(limit)})")
-                    except Rejected as r:
-                        self.rejected[r.reason] += 1
-                        if self.deadletter is not None:
-                            loc, n = self.locate(seq)
-                            self.deadletter(deadletter_record(r.reason, r.detail, {"file": loc, "line": n}, line))
-                        continue
-                    self.valid += 1
-                    yield (ev.ts, ev.id, seq, ev)
-            done_before += os.path.getsize(path)
+        (the same event twice) keep the first in file order, and ``locate`` finds a line."""
+        for seq, line in self._numbered():
+            self.lines += 1
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                self.lines -= 1
+                continue
+            try:
+                ev = parse(line, self.max_bytes, self.keep)
+                if self.future_limit is not None and ev.ts > self.future_limit:
+                    raise Rejected(FUTURE_TIME, f"stamped {format_time(ev.ts)}, more than the future horizon "
+                                                f"after --now ({format_time(self.future_limit)})")
+            except Rejected as r:
+                self.rejected[r.reason] += 1
+                if self.deadletter is not None:
+                    path, n = self.locate(seq)
+                    self.deadletter(deadletter_record(r.reason, r.detail, {"file": path, "line": n}, line))
+                continue
+            self.valid += 1
+            yield (ev.ts, ev.id, seq, ev)
 
     def events(self):
         """All valid events in event-time order (ties: event id, then content)."""
@@ -211,11 +191,6 @@ def _unpack_events(batch):
         yield ts, eid, seq, e
 
 
-def _corrupt(path: str, n: int, e: Exception) -> LogError:
-    return LogError(f"{path}: the file is truncated or corrupt after line {n:,} ({e}). Check it with "
-                    "gzip -t; `zcat FILE 2>/dev/null > part.jsonl` keeps the readable part")
-
-
 def read_lines(f, path: str):
     """(line number, line) of a log; a truncated or corrupt compressed file is a LogError."""
     n = 0
@@ -226,6 +201,7 @@ def read_lines(f, path: str):
         except StopIteration:
             return
         except (EOFError, OSError, zlib.error) as e:
-            raise _corrupt(path, n, e) from None
+            raise LogError(f"{path}: the file is truncated or corrupt after line {n:,} ({e}). Check it with "
+                           "gzip -t; `zcat FILE 2>/dev/null > part.jsonl` keeps the readable part") from None
         n += 1
         yield n, line
