@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 from operator import itemgetter
 
-_due = itemgetter(0)
-
 import orjson
 
 from .catalog import TOUCH_KINDS
+
+_due = itemgetter(0)
 
 RECENT_TOUCHES = 3  # per touch-point kind, the last outcomes kept for explanations
 RECENT_ORDERS = 8   # distinct order ids remembered (for repeats and cancellations)

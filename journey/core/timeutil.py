@@ -164,8 +164,8 @@ def local(ms: int, tz) -> datetime:
 
 
 _NAIVE_EPOCH = datetime(1970, 1, 1)
-_SPAN = 15 * MS_MINUTE  # time zone offsets and their changes fall on quarter hours (since 1972)
-_OFFSETS: dict[tuple, int | None] = {}  # (zone, quarter hour) -> UTC offset in ms, None if it changes inside
+_SPAN = MS_HOUR  # an hour whose offset differs at its two ends is computed exactly, every time
+_OFFSETS: dict[tuple, int | None] = {}  # (zone, UTC hour) -> UTC offset in ms, None if it changes inside
 
 
 def _offset_ms(ms: int, tz) -> int:
@@ -174,8 +174,8 @@ def _offset_ms(ms: int, tz) -> int:
 
 def wall(ms: int, tz) -> datetime:
     """The customer-local wall time of ``ms`` in ``tz`` as a naive datetime: the same
-    fields as ``local(ms, tz)``, from an offset looked up once per zone and quarter hour
-    (a quarter hour whose offset changes inside it is computed exactly every time)."""
+    fields as ``local(ms, tz)``, from an offset looked up once per zone and UTC hour
+    (an hour whose offset changes inside it is computed exactly every time)."""
     if tz is UTC:
         return _NAIVE_EPOCH + timedelta(milliseconds=ms)
     q = ms // _SPAN
