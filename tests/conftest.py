@@ -1,4 +1,6 @@
+import importlib.util
 import itertools
+from pathlib import Path
 
 import orjson
 import pytest
@@ -8,6 +10,33 @@ from journey.history.replay import replay
 from journey.io.rulefile import config_from
 
 _ids = itertools.count()
+
+# the CDNOW 2,357-customer sample ships inside the `lifetimes` package (only its data file is read)
+CAL_END = "1997-09-30"
+
+
+def cdnow_file() -> Path:
+    spec = importlib.util.find_spec("lifetimes")
+    assert spec is not None, "pip install --no-deps lifetimes (for its CDNOW data file)"
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "CDNOW_sample.txt"
+
+
+@pytest.fixture(scope="session")
+def cdnow(tmp_path_factory):
+    """The CDNOW sample as journey order events: the whole log, and the calibration period only."""
+    d = tmp_path_factory.mktemp("cdnow")
+    full, cal = d / "cdnow.jsonl", d / "cdnow-calibration.jsonl"
+    end = parse_time(CAL_END + "T00:00:00Z")
+    with open(full, "wb") as f, open(cal, "wb") as g:
+        for n, line in enumerate(cdnow_file().read_text().splitlines()):
+            cid, _, day, _cds, amount = line.split()
+            ts = parse_time(f"{day[:4]}-{day[4:6]}-{day[6:]}T00:00:00Z")
+            rec = orjson.dumps({"id": f"cd{n}", "customer_id": cid, "type": "order.completed", "ts": ts,
+                                "props": {"order_id": f"o{n}", "revenue": float(amount)}}) + b"\n"
+            f.write(rec)
+            if ts <= end:
+                g.write(rec)
+    return full, cal
 
 
 def T(s: str) -> int:

@@ -4,15 +4,13 @@ The CDNOW 2,357-customer sample ships inside the ``lifetimes`` package; only
 its data file is read (none of lifetimes' model code is used)."""
 
 import csv
-import importlib.util
 import io
 import subprocess
 import sys
-from pathlib import Path
 
 import orjson
 import pytest
-from conftest import T, ev
+from conftest import CAL_END, T, ev
 
 from journey.core.clv import Model, summary
 from journey.core.engine import Engine, ListSink
@@ -20,32 +18,6 @@ from journey.core.timeline import drive
 from journey.core.timeutil import MS_DAY, MS_WEEK, format_time, parse_time
 from journey.io.logs import Reader
 from journey.io.rulefile import config_from
-
-CAL_END = "1997-09-30"
-
-
-def cdnow_file() -> Path:
-    spec = importlib.util.find_spec("lifetimes")
-    assert spec is not None, "pip install --no-deps lifetimes (for its CDNOW data file)"
-    return Path(spec.submodule_search_locations[0]) / "datasets" / "CDNOW_sample.txt"
-
-
-@pytest.fixture(scope="module")
-def cdnow(tmp_path_factory):
-    """The CDNOW sample as journey order events: the whole log, and the calibration period only."""
-    d = tmp_path_factory.mktemp("cdnow")
-    full, cal = d / "cdnow.jsonl", d / "cdnow-calibration.jsonl"
-    end = parse_time(CAL_END + "T00:00:00Z")
-    with open(full, "wb") as f, open(cal, "wb") as g:
-        for n, line in enumerate(cdnow_file().read_text().splitlines()):
-            cid, _, day, _cds, amount = line.split()
-            ts = parse_time(f"{day[:4]}-{day[4:6]}-{day[6:]}T00:00:00Z")
-            rec = orjson.dumps({"id": f"cd{n}", "customer_id": cid, "type": "order.completed", "ts": ts,
-                                "props": {"order_id": f"o{n}", "revenue": float(amount)}}) + b"\n"
-            f.write(rec)
-            if ts <= end:
-                g.write(rec)
-    return full, cal
 
 
 @pytest.fixture(scope="module")
