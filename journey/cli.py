@@ -19,6 +19,19 @@ def _time(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{e} (use ISO-8601 with Z or an offset, e.g. 2026-03-01T12:00:00Z)") from None
 
 
+class _Version(argparse.Action):
+    """--version, with how the core runs (computed when asked: it imports the whole core)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import core_mode
+
+        print(f"journey {__version__} (core: {core_mode()})")
+        parser.exit()
+
+
 def _default_workers() -> int:
     import os
 
@@ -201,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="journey", description=(
         "Event-time customer journey triggers: recovery after a bad experience, recognition for loyalty. "
         "See README.md."))
-    p.add_argument("--version", action="version", version=f"journey {__version__}")
+    p.add_argument("--version", action=_Version, help="show the version and whether the core runs compiled or as "
+                   "pure Python (JOURNEY_PURE=1 forces pure Python), then exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("replay", help="process historical JSON-lines logs in event-time order",

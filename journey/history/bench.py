@@ -15,6 +15,7 @@ import time
 
 import orjson
 
+from .. import core_mode
 from ..core.config import Config
 from .replay import replay
 from .synth import write_log
@@ -106,6 +107,7 @@ def run_bench(a) -> int:
               f"max {sb.get('max')} B over {sb['customers']:,} customers (target: mean under 1 KB: "
               f"{'met' if mean < 1024 else 'missed'})")
         print(f"size run               {a.customers:,} customers, {a.events:,} events, seed {a.seed}")
+        print(f"core                   {core_mode()} (JOURNEY_PURE=1: pure Python)")
         if a.worker_pairs:
             workers_bench(log, d, a.worker_pairs)
     finally:
