@@ -311,12 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the rule file (TOML or YAML); show without it prints the defaults")
     ru.set_defaults(func=cmd_rules)
 
-    be = sub.add_parser("bench", help="benchmark replay against the bare JSON parse on a synthetic log")
+    be = sub.add_parser("bench", help="benchmark replay against the bare JSON parse on a synthetic log (or yours)")
     be.add_argument("--customers", type=int, default=100_000, help="customers generated (default 100000)")
     be.add_argument("--events", type=int, default=2_000_000,
                     help="events generated (default 2000000: a run of about a minute; 200000 for a quick one)")
     be.add_argument("--seed", type=int, default=7, help="seed of the generated population (default 7)")
-    be.add_argument("--keep", metavar="DIR", help="keep the generated log and outputs in DIR")
+    be.add_argument("--log", metavar="FILE", help="benchmark this log (.jsonl or .jsonl.gz, e.g. your own history "
+                                                  "or the CDNOW purchase log) instead of a generated one "
+                                                  "(default: generate one)")
+    be.add_argument("--keep", metavar="DIR", help="keep the generated log and outputs in DIR (default: a temporary "
+                                                  "directory, removed at the end)")
     be.add_argument("--worker-pairs", type=int, default=2, metavar="N",
                     help="then replay with 1 and with 2 workers, N times each, alternately, and print the "
                          "speedup (default 2; 0 to skip)")
@@ -345,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="write a synthetic event log (for demos, tests and benchmarks)")
     g.add_argument("--customers", type=int, default=1000,
-                   help="customers (default 1000; more are added when their half year holds fewer than --events)")
+                   help="customers (default 1000; the time between their visits is set so that they live about "
+                        "--events events; more are added when their days hold fewer)")
     g.add_argument("--events", type=int, default=20_000,
                    help="valid events, exactly (default 20000); the file also has about 0.3%% redelivered and "
                         "0.05%% truncated records on top, on purpose, as real logs do (see --clean)")
@@ -353,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no redelivered or truncated records (default: a few, on purpose)")
     g.add_argument("--seed", type=int, default=7, help="seed: the same seed writes the same file (default 7)")
     g.add_argument("--start", type=_time, default=None, metavar="TIME",
-                   help="event time of the population's start (default 2026-01-01T00:00:00Z; it spans 180 days)")
+                   help="event time of the population's start (default 2026-01-01T00:00:00Z)")
+    g.add_argument("--days", type=int, default=180,
+                   help="days the log spans (default 180); for `journey clv fit`, give it a year or more, e.g. "
+                        "--days 540 with the calibration end a year in")
     g.add_argument("--out", required=True, metavar="FILE", help="JSON-lines file (.gz to compress)")
     g.set_defaults(func=lambda a: __import__("journey.history.synth", fromlist=["main"]).main(a))
 

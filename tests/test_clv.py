@@ -151,12 +151,38 @@ def test_batch_statistics_share_the_streams_dedup_stitching_and_erasure(tmp_path
     assert stats == {"c1": [first, first + 2, 1, 2000], "c3": [first + 1, first + 1, 0, 0]}
 
 
+def test_the_generated_population_fits_and_its_spend_shape_is_recovered(tmp_path):
+    """`journey generate` draws each customer's visit rate (gamma), chance to stop after a purchase
+    (beta) and spend level, and each order from a gamma of shape 4 around that level: the models
+    converge on it, and Gamma-Gamma's p (the shape per order) comes back near 4."""
+    log, model = tmp_path / "history.jsonl.gz", tmp_path / "model.json"
+    r = subprocess.run([sys.executable, "-m", "journey", "generate", "--customers", "2000", "--events", "100000",
+                        "--days", "540", "--out", str(log)], capture_output=True, text=True)
+    assert r.returncode == 0 and "100,000 events of 2,000 customers" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "journey", "clv", "fit", str(log), "--calibration-end", "2026-12-31",
+                        "--out", str(model)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = Model.from_dict(orjson.loads(model.read_bytes()))
+    assert m.problems() == [] and m.diagnostics["repeat_customers"] > 500
+    assert 3.0 < m.p < 5.5, m.p
+    assert 0 < m.a / (m.a + m.b) < 0.5  # a mean chance to stop after a purchase well inside (0, 1)
+    r = subprocess.run([sys.executable, "-m", "journey", "clv", "score", str(log), "--model", str(model),
+                        "--at", "2027-06-30", "--out", str(tmp_path / "scores.csv")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "scores.csv").read_text())))
+    alive = [float(row["p_alive"]) for row in rows]
+    assert len(rows) > 1500 and min(alive) < 0.2 and max(alive) > 0.9  # some have stopped, some have not
+
+
 def test_a_fit_the_data_cannot_support_is_refused_and_such_a_model_file_too(tmp_path):
     from journey.core.config import ConfigError
-    from journey.history.synth import write_log
 
     log = tmp_path / "g.jsonl"
-    write_log(str(log), customers=300, events=5000, seed=3)  # half a year, spend alike: not identified
+    with open(log, "wb") as f:  # everyone buys twice and spends alike: Gamma-Gamma is not identified
+        for n in range(300):
+            for k, day in enumerate((n % 20 + 1, n % 20 + 15)):
+                f.write(orjson.dumps(ev("order.completed", cid=f"c{n}", ts=f"2026-01-{day:02d}T12:00:00Z",
+                                        id=f"o{n}-{k}", order_id=f"o{n}-{k}", revenue=50.0)) + b"\n")
     out = tmp_path / "m.json"
     r = subprocess.run([sys.executable, "-m", "journey", "clv", "fit", str(log), "--calibration-end", "2026-04-01",
                         "--out", str(out)], capture_output=True, text=True)

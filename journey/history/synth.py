@@ -10,9 +10,11 @@ logs. Used by ``journey bench``, ``journey generate``, the tests and the demo.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import random
 import sys
+from operator import itemgetter
 
 import orjson
 
@@ -25,6 +27,10 @@ ZONES = ["UTC", "Europe/Berlin", "Europe/London", "America/New_York", "America/L
          "Asia/Tokyo", "Asia/Kolkata", "Australia/Sydney", "America/Sao_Paulo"]
 PERSONAS = [("browser", 0.32), ("one_time", 0.20), ("loyal", 0.12), ("steady", 0.10),
             ("trouble", 0.12), ("promoter", 0.07), ("detractor", 0.07)]
+# (a, b) of the beta distribution of the chance to stop buying after a purchase, per persona
+DROPOUT = {"browser": (1.0, 3.0), "one_time": (2.0, 1.0), "loyal": (1.0, 12.0), "steady": (1.0, 20.0),
+           "trouble": (1.0, 4.0), "promoter": (1.0, 10.0), "detractor": (1.0, 3.0)}
+GAP_DAYS = {"browser": 9, "one_time": 20, "loyal": 9, "steady": 28, "trouble": 14, "promoter": 12, "detractor": 14}
 SEGMENT_NAME = {
     "product.viewed": "Product Viewed", "cart.product_added": "Product Added", "checkout.started": "Checkout Started",
     "app.error": "Error Occurred", "ticket.opened": "Ticket Opened", "ticket.agent_replied": "Ticket Agent Replied",
@@ -131,8 +137,18 @@ def _ticket(c: _Customer, t: int, slow: bool):
     c.emit("survey.answered", reply + r.randint(31, 48) * MS_HOUR, csat=csat)
 
 
-def _customer_events(c: _Customer, budget: int):
+def _customer_events(c: _Customer, scale: float, trace: list | None = None):
+    """A customer's life. What differs between customers of one persona is what the models
+    that ``journey clv fit`` fits assume: how often they come (a gamma-distributed rate), how
+    likely they are to stop after a purchase (beta-distributed) and what they spend per order
+    (gamma-distributed around a level of their own). ``scale`` stretches the time between
+    visits; ``trace`` gets, per visit, the time since the first visit as (unscaled gaps,
+    jitter) and the number of events so far (for ``_scale_for``)."""
     r = c.rng
+    p = c.persona
+    pace = max(0.3, r.gammavariate(2.0, 0.5))
+    dropout = r.betavariate(*DROPOUT[p])
+    spend = r.uniform(20, 50) if p == "steady" else r.lognormvariate(3.9, 0.5)
     if r.random() < 0.7:
         traits = {"timezone": r.choice(ZONES)}
         if r.random() < 0.6:
@@ -140,21 +156,28 @@ def _customer_events(c: _Customer, budget: int):
         if r.random() < 0.1:
             traits["consent"] = {"marketing": False, "email": True}
         c.emit("profile.updated", c.t, **traits)
-    p = c.persona
-    gap_days = {"browser": 9, "one_time": 20, "loyal": 9, "steady": 28, "trouble": 14,
-                "promoter": 12, "detractor": 14}[p]
+    mean_gap = GAP_DAYS[p] * pace * MS_DAY
+    gaps = jitter = 0
+    if trace is not None:
+        trace.append((0.0, 0, c.n))
     bought = 0
-    while c.n < budget and c.t < c.end:
-        c.t += int(r.expovariate(1 / (gap_days * MS_DAY))) + r.randint(0, 12) * MS_HOUR
-        if c.t >= c.end:
-            break
+    visits = 0
+    while c.t < c.end:
+        if visits:  # the first visit is when they arrive
+            gap, extra = r.expovariate(1 / mean_gap), r.randint(0, 12) * MS_HOUR
+            c.t += int(gap * scale) + extra
+            if trace is not None:
+                gaps, jitter = gaps + gap, jitter + extra
+            if c.t >= c.end:
+                break
+        visits += 1
         if p == "browser":
             buy = r.random() < 0.1
         elif p == "one_time":
             buy = bought == 0 and r.random() < 0.5
         else:
             buy = r.random() < 0.7
-        value = r.uniform(15, 60) if p == "steady" else r.lognormvariate(4.0, 0.8)
+        value = r.uniform(0.7, 1.3) * spend if p == "steady" else r.gammavariate(4.0, spend / 4.0)
         t = _session(c, buy, value)
         bought += buy
         if p == "trouble" and r.random() < 0.35:
@@ -170,45 +193,96 @@ def _customer_events(c: _Customer, budget: int):
                 c.emit("survey.answered", t + 3 * MS_DAY, nps=r.randint(0, 6))
             else:
                 c.emit("review.submitted", t + 5 * MS_DAY, rating=r.choice([1, 3, 4, 5, 5]))
+        if trace is not None:
+            trace.append((gaps, jitter, c.n))
+        if r.random() < (dropout if buy else 0.02):  # their last purchase, or visit: they do not come back
+            break
     if r.random() < 0.002:
-        c.emit("customer.erased", c.t + MS_DAY)
+        c.emit("customer.erased", min(c.t, c.end - MS_DAY) + MS_DAY)  # within the span: not in the future
+
+
+_PILOT = 400
+
+
+@functools.lru_cache(maxsize=64)
+def _scale_for(per_customer: float, span: int) -> float:
+    """The stretch of the time between visits that gives customers ``per_customer`` events
+    on average within ``span`` ms: a pilot population (its own seed, so the answer depends
+    on the two arguments only) is lived once over three spans, and the visits each stretch
+    would keep are counted, by bisection."""
+    rng = random.Random(0x6A6F75726E6579)
+    lives = []
+    for i in range(_PILOT):
+        c = _Customer(random.Random(rng.getrandbits(64)), i, 0, span)
+        first, c.end = c.t, c.t + 3 * span
+        trace: list = []
+        _customer_events(c, 1.0, trace)
+        lives.append((span - first, trace))
+
+    def mean_events(scale: float) -> float:
+        total = 0
+        for room, trace in lives:
+            kept = 0
+            for gaps, jitter, n in trace:
+                if gaps * scale + jitter >= room:
+                    break
+                kept = n
+            total += kept
+        return total / len(lives)
+
+    lo, hi = 1 / 3, 1000.0
+    for _ in range(40):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if mean_events(mid) > per_customer else (lo, mid)
+    return (lo * hi) ** 0.5
 
 
 def generate(customers: int, events: int, seed: int = 7, start: int | None = None, span_days: int = 180,
              exact: bool = False, info: dict | None = None):
-    """Yield ``(ts, stream, record)`` for a population, in no particular order: at most
-    ``events`` (fewer when the customers' half year holds fewer), or, with ``exact``,
-    exactly ``events``, adding customers past ``customers`` while short (``info`` gets
-    ``customers``, the number used, and ``events``)."""
-    rng = random.Random(seed)
+    """Yield ``(ts, stream, record)`` for a population over ``span_days``, in no
+    particular order. The time between visits is set so that ``customers`` live about
+    ``events`` events; the log ends when it holds ``events`` (the latest are cut, as a
+    real log ends at some time), or holds fewer where their lives did not fill it; with
+    ``exact``, customers past ``customers`` are added while short (``info`` gets
+    ``customers``, the number with events, and ``events``)."""
     start = parse_time("2026-01-01T00:00:00Z") if start is None else start
-    per = max(1, events // max(1, customers))
-    produced = 0
-    i = 0
-    while produced < events and (i < customers or (exact and i < customers + events)):
-        left = events - produced
-        c = _Customer(random.Random(rng.getrandbits(64)), i, start, span_days * MS_DAY)
-        budget = min(left, max(1, int(rng.expovariate(1 / per))) + 2)
-        if exact and i < customers:  # leave a few events for every customer still to come
-            budget = max(1, min(budget, left - 2 * (customers - i - 1)))
-        _customer_events(c, budget)
-        out = c.out[:budget] if exact else c.out[:left]
-        produced += len(out)
-        i += 1
-        yield from out
+    span = span_days * MS_DAY
+    # aim 5% above: the pilot's estimate is off by a few percent either way, and a log cut a few days
+    # early (below) keeps the customers asked, where one short of events would need more customers
+    scale = _scale_for(1.05 * events / max(1, customers), span)
+    for attempt in range(4):
+        rng = random.Random(seed)
+        items: list = []
+        i = 0
+        while i < customers or (exact and attempt == 3 and len(items) < events and i < customers + events):
+            c = _Customer(random.Random(rng.getrandbits(64)), i, start, span)
+            _customer_events(c, scale)
+            items += c.out
+            i += 1
+        if not exact or len(items) >= events or attempt == 3:
+            break
+        # short (a small population lives further from the pilot's mean): the same customers, visiting
+        # more often; the last attempt adds customers instead
+        scale *= 0.95 * len(items) / events
+    if len(items) > events:
+        items.sort(key=itemgetter(0))
+        del items[events:]
     if info is not None:
-        info.update(customers=i, events=produced)
+        info.update(customers=len({rec.get("userId") or rec.get("customer_id") for _, _, rec in items}),
+                    events=len(items))
+    return iter(items)
 
 
 def write_log(path: str, customers: int, events: int, seed: int = 7, start: int | None = None,
-              sort: bool = True, noise: bool = True, exact: bool = False, info: dict | None = None) -> int:
+              sort: bool = True, noise: bool = True, exact: bool = False, info: dict | None = None,
+              span_days: int = 180) -> int:
     """Write a JSON-lines log (gzip if ``path`` ends in .gz). Sorted by event time
     unless ``sort`` is False. With ``noise``, about 0.3% of records are
     redelivered and 0.05% truncated, on purpose (``info`` gets their counts, and
     ``generate``'s). Returns the number of lines."""
     rng = random.Random(seed + 1)
     info = {} if info is None else info
-    items = list(generate(customers, events, seed, start, exact=exact, info=info))
+    items = list(generate(customers, events, seed, start, span_days, exact=exact, info=info))
     info.update(redelivered=0, truncated=0)
     if sort:
         items.sort(key=lambda x: x[0])
@@ -234,14 +308,17 @@ def write_log(path: str, customers: int, events: int, seed: int = 7, start: int 
 
 def main(a) -> int:
     info: dict = {}
-    n = write_log(a.out, a.customers, a.events, a.seed, a.start, noise=not a.clean, exact=True, info=info)
-    print(f"wrote {n:,} lines to {a.out}: {describe(info, a.customers)}", file=sys.stderr)
+    n = write_log(a.out, a.customers, a.events, a.seed, a.start, noise=not a.clean, exact=True, info=info,
+                  span_days=a.days)
+    print(f"wrote {n:,} lines to {a.out}: {describe(info, a.customers, a.days)}", file=sys.stderr)
     return 0
 
 
-def describe(info: dict, asked: int) -> str:
+def describe(info: dict, asked: int, days: int = 180) -> str:
     """What a generated log holds, in words (the dirty lines are there on purpose)."""
-    more = f" (more than the {asked:,} asked: their half year held too few events)" if info["customers"] > asked else ""
+    n = info["customers"]
+    more = (f" (more than the {asked:,} asked: their {days} days held too few events)" if n > asked
+            else f" ({asked - n:,} of the {asked:,} had no event in the log)" if n < asked else "")
     text = f"{info['events']:,} events of {info['customers']:,} customers{more}"
     if info.get("redelivered") or info.get("truncated"):
         text += (f", plus {info['redelivered']:,} redelivered and {info['truncated']:,} truncated records, on "
