@@ -1,5 +1,6 @@
 """``journey bench``: replay throughput against the bare JSON parse of the same
-file, and bytes of state per customer, on a generated population.
+file, and bytes of state per customer, on a generated population or on a log
+of the user's (``--log``).
 
 Figures are measured in one run, so their ratio is meaningful even on a
 noisy machine; absolute numbers are not.
@@ -7,6 +8,7 @@ noisy machine; absolute numbers are not.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import statistics
@@ -25,7 +27,7 @@ def bare_parse_rate(path: str) -> tuple[int, float]:
     n = 0
     t0 = time.perf_counter()
     loads, err = orjson.loads, orjson.JSONDecodeError
-    with open(path, "rb") as f:
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
         for line in f:
             try:
                 loads(line)
@@ -77,12 +79,18 @@ def _same(a: str, b: str) -> bool:
 def run_bench(a) -> int:
     d = a.keep or tempfile.mkdtemp(prefix="journey-bench-")
     os.makedirs(d, exist_ok=True)
-    log = os.path.join(d, "events.jsonl")
+    log = a.log or os.path.join(d, "events.jsonl")
+    # the targets of issue 17: a generated log, and a trigger-heavy real one (the CDNOW purchase log)
+    target = 15 if a.log else 12
     try:
-        print(f"generating {a.events:,} events for {a.customers:,} customers ...", flush=True)
-        t0 = time.perf_counter()
-        lines = write_log(log, a.customers, a.events, a.seed)
-        print(f"  {lines:,} lines, {os.path.getsize(log) / 1e6:,.0f} MB in {time.perf_counter() - t0:.1f} s")
+        if a.log:
+            print(f"reading {a.log} ...", flush=True)
+            lines = bare_parse_rate(log)[0]
+        else:
+            print(f"generating {a.events:,} events for {a.customers:,} customers ...", flush=True)
+            t0 = time.perf_counter()
+            lines = write_log(log, a.customers, a.events, a.seed)
+            print(f"  {lines:,} lines, {os.path.getsize(log) / 1e6:,.0f} MB in {time.perf_counter() - t0:.1f} s")
         n, t_parse = bare_parse_rate(log)
         keep = []
         s = replay([log], os.path.join(d, "triggers.jsonl"), os.path.join(d, "audit.jsonl"),
@@ -98,15 +106,18 @@ def run_bench(a) -> int:
               f"read+validate+sort {s['read_seconds']:.2f} s, rules+policy+output {core_s:.2f} s)")
         print(f"  of which the core    {s['valid'] / core_s if core_s else 0:>12,.0f} events/s")
         slower = parse_rate / replay_rate
-        print(f"replay / bare parse    {slower:>12.1f}x slower (target: within 12x: "
-              f"{'met' if slower <= 12 else 'missed'})")
+        print(f"replay / bare parse    {slower:>12.1f}x slower (target: within {target}x: "
+              f"{'met' if slower <= target else 'missed'})")
         print(f"triggers               {s['triggers']:>12,}")
         print(f"suppressed             {sum(s['suppressed_by_reason'].values()):>12,}")
         mean = sb.get("mean") or 0
         print(f"state per customer     mean {sb.get('mean')} B, p50 {sb.get('p50')} B, p99 {sb.get('p99')} B, "
               f"max {sb.get('max')} B over {sb['customers']:,} customers (target: mean under 1 KB: "
               f"{'met' if mean < 1024 else 'missed'})")
-        print(f"size run               {a.customers:,} customers, {a.events:,} events, seed {a.seed}")
+        if a.log:
+            print(f"size run               {a.log}: {lines:,} lines")
+        else:
+            print(f"size run               {a.customers:,} customers, {a.events:,} events, seed {a.seed}")
         print(f"core                   {core_mode()} (JOURNEY_PURE=1: pure Python)")
         if a.worker_pairs:
             workers_bench(log, d, a.worker_pairs)
