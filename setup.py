@@ -43,7 +43,7 @@ class OptionalBuildExt(build_ext):
             super().run()
         except Exception as exc:  # no compiler at all, a broken toolchain: the pure package still installs
             _say(f"the compiled core was not built ({type(exc).__name__}: {exc}); "
-                 "the core runs as pure Python (the same results, about 5% slower)")
+                 "the core runs as pure Python (the same results, 5-20% slower)")
 
     def build_extension(self, ext):
         try:

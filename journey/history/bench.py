@@ -118,7 +118,9 @@ def run_bench(a) -> int:
             print(f"size run               {a.log}: {lines:,} lines")
         else:
             print(f"size run               {a.customers:,} customers, {a.events:,} events, seed {a.seed}")
-        print(f"core                   {core_mode()} (JOURNEY_PURE=1: pure Python)")
+        mode = core_mode()
+        print(f"core                   {mode}" + (" (JOURNEY_PURE=1 runs it as pure Python)"
+                                                 if mode.startswith("compiled") else ""))
         if a.worker_pairs:
             workers_bench(log, d, a.worker_pairs)
     finally:
