@@ -31,3 +31,10 @@ def test_bench_on_a_log_of_ones_own(cdnow):
     assert f"size run               {cdnow[0]}: 6,919 lines" in out, out
     assert re.search(r"replay / bare parse +[\d.]+x slower \(target: within 15x: (met|missed)\)", out), out
     assert re.search(r"triggers +[\d,]+", out) and "2 workers" not in out
+
+
+def test_bench_on_a_missing_log_says_what_to_do(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "journey", "bench", "--log", str(tmp_path / "nope.jsonl")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("journey bench: --log ") and "no such file" in r.stderr
+    assert "Traceback" not in r.stderr
