@@ -68,7 +68,6 @@ def _extensions():
             sources,
             build_dir="build/cython",
             quiet=True,
-            nthreads=0,
             compiler_directives={
                 "language_level": 3,
                 # the core's annotations document; Cython must not enforce them (dict[int, dict] would reject
