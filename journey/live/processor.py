@@ -82,7 +82,7 @@ class PartitionProcessor:
         self.last_arrival: int | None = None   # wall ms of the last record
         self.wm_saved: int | None = None
         self.anchor = None                      # the worker's handle for this partition
-        # watermark markers waiting, in the order read: (until, ends, token, final)
+        # watermark markers waiting, in the order read: (until, ends, token, final, wall ms read at)
         self.marks: deque = deque()
         # a publication in progress (``journey produce`` holds event time to its markers): the
         # token of its hold record, or True; None when event time follows the events
@@ -205,27 +205,29 @@ class PartitionProcessor:
             # ever faster than the clock: the worker settles before every tick)
             self.quiet_base = tl.watermark
 
-    def mark(self, until: int, ends: dict, token=None, final: bool = True) -> None:
+    def mark(self, until: int, ends: dict, token=None, final: bool = True, seen: int = 0) -> None:
         """A watermark marker (``journey produce --until``) read on ``journey.internal``:
         once this partition has read each source topic up to ``ends[topic]`` (the offsets
         the producer's records ended at), event time has reached ``until``. Markers are
         reached in the order they were read; a marker's token is held until it is reached
-        (a restart reads it again). A ``final`` one ends the publication's hold."""
-        self.marks.append((until, ends, token, final))
+        (a restart reads it again). A ``final`` one ends the publication's hold. ``seen``:
+        the wall time (ms) it was read at (the worker gives up a marker only on evidence
+        fetched after that)."""
+        self.marks.append((until, ends, token, final, seen))
         if self.hold is not None:
             self.last_arrival = None  # the publication is still going: its quiet time starts again
 
     @property
     def marker(self):
-        """The marker waited for: ``(until, ends, token)``, or None."""
+        """The marker waited for: ``(until, ends, token, seen)``, or None."""
         if not self.marks:
             return None
-        until, ends, token, _final = self.marks[0]
-        return until, ends, token
+        until, ends, token, _final, seen = self.marks[0]
+        return until, ends, token, seen
 
     def marker_reached(self) -> None:
         """The waiting marker's inputs are all read: move event time to its ``until``."""
-        until, _ends, token, final = self.marks.popleft()
+        until, _ends, token, final, _seen = self.marks.popleft()
         self.timeline.advance(until)
         self.quiet_base = self.timeline.watermark
         if token is not None:
@@ -235,7 +237,7 @@ class PartitionProcessor:
 
     def drop_marker(self):
         """Give up the waiting marker (it names offsets never written); returns its token."""
-        _until, _ends, token, final = self.marks.popleft()
+        _until, _ends, token, final, _seen = self.marks.popleft()
         if final:
             self.release_hold()
         return token

@@ -37,6 +37,9 @@ from .table import CustomerTable, _Anchor
 
 log = logging.getLogger("journey.worker")
 
+CONTROL_KINDS = (*HANDOFFS, b"watermark", b"hold")
+# a Fetch answered this long (ms) after a marker was read was sent after the marker was written
+MARKER_FRESH_MS = 1000
 DEADLETTER_RAW_MAX = 128 << 10   # bytes of a rejected record kept in its dead letter (JSON escaping may grow
                                  # them up to 6x; a producer batch holds 1 MiB)
 
@@ -79,6 +82,7 @@ class Runtime(Outputs):
         # for /metrics (journey.live.metrics): counts only, never a customer id
         self.consumed: Counter = Counter()      # (topic, event type) -> events accepted
         self.rejected: Counter = Counter()      # reason -> records rejected
+        self.control_deadletters: Counter = Counter()  # kind -> journey.internal control records dead-lettered
         self.deadletters: Counter = Counter()   # topic read from -> dead letters
         self.retired = Stats()                  # counters of partitions this worker gave up
         self.retired_late = 0
@@ -272,7 +276,7 @@ class Runtime(Outputs):
                         proc.handoff(v.decode(), orjson.loads(rec.value), token)
                     elif v == b"watermark":
                         until, ends, final = _marker(rec.value)
-                        proc.mark(until, ends, token, final)
+                        proc.mark(until, ends, token, final, seen=int(time.time() * 1000))
                         self.markers(proc)
                     elif v == b"hold":
                         proc.hold_on(token)
@@ -281,6 +285,7 @@ class Runtime(Outputs):
                 except Exception as e:
                     self.rejected[intake.BAD_FIELD] += 1
                     what = v.decode(errors="replace")[:20] if isinstance(v, bytes) else "?"
+                    self.control_deadletters[v.decode() if v in CONTROL_KINDS else "unknown"] += 1
                     self._deadletter(intake.BAD_FIELD, f"a {what!r} control record that cannot be obeyed "
                                      f"({type(e).__name__})", tp, rec.offset, rec.value or b"")
                     self.acks.append(token)
@@ -302,13 +307,21 @@ class Runtime(Outputs):
     def markers(self, proc) -> None:
         """A waiting watermark marker is reached once every source topic of the partition
         has been read up to the offset the producer's records ended at (markers are reached
-        in the order read). Once the partition has read all it can (no input behind) without
-        reaching it, the marker names offsets that were never written: it is dead-lettered,
-        not waited for."""
+        in the order read).
+
+        ``journey produce`` writes a marker only after the broker acknowledged every record
+        it names, so a marker that looks past the end of its inputs is almost always a view
+        of the inputs older than the marker: the high watermark the client holds for a
+        partition is the one of the last Fetch that included it, and the client does not
+        fetch a partition again while it still holds unread records of it. A marker is
+        therefore given up (dead-lettered: it names offsets never written) only when the
+        partition has nothing left to read, the marker has waited for the idle timeout, and
+        every input it waits on was fetched again after it was read
+        (``MARKER_FRESH_MS`` later) and still ends before the marker's offset."""
         p = proc.partition
         while (marker := proc.marker) is not None:
-            _until, ends, token = marker
-            short = False
+            _until, ends, token, seen = marker
+            short = []
             for topic in topics.SOURCES:
                 end = ends.get(topic, 0)
                 if end <= 0:
@@ -317,18 +330,34 @@ class Runtime(Outputs):
                 last = self.read.get(tp)
                 at = last + 1 if last is not None else self.start_pos.get(tp, 0)
                 if at < end:
-                    short = True
-                    break
+                    short.append((tp, at, end))
             if not short:
                 proc.marker_reached()
-            elif not any(self.behind(t, p) for t in MARKED_TOPICS):
-                proc.drop_marker()
-                self.rejected[intake.BAD_FIELD] += 1
-                self._deadletter(intake.BAD_FIELD, "a watermark marker past the end of its inputs",
-                                 token[0], token[1], b"")
-                self.acks.append(token)
-            else:
-                return
+                continue
+            if any(self.behind(t, p) for t in MARKED_TOPICS):
+                return  # records still to read
+            now = int(time.time() * 1000)
+            if now - seen < self.idle or not all(
+                    (f := self.fetched_at(tp)) is not None and f >= seen + MARKER_FRESH_MS for tp, _a, _e in short):
+                return  # the high watermarks held may predate the marker: wait for fresh ones
+            proc.drop_marker()
+            tp, at, end = short[0]
+            log.warning("partition %d: a watermark marker names %s up to offset %d, but the broker reports its "
+                        "end at %d %d ms after the marker was read; the marker is dead-lettered (was the topic "
+                        "deleted and created again, or the marker written by hand?)", p, tp.topic, end, at, now - seen)
+            self.control_deadletters["watermark"] += 1
+            self.rejected[intake.BAD_FIELD] += 1
+            self._deadletter(intake.BAD_FIELD, f"a watermark marker past the end of its inputs ({tp.topic} "
+                             f"ends at {at}, the marker names {end})", token[0], token[1], b"")
+            self.acks.append(token)
+
+    def fetched_at(self, tp) -> int | None:
+        """Wall time (ms) of the last Fetch answer that included this input (its high
+        watermark is from then); None if unknown."""
+        try:
+            return self.app.consumer._thread._ensure_consumer().last_poll_timestamp(tp)
+        except Exception:
+            return None
 
     def _deadletter(self, reason: str, detail: str, tp, offset: int, raw: bytes) -> None:
         """A rejected record to ``journey.deadletter`` (on its source partition), batched like
