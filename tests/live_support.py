@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import orjson
@@ -65,9 +66,15 @@ def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
 
 
 def ready(port: int) -> dict | None:
+    """The worker's ``/ready`` body (also when it answers 503), or None if it does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
             return orjson.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            return orjson.loads(e.read())
+        except Exception:
+            return None
     except Exception:
         return None
 

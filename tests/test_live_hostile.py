@@ -159,3 +159,48 @@ def test_until_earlier_than_the_last_event_gives_replays_triggers(broker, tmp_pa
         assert_trigger_ids(broker, {t["id"] for t in want_t})
     finally:
         assert w.stop() == 0, w.log.read_text()[-3000:]
+
+
+def test_a_forged_marker_shows_its_partition_stuck_then_is_dead_lettered_and_counted(broker, tmp_path):
+    # a watermark marker on journey.internal naming offsets never written: its partition is
+    # reported stuck (JOURNEY_STUCK_AFTER=1) until fresh fetches past the idle timeout show the
+    # offsets never came; then it is dead-lettered, counted by kind, and the partition is ready
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+    from live_support import ready
+
+    from journey.io.kafka import bootstrap
+
+    async def forge():
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap(broker), acks="all")
+        await p.start()
+        try:
+            await p.send_and_wait(topics.INTERNAL, orjson.dumps({"until": 1_800_000_000_000,
+                                                                 "ends": {topics.CLICKSTREAM: 10**9}}),
+                                  partition=2, headers=[("journey-control", b"watermark")])
+        finally:
+            await p.stop()
+
+    w = Worker(broker, tmp_path, idle="4s", extra_env={"JOURNEY_STUCK_AFTER": "1"})
+    try:
+        w.wait_ready()
+        asyncio.run(forge())
+        stuck = wait_for(lambda: (r := ready(w.port)) and r["stuck"] and r, 30, "the partition reported stuck",
+                         every=0.2)
+        assert stuck["ready"] is False and list(stuck["stuck"]) == ["2"] and "marker" in stuck["stuck"]["2"]
+        assert stuck["detail"]["2"]["marker"] is True
+        dls = wait_for(lambda: read_topic(broker, topics.DEADLETTER, idle_ms=200), 60, "the marker's dead letter")
+        [dl] = [orjson.loads(v) for _k, v, *_ in dls]
+        assert (dl["topic"], dl["partition"], dl["reason"]) == (topics.INTERNAL, 2, "bad_field")
+        assert "past the end of its inputs" in dl["detail"]
+        again = w.wait_ready(30)
+        assert again["stuck"] == {} and again["detail"]["2"]["marker"] is False
+        with urllib.request.urlopen(f"http://127.0.0.1:{w.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert 'journey_control_records_deadlettered_total{kind="watermark"} 1.0' in text
+        assert 'journey_control_records_deadlettered_total{kind="link"} 0.0' in text
+        assert "journey_partition_stalls_total 1.0" in text
+        assert 'journey_partition_stuck{partition="2"} 0.0' in text
+    finally:
+        assert w.stop() == 0, w.log.read_text()[-3000:]

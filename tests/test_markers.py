@@ -157,3 +157,37 @@ def test_a_marker_is_not_dropped_on_a_fetch_answered_before_it_could_be_seen(clo
     fake.polled[CLICK] = clock[0] - 30 * SEC + MARKER_FRESH_MS - 1
     rt.tick()
     assert proc.marker is not None and fake.sent == []
+
+
+def test_a_partition_whose_event_time_stands_still_while_it_waits_is_stuck_until_it_moves(clock):
+    rt, fake = _runtime()
+    rt.stuck_ms = 30 * SEC
+    proc = rt.procs[0]
+    until = T("2026-08-01T00:00:00Z")
+    fake.hw[CLICK], fake.polled[CLICK] = 5, clock[0]
+    rt.handle({CLICK: _events(rt, 0, 5)})
+    rt.tick()
+    assert rt.stuck == {}                                     # nothing awaited: never stuck, however long
+    clock[0] += 120 * SEC
+    rt.tick()
+    assert rt.stuck == {} and rt.stalls == 0
+    fake.hw[INTERNAL], fake.polled[INTERNAL] = 1, clock[0]
+    rt.handle({INTERNAL: [_marker(0, until, 8)]})
+    rt.tick()
+    clock[0] += 29 * SEC
+    rt.tick()
+    assert rt.stuck == {}                                     # within the bound
+    clock[0] += 2 * SEC
+    rt.tick()
+    assert list(rt.stuck) == [0] and "marker" in rt.stuck[0] and rt.stalls == 1
+    assert rt.describe()["0"]["stuck"] == rt.stuck[0]
+    # its records show up but are not read for the bound either: still stuck, now for that reason
+    fake.hw[CLICK] = 8
+    rt.tick()
+    clock[0] += 31 * SEC
+    rt.tick()
+    assert "not yet read on journey.clickstream" in rt.stuck[0] and rt.stalls == 1
+    fake.polled[CLICK] = clock[0]
+    rt.handle({CLICK: _events(rt, 5, 3)})                    # read: the marker is reached, event time moves
+    rt.tick()
+    assert rt.stuck == {} and proc.watermark == until and rt.stalls == 1

@@ -173,6 +173,13 @@ def dashboard() -> dict:
              "short", "How the consumer group split the partitions", w=12, stack=True)
     b.series("Rebalances", [q(f"sum by (instance) (increase(journey_rebalances_total[{RATE}]))", "{{instance}}")],
              "short", "Partition assignments each worker took part in", w=12)
+    b.series("Stuck partitions and dead-lettered control records",
+             [q("sum by (instance, partition) (journey_partition_stuck)", "stuck: {{instance}} p{{partition}}"),
+              q(f"sum by (kind) (increase(journey_control_records_deadlettered_total[{RATE}]))",
+                "control record dead-lettered: {{kind}}")], "short",
+             "1 while a partition's event time stands still although records wait to be read or a watermark "
+             "marker waits to be reached (GET /ready on the worker says why); control records of journey.internal "
+             "that could not be obeyed. Both should stay at 0", w=24)
 
     b.row("Errors and dead letters")
     b.series("Dead letters/s by topic", [q(rate("journey_deadletters_total", "topic"), "{{topic}}")], "ops",

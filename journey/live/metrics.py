@@ -31,6 +31,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0,
                86400.0, 7 * 86400.0, 30 * 86400.0, 365 * 86400.0)
 HEALTH_BUCKETS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+CONTROL_KIND_NAMES = ("watermark", "hold", "link", "absorb", "unknown")  # always exported, from 0
 AGGREGATES_EVERY = 10.0  # seconds: relationship aggregates walk every customer in state
 
 
@@ -234,6 +235,25 @@ class WorkerCollector:
         yield timers
         yield waiting
         yield customers
+
+        stuck = GaugeMetricFamily("journey_partition_stuck",
+                                  "1 while the partition's event time has not moved for the stuck bound "
+                                  "(JOURNEY_STUCK_AFTER) although it waits on input or on a watermark marker",
+                                  labels=["partition"])
+        for p in sorted(rt.procs):
+            stuck.add_metric([str(p)], 1 if p in rt.stuck else 0)
+        yield stuck
+        stalls = CounterMetricFamily("journey_partition_stalls_total",
+                                     "Times a partition of this worker became stuck (see journey_partition_stuck)")
+        stalls.add_metric([], rt.stalls)
+        yield stalls
+        control = CounterMetricFamily("journey_control_records_deadlettered_total",
+                                      "Control records of journey.internal (watermark markers, publication holds, "
+                                      "visitor hand-offs) that could not be obeyed and were dead-lettered, by kind",
+                                      labels=["kind"])
+        for kind in CONTROL_KIND_NAMES:
+            control.add_metric([kind], rt.control_deadletters[kind])
+        yield control
 
         assigned = GaugeMetricFamily("journey_assigned_partitions", "Partitions assigned to this worker")
         assigned.add_metric([], len(rt.procs))

@@ -107,6 +107,12 @@ class Runtime(Outputs):
         self.checkpoint_s = settings.checkpoint
         self.next_checkpoint = 0.0
         self.ready = False
+        # the stuck-partition watch (``watch``): partition -> (wall ms since when, watermark then)
+        # while it has records not yet read; partition -> why, for those stuck
+        self.stuck_ms = int(settings.stuck_after * 1000)
+        self.since: dict[int, tuple[int, int | None]] = {}
+        self.stuck: dict[int, str] = {}
+        self.stalls = 0                # times a partition became stuck
         self.read: dict = {}      # tp -> offset of the last record handled
         self.start_pos: dict = {}  # tp -> offset reading starts at after an assignment
         self.app = None
@@ -404,10 +410,11 @@ class Runtime(Outputs):
         return out
 
     def describe(self) -> dict:
-        """Per assigned partition: watermark, events waiting for it, and the inputs still behind
-        (no customer data)."""
+        """Per assigned partition: watermark, events waiting for it, the inputs still behind,
+        whether a marker is awaited, and why it is stuck if it is (no customer data)."""
         return {str(p): {"watermark": proc.watermark, "waiting": proc.pending(),
-                         "behind": [t for t in MARKED_TOPICS if self.behind(t, p)]}
+                         "behind": [t for t in MARKED_TOPICS if self.behind(t, p)],
+                         "marker": proc.marker is not None, "stuck": self.stuck.get(p)}
                 for p, proc in sorted(self.procs.items())}
 
     def tick(self) -> None:
@@ -422,5 +429,37 @@ class Runtime(Outputs):
                 proc.tick(wall)
             if proc.watermark != before:
                 self.flush(proc)
+            self.watch(p, proc, behind, wall)
+        for p in [p for p in self.stuck if p not in self.procs]:
+            self.stuck.pop(p)
+        for p in [p for p in self.since if p not in self.procs]:
+            self.since.pop(p)
         if time.monotonic() >= self.next_checkpoint:
             self.checkpoint()
+
+    def watch(self, p: int, proc, behind: list, wall: int) -> None:
+        """A partition is *stuck* when, for ``stuck_after``, its event time has not moved while it
+        has records not yet read, or a watermark marker has waited unreached since it was read.
+        ``/ready`` then answers 503 naming it, ``journey_partition_stuck`` is 1, and the log says
+        why once; it clears as soon as neither holds."""
+        wm = proc.watermark
+        why = None
+        was = self.since.get(p)
+        if not behind:
+            self.since.pop(p, None)
+        elif was is None or was[1] != wm:
+            self.since[p] = (wall, wm)
+        elif wall - was[0] >= self.stuck_ms:
+            why = f"event time has not moved for {(wall - was[0]) // 1000} s with records not yet read on " + \
+                ", ".join(behind)
+        marker = proc.marker
+        if why is None and marker is not None and wall - marker[3] >= self.stuck_ms:
+            why = f"a watermark marker read {(wall - marker[3]) // 1000} s ago is not reached (its records not read)"
+        if why is None:
+            if self.stuck.pop(p, None) is not None:
+                log.warning("partition %d: no longer stuck", p)
+            return
+        if p not in self.stuck:
+            self.stalls += 1
+            log.warning("partition %d: stuck: %s", p, why)
+        self.stuck[p] = why

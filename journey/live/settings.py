@@ -30,6 +30,7 @@ class Settings:
     checkpoint: float = 0.5          # seconds between state writes (and acknowledgements)
     fetch_wait: float = 0.05         # the longest a Fetch waits on the broker for new records
     session_timeout: float = 10.0    # a worker that died leaves the group after this long
+    stuck_after: float = 60.0        # seconds a partition's event time may stand still while it waits on input
     gc_gen0: int = 50_000            # allocations between young-generation GC passes (Python's default: 700)
     loglevel: str = "warning"
 

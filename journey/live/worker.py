@@ -142,8 +142,11 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
 
     @app.page("/ready")
     async def ready(web, request):
-        body = {"ready": rt.ready, "partitions": sorted(rt.procs), "detail": rt.describe(), "counts": rt.counts}
-        return web.json(body, status=200 if rt.ready else 503)
+        # not ready before the first assignment, nor while a partition is stuck (Runtime.watch)
+        ok = rt.ready and not rt.stuck
+        body = {"ready": ok, "partitions": sorted(rt.procs), "stuck": {str(p): why for p, why in sorted(rt.stuck.items())},
+                "detail": rt.describe(), "counts": rt.counts}
+        return web.json(body, status=200 if ok else 503)
 
     return app, rt
 
