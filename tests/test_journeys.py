@@ -77,6 +77,21 @@ def test_reenter_and_enter_once(run):
     assert [t["data"]["occasion"] for t in r2.of("browse")] == ["p1:a"]
 
 
+def test_reenter_0s_written_out_lets_a_new_instance_start_once_the_previous_ended(run):
+    # section 6: a new instance may start once reenter has passed since the previous start; 0s
+    # written out is not "enter once". While an instance is open, entries start no other.
+    evs = [view("c1", "2026-03-01T10:00:00Z", "p1", id="a"), view("c1", "2026-03-01T11:00:00Z", "p1", id="b"),
+           view("c1", "2026-03-01T12:00:00Z", "p1", id="c"), view("c1", "2026-03-01T12:00:00.001Z", "p1", id="d")]
+    r = run(evs, rules=rules(browse={**BROWSE, "reenter": "0s"}), until="2026-03-02T00:00:00Z")
+    # a's instance is open until 12:00 (b starts nothing); at 12:00 c comes first and a is still open
+    # (events before timers); d, 1 ms later, starts a new one
+    assert [t["data"]["occasion"] for t in r.of("browse")] == ["p1:a", "p1:d"]
+    count = {"kind": "recovery", "entry": "app.error", "count": 2, "within": "1h", "reenter": "0s"}
+    errs = [ev("app.error", "c1", f"2026-03-01T10:0{i}:00Z", id=f"e{i}", code="x") for i in range(4)]
+    r2 = run(errs, rules=rules(errors=count), until="2026-03-02T00:00:00Z")
+    assert [t["data"]["occasion"] for t in r2.of("errors")] == ["e1", "e3"]
+
+
 REOPENED = {"kind": "recovery", "transactional": True, "entry": "ticket.resolved", "key": "ticket_id",
             "then": "ticket.reopened", "within": "7d", "reason": "ticket {entry.props.ticket_id} reopened"}
 

@@ -239,6 +239,9 @@ class Journey(Rule):
             if not given.get("entry"):
                 problems.append(f"{where}.entry: missing (the event type, or types, that start it)")
         self.kind = p.kind or RECOVERY
+        # reenter: None when not written (each customer and key enters once); a written duration,
+        # 0s included, lets a new instance start that long after the previous one started
+        self.reenter = p.reenter if isinstance(given, dict) and "reenter" in given else None
         self.transactional = p.transactional
         self.default_priority = p.priority
         self.default_offer = p.offer
@@ -373,7 +376,7 @@ class Journey(Rule):
         last = self._book(st)["s"].get(key)
         if last is None:
             return True
-        return self.p.reenter > 0 and ts - last >= self.p.reenter
+        return self.reenter is not None and ts - last >= self.reenter
 
     def _started(self, eng, st, key: str, ts: int) -> None:
         starts = self._book(st)["s"]
@@ -428,7 +431,7 @@ class Journey(Rule):
     def _count(self, eng, st, ev, key: str) -> None:
         b = self._book(st)
         last = b["s"].get(key)
-        if last is not None and (self.p.reenter <= 0 or ev.ts - last < self.p.reenter):
+        if last is not None and (self.reenter is None or ev.ts - last < self.reenter):
             return
         counts = b.setdefault("c", {})
         seen = [x for x in counts.get(key, []) if x[0] >= ev.ts - self.p.within]
