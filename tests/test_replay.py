@@ -228,6 +228,20 @@ def test_cli_backtest_shows_added_and_removed(tmp_path, population):
     assert {d["change"] for d in diff} == {"added", "removed"}
 
 
+def test_cli_backtest_counts_user_journeys_in_their_rows_and_totals(tmp_path, population):
+    new = tmp_path / "new.toml"
+    new.write_text('[journeys.browse_again]\nkind = "recovery"\nentry = "product.viewed"\nkey = "product_id"\n'
+                   'wait = "2h"\nexit = ["cart.product_added", "order.completed"]\n')
+    r = cli("backtest", str(population), "--rules", str(new), "--until", "2026-08-01T00:00:00Z")
+    assert r.returncode == 0, r.stderr
+    table = r.stdout.split("\n\n")[0].splitlines()
+    rows = {line.split()[0]: [int(x.lstrip("+-").replace(",", "")) for x in line.split()[1:]] for line in table[1:]}
+    added = rows["browse_again"]
+    assert added[0] == 0 and added[1] == added[2] > 0 and added[3] == 0
+    total = rows.pop("total")
+    assert [sum(row[i] for row in rows.values()) for i in range(4)] == total
+
+
 def test_trigger_id_is_uuid5_of_customer_rule_occasion():
     import uuid
 

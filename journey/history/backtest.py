@@ -92,7 +92,6 @@ class _Merged:
 
 
 def _compare(new, base, new_cfg, base_cfg, lines, rejected, failed, new_stats, base_stats) -> dict:
-    rules = sorted(set(new_cfg.rules) | set(base_cfg.rules))
     by_new = {t["id"]: t for t in new.sink.triggers}
     by_base = {t["id"]: t for t in base.sink.triggers}
     result = {"lines": lines, "rejected": rejected, "unprocessable": failed,
@@ -110,7 +109,10 @@ def _compare(new, base, new_cfg, base_cfg, lines, rejected, failed, new_stats, b
         if tid not in by_new:
             per[t["data"]["rule"]]["removed"] += 1
             result["removed"].append(t)
-    result["rules"] = {r: per[r] for r in rules if r in per}
+    # every rule and journey that fired in either run (built-in rules first, then journeys, each by name),
+    # so the rows add up to the totals
+    builtin = set(new_cfg.rules) | set(base_cfg.rules)
+    result["rules"] = {r: per[r] for r in sorted(per, key=lambda r: (r not in builtin, r))}
     result["outcomes"] = new.sink.outcomes  # the proposed rules' closed exposures (experiments)
     sup_new = new_stats.suppressed_by_reason()
     sup_base = base_stats.suppressed_by_reason()
