@@ -90,6 +90,7 @@ class Stats:
             "deferred_by_rule": dict(sorted(self.deferred.items())),
             "transitions": dict(sorted(self.transitions.items())),
             "timer_errors": self.timer_errors,
+            "condition_errors": dict(sorted(self.condition_errors.items())),
             "outcomes": sum(v[0] for v in self.outcomes.values()),
         }
 

@@ -185,6 +185,7 @@ def _summary(s: dict, lines: int, valid: int, rejected, triggers: int, customers
         "deferred_by_rule": s["deferred_by_rule"],
         "transitions": s["transitions"],
         "timer_errors": s["timer_errors"],
+        "condition_errors": s["condition_errors"],
         "outcomes": s["outcomes"],
         "customers": customers,
         "watermark": watermark,
