@@ -105,3 +105,18 @@ def broker(tmp_path):
         yield b.url
     finally:
         b.stop()
+
+
+def need_tool(name: str) -> str:
+    """The path of a command-line tool a test needs (promtool, prometheus, node): in CI a missing
+    one is a failure (.ci/run installs it), elsewhere a skip that says how to install it. Call it
+    where the tool is used, after the checks that do not need it."""
+    import os
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing: .ci/run installs it (Debian's prometheus package for promtool)")
+        pytest.skip(f"{name} not installed (apt-get install prometheus)")
+    return path
