@@ -95,6 +95,13 @@ def run(tmp_path):
     return _run
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that takes the ``broker`` fixture is a ``live`` one (so is any marked by hand)."""
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.live)
+
+
 @pytest.fixture
 def broker(tmp_path):
     """A real Kafka-protocol broker (Tansu) on a free loopback port, stopped after the test."""

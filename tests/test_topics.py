@@ -6,6 +6,7 @@ from pathlib import Path
 
 import jsonschema
 import orjson
+import pytest
 import yaml
 
 from journey.history.synth import generate
@@ -52,6 +53,7 @@ def test_generated_events_match_the_input_schema():
     assert list(v.iter_errors({"type": "track", "event": "Order Completed"}))  # no customer: invalid
 
 
+@pytest.mark.live
 def test_topics_create_is_idempotent(tmp_path):
     with EmbeddedBroker(log_path=str(tmp_path / "b.log")) as b:
         cmd = [sys.executable, "-m", "journey", "topics", "create", "--broker", b.url]
