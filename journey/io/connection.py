@@ -420,3 +420,32 @@ def explain(exc: BaseException | None, logged: list[str], conn: KafkaConnection,
         return (f"SASL was tried against a listener at {broker} that does not use SASL: set "
                 f"{ENV}SECURITY_PROTOCOL to SSL or PLAINTEXT, or use the broker's SASL port")
     return None
+
+
+# -- the command line ----------------------------------------------------------------------------------
+
+CONFIG_HELP = ("Kafka client properties file for SASL and TLS, in the Java client's or librdkafka's style: a "
+               "provider's snippet works unchanged (env JOURNEY_KAFKA_CONFIG; JOURNEY_KAFKA_SECURITY_PROTOCOL, "
+               "JOURNEY_KAFKA_SASL_MECHANISM, JOURNEY_KAFKA_SASL_USERNAME, JOURNEY_KAFKA_SASL_PASSWORD(_FILE), "
+               "JOURNEY_KAFKA_SSL_CAFILE, JOURNEY_KAFKA_SSL_CERTFILE, JOURNEY_KAFKA_SSL_KEYFILE and "
+               "JOURNEY_KAFKA_SSL_CHECK_HOSTNAME override it)")
+
+
+def add_arguments(parser) -> None:
+    """The connection flag every command that talks to Kafka takes."""
+    parser.add_argument("--kafka-config", metavar="FILE", help=CONFIG_HELP)
+
+
+def from_args(a, command: str) -> KafkaConnection:
+    """The command's connection settings; settings that cannot be used end it (exit 2) with
+    the message, never a traceback or a secret."""
+    try:
+        return load(getattr(a, "kafka_config", None))
+    except KafkaSettingsError as e:
+        raise SystemExit(f"journey {command}: {e}") from None
+
+
+def broker_url(flag: str | None, conn: KafkaConnection, default: str = "kafka://127.0.0.1:9092") -> str:
+    """The broker: ``--broker``, else ``JOURNEY_BROKER``, else the properties file's
+    ``bootstrap.servers``, else ``default``."""
+    return flag or os.environ.get("JOURNEY_BROKER") or conn.bootstrap or default
