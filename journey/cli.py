@@ -400,6 +400,12 @@ def main(argv=None) -> int:
     if a.command == "rules" and a.file is None and a.action == "check":
         print("journey rules check: name the rule file to check", file=sys.stderr)
         return 2
+    from .io import topics
+
+    if not topics.PREFIX_OK:
+        print(f"journey: JOURNEY_TOPIC_PREFIX={topics.PREFIX!r} cannot start a Kafka topic name: use letters, "
+              "digits, '.', '_' and '-' (at most 100)", file=sys.stderr)
+        return 2
     try:
         return a.func(a) or 0
     except KeyboardInterrupt:

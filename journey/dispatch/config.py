@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..core.params import ConfigError, Param, section, suggest
+from ..io import topics
 from ..io.rulefile import read_table
 from .redact import hidden_parts, redact_url, scrub
 
 SECRET_PREFIX = "whsec_"
 
 DISPATCH = {
-    "group": Param("str", "journey-dispatch", "Kafka consumer group of the dispatchers"),
+    "group": Param("str", topics.DISPATCH_GROUP, "Kafka consumer group of the dispatchers (default journey-dispatch, "
+                                                  "after JOURNEY_TOPIC_PREFIX)"),
     "max_age": Param("duration", "24h", "a trigger whose time is older than this when read is not delivered "
                                         "(a backfill through Kafka must not message customers); 0: no limit"),
     "delivered_memory": Param("int", 100_000, "delivered trigger ids remembered per partition across restarts",
