@@ -331,7 +331,7 @@ class Stats:
     authenticate_versions: collections.Counter = field(default_factory=collections.Counter)
     api_versions_versions: collections.Counter = field(default_factory=collections.Counter)
     raw_sasl_tokens: int = 0        # tokens exchanged without SaslAuthenticate (after a v0 handshake)
-    relayed_requests: int = 0       # requests relayed to the broker after authentication
+    relayed: collections.Counter = field(default_factory=collections.Counter)  # by api key, after auth
     upstream_failures: int = 0
 
     def copy(self) -> Stats:
@@ -481,6 +481,8 @@ class KafkaSecurityProxy:
             await self._relay(reader, writer, up_reader, up_writer)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError, ssl.SSLError):
             pass
+        except asyncio.CancelledError:
+            pass  # stop(): end quietly (asyncio 3.11's server callback reports a cancelled handler)
         finally:
             self._tasks.discard(task)
             for w in (writer, up_writer):
@@ -588,7 +590,7 @@ class KafkaSecurityProxy:
                 api_key, api_version, correlation_id = struct.unpack(">hhi", payload[:8])
                 if self.sasl and api_key == API_VERSIONS:
                     api_versions[correlation_id] = api_version
-                self._count(relayed_requests=1)
+                self._count(relayed=api_key)
                 up_writer.write(frame(payload))
                 await up_writer.drain()
 
