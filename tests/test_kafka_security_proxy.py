@@ -445,12 +445,15 @@ def test_wire_an_unknown_mechanism_gets_error_33_and_the_enabled_ones(wire):
 # --- the ApiVersions rewrite, byte by byte --------------------------------------------------------------
 
 def test_rewrite_api_versions_v0_and_v1_adds_the_sasl_apis():
+    """Decoded with aiokafka's own structs; a broker's own SaslAuthenticate range (0-5 here) is
+    replaced by what the proxy serves."""
     ensure = {17: (0, 1), 36: (0, 2)}
-    v0 = struct.pack(">ihi", 7, 0, 2) + struct.pack(">hhh", 0, 0, 9) + struct.pack(">hhh", 18, 0, 3)
+    entries = struct.pack(">hhh", 0, 0, 9) + struct.pack(">hhh", 18, 0, 3) + struct.pack(">hhh", 36, 0, 5)
+    v0 = struct.pack(">ihi", 7, 0, 3) + entries
     out = rewrite_api_versions(v0, 0, ensure)
     assert struct.unpack(">i", out[:4])[0] == 7
     assert ApiVersionResponse_v0.decode(out[4:]).api_versions == [(0, 0, 9), (17, 0, 1), (18, 0, 3), (36, 0, 2)]
-    v1 = v0[:6] + struct.pack(">i", 2) + v0[10:] + struct.pack(">i", 250)  # throttle_time_ms
+    v1 = v0 + struct.pack(">i", 250)  # throttle_time_ms
     decoded = ApiVersionResponse_v1.decode(rewrite_api_versions(v1, 1, ensure)[4:])
     assert decoded.api_versions == [(0, 0, 9), (17, 0, 1), (18, 0, 3), (36, 0, 2)]
     assert decoded.throttle_time_ms == 250
@@ -460,11 +463,12 @@ def test_rewrite_api_versions_v0_and_v1_adds_the_sasl_apis():
 
 
 def test_rewrite_api_versions_v3_keeps_the_tagged_fields():
-    # v3: compact array (count + 1), a tagged-field section per entry, throttle_time_ms, top-level tags
+    # v3: compact array (count + 1), a tagged-field section per entry (18's has one field: tag 5,
+    # 1 byte), throttle_time_ms, top-level tags
     top_tags = b"\x01" + b"\x00" + b"\x03" + b"abc"  # one tagged field: tag 0, 3 bytes
     v3 = (struct.pack(">ih", 9, 0) + b"\x03" + struct.pack(">hhh", 3, 0, 12) + b"\x00"
-          + struct.pack(">hhh", 18, 0, 4) + b"\x00" + struct.pack(">i", 0) + top_tags)
+          + struct.pack(">hhh", 18, 0, 4) + b"\x01\x05\x01z" + struct.pack(">i", 0) + top_tags)
     out = rewrite_api_versions(v3, 3, {17: (0, 1), 36: (0, 2)}, drop=(3,))
     assert out == (struct.pack(">ih", 9, 0) + b"\x04" + struct.pack(">hhh", 17, 0, 1) + b"\x00"
-                   + struct.pack(">hhh", 18, 0, 4) + b"\x00" + struct.pack(">hhh", 36, 0, 2) + b"\x00"
+                   + struct.pack(">hhh", 18, 0, 4) + b"\x01\x05\x01z" + struct.pack(">hhh", 36, 0, 2) + b"\x00"
                    + struct.pack(">i", 0) + top_tags)
