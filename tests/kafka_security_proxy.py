@@ -45,6 +45,7 @@ import os
 import ssl
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -318,6 +319,7 @@ class Stats:
     connections: int = 0            # TCP connections accepted
     tls_handshakes: int = 0         # completed
     tls_failures: int = 0           # TLS handshakes that failed (untrusted, plaintext, no client cert)
+    tls_errors: list = field(default_factory=list)          # why each failed
     client_certificates: list = field(default_factory=list)  # the subject CN of each client certificate
     authentications: int = 0        # successful SASL authentications
     auth_failures: int = 0          # SASL authentications refused (wrong credentials, bad tokens)
@@ -418,6 +420,16 @@ class KafkaSecurityProxy:
         with self._lock:
             return self._stats.copy()
 
+    def wait_idle(self, timeout: float = 5.0) -> Stats:
+        """The stats once every connection's handler has ended (a client that gave up may be done
+        before the proxy has seen the end of its connection)."""
+        deadline = time.monotonic() + timeout
+        while self._tasks:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self._tasks)} proxy connections still open after {timeout:.0f} s")
+            time.sleep(0.02)
+        return self.stats()
+
     def __enter__(self):
         return self.start()
 
@@ -460,8 +472,8 @@ class KafkaSecurityProxy:
             if self.tls:
                 try:
                     await writer.start_tls(self.ssl_context, ssl_handshake_timeout=self.timeout)
-                except (TimeoutError, ssl.SSLError, OSError, ConnectionError):
-                    self._count(tls_failures=1)
+                except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as e:
+                    self._count(tls_failures=1, tls_errors=f"{type(e).__name__}: {e}")
                     return
                 self._count(tls_handshakes=1)
                 peer = writer.get_extra_info("peercert")

@@ -117,7 +117,7 @@ def test_aiokafka_produces_and_consumes_through_the_proxy(secured, protocol, mec
     user = "bob" if mechanism and mechanism.startswith("SCRAM") else "alice"  # bob's name needs no escape;
     kw = aiokafka_kw(k, mechanism, user=user, client_cert=opts.get("mtls", False))  # his password has , and =
     assert run(roundtrip(kw, "secured")) == EXPECTED
-    s = k.proxy.stats()
+    s = k.proxy.wait_idle()
     n = s.connections
     assert n >= 2  # the bootstrap connection and the node's (the broker advertised the proxy)
     # the records went through the proxy: the broker's Metadata sent the clients back to it
@@ -151,7 +151,7 @@ def test_aiokafka_consumer_group_commits_through_the_proxy(secured):
             await c.stop()
 
     assert run(committed()) == 3
-    s = k.proxy.stats()
+    s = k.proxy.wait_idle()
     assert s.relayed[FIND_COORDINATOR] >= 1 and s.relayed[JOIN_GROUP] >= 1 and s.relayed[OFFSET_COMMIT] >= 1
     assert s.authentications == s.connections and s.auth_failures == 0
 
@@ -201,13 +201,15 @@ def test_librdkafka_produces_and_consumes_through_the_proxy(secured, tmp_path, p
     if mtls:
         conf.update({"ssl.certificate.location": pem["cert"], "ssl.key.location": pem["key"]})
     assert librdkafka_roundtrip(conf, "ck") == EXPECTED
-    s = k.proxy.stats()
-    n = s.connections
-    assert n >= 2 and s.tls_handshakes == n and s.tls_failures == 0
+    s = k.proxy.wait_idle()
+    # librdkafka may drop a connection it no longer needs mid-handshake (a client destroyed while
+    # it connects): such a connection is reset by the client, never refused by the proxy
+    n = s.tls_handshakes
+    assert n >= 2 and [e for e in s.tls_errors if not e.startswith("ConnectionResetError")] == []
     assert s.relayed[PRODUCE] >= 1 and s.relayed[FETCH] >= 1
     if mechanism:
-        assert (s.authentications, s.auth_failures) == (n, 0) and s.by_mechanism == {mechanism: n}
-        assert s.users == {"bob": n}
+        assert s.authentications >= 2 and (s.auth_failures, s.refused_before_auth) == (0, 0)
+        assert s.by_mechanism == {mechanism: s.authentications} and s.users == {"bob": s.authentications}
         assert min(s.api_versions_versions) >= 3 and s.api_versions_rewritten == sum(s.api_versions_versions.values())
     else:
         assert s.client_certificates == ["journey-test-client"] * n
@@ -228,7 +230,7 @@ def test_librdkafka_reports_a_wrong_password(secured, tmp_path):
     assert errors, "no error reported within 10 s"
     assert errors[0].code() == KafkaError._AUTHENTICATION
     assert "Authentication failed" in errors[0].str() and "SCRAM-SHA-512" in errors[0].str()
-    s = k.proxy.stats()
+    s = k.proxy.wait_idle()
     assert s.authentications == 0 and s.auth_failures >= 1 and not s.relayed
 
 
@@ -247,7 +249,7 @@ def test_a_wrong_password_is_sasl_authentication_failed(secured, mechanism):
         run(create_conn("127.0.0.1", k.proxy.port, ssl_context=kw["ssl_context"], security_protocol="SASL_SSL",
                         sasl_mechanism=mechanism, sasl_plain_username="mallory",
                         sasl_plain_password=USERS["alice"]))
-    s = k.proxy.stats()
+    s = k.proxy.wait_idle()
     assert (s.authentications, s.auth_failures, s.failed_users) == (0, 2, [mechanism] * 2)
     assert not s.relayed
 
@@ -268,7 +270,7 @@ def test_a_producer_with_a_wrong_password_does_not_start(secured, caplog):
                                                                            match="Unable to bootstrap"):
         run(start())
     assert "[Error 58] SaslAuthenticationFailed: Authentication failed" in caplog.text
-    assert k.proxy.stats().authentications == 0
+    assert k.proxy.wait_idle().authentications == 0
 
 
 def test_a_wrong_password_over_the_raw_v0_exchange_closes_the_connection(secured):
@@ -276,7 +278,7 @@ def test_a_wrong_password_over_the_raw_v0_exchange_closes_the_connection(secured
     with pytest.raises(Errors.KafkaConnectionError):
         run(create_conn("127.0.0.1", k.proxy.port, security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
                         sasl_plain_username="alice", sasl_plain_password="wrong", request_timeout_ms=5000))
-    s = k.proxy.stats()
+    s = k.proxy.wait_idle()
     assert (s.authentications, s.auth_failures, s.raw_sasl_tokens) == (0, 1, 1)
 
 
@@ -285,7 +287,7 @@ def test_an_unknown_mechanism_is_refused(secured):
     with pytest.raises(Errors.UnsupportedSaslMechanismError):
         run(create_conn("127.0.0.1", k.proxy.port, security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
                         sasl_plain_username="alice", sasl_plain_password=USERS["alice"]))
-    s = k.proxy.stats()
+    s = k.proxy.wait_idle()
     assert (s.unsupported_mechanisms, s.authentications) == (1, 0)
 
 
@@ -299,7 +301,7 @@ def _refused_at_tls(k: SecuredKafka, **kw):
 
     with pytest.raises(Errors.KafkaConnectionError, match="Unable to bootstrap"):
         run(start())
-    s = k.proxy.stats()
+    s = k.proxy.wait_idle()
     assert s.connections >= 1 and s.tls_failures == s.connections and s.tls_handshakes == 0
     assert not s.relayed and s.authentications == 0
 
@@ -401,7 +403,7 @@ def test_wire_a_wrong_password_gets_error_58_and_a_message_then_the_connection_c
     assert (corr, error, auth) == (3, 58, b"")
     assert message == "Authentication failed: Invalid username or password"
     assert closed(sock)
-    assert k.proxy.stats().authenticate_versions == {version: 1}
+    assert k.proxy.wait_idle().authenticate_versions == {version: 1}
 
 
 @pytest.mark.parametrize("version", [0, 1, 2])
@@ -418,7 +420,7 @@ def test_wire_authenticated_then_metadata_advertises_the_proxy(wire, version):
     host = r[14:14 + n].decode()
     port = struct.unpack(">i", r[14 + n:18 + n])[0]
     assert (corr, brokers, f"{host}:{port}") == (4, 1, k.bootstrap)
-    assert k.proxy.stats().relayed == {METADATA: 1}
+    assert k.proxy.stats().relayed == {METADATA: 1}  # stats(): this socket is still open
 
 
 @pytest.mark.parametrize("first", ["metadata", "authenticate-before-handshake", "second-handshake"])
@@ -432,7 +434,7 @@ def test_wire_nothing_but_api_versions_and_sasl_before_authentication(wire, firs
         handshake(sock, "PLAIN")
         sock.sendall(request(17, 1, 3, struct.pack(">h", 5) + b"PLAIN"))
     assert closed(sock)
-    s = k.proxy.stats()
+    s = k.proxy.wait_idle()
     assert (s.refused_before_auth, s.authentications, s.relayed) == (1, 0, {})
 
 
