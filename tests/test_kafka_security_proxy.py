@@ -23,8 +23,6 @@ from aiokafka.conn import create_conn
 from aiokafka.protocol.admin import ApiVersionResponse_v0, ApiVersionResponse_v1
 from kafka_security_proxy import SecuredKafka, rewrite_api_versions
 
-pytestmark = pytest.mark.live
-
 USERS = {"alice": "alice-secret", "bob": "bob=secret,with,commas"}
 PRODUCE, FETCH, METADATA, OFFSET_COMMIT, FIND_COORDINATOR, JOIN_GROUP, CREATE_TOPICS = 0, 1, 3, 8, 10, 11, 19
 TLS = ("SSL", "SASL_SSL")
@@ -110,6 +108,7 @@ CASES = [
 ]
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("protocol,mechanism,opts", CASES,
                          ids=[f"{p}-{m or 'none'}-{'-'.join(o) or 'plain'}" for p, m, o in CASES])
 def test_aiokafka_produces_and_consumes_through_the_proxy(secured, protocol, mechanism, opts):
@@ -135,6 +134,7 @@ def test_aiokafka_produces_and_consumes_through_the_proxy(secured, protocol, mec
         assert s.authentications == 0 and s.api_versions_rewritten == 0
 
 
+@pytest.mark.live
 def test_aiokafka_consumer_group_commits_through_the_proxy(secured):
     """Group coordination (FindCoordinator, JoinGroup, OffsetCommit) over SASL_SSL; the committed
     offset is read back on a new connection."""
@@ -188,6 +188,7 @@ def librdkafka_roundtrip(conf: dict, topic: str, n: int = 3, deadline_s: float =
     return got
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("protocol,mechanism,mtls", [("SASL_SSL", "SCRAM-SHA-512", False), ("SSL", None, True)])
 def test_librdkafka_produces_and_consumes_through_the_proxy(secured, tmp_path, protocol, mechanism, mtls):
     # the broker's ApiVersions made to omit the SASL APIs: librdkafka (ApiVersions v3+, a flexible
@@ -215,6 +216,7 @@ def test_librdkafka_produces_and_consumes_through_the_proxy(secured, tmp_path, p
         assert s.client_certificates == ["journey-test-client"] * n
 
 
+@pytest.mark.live
 def test_librdkafka_reports_a_wrong_password(secured, tmp_path):
     from confluent_kafka import KafkaError, Producer
 
@@ -236,6 +238,7 @@ def test_librdkafka_reports_a_wrong_password(secured, tmp_path):
 
 # --- what aiokafka is refused ---------------------------------------------------------------------------
 
+@pytest.mark.live
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 def test_a_wrong_password_is_sasl_authentication_failed(secured, mechanism):
     k = secured("SASL_SSL")
@@ -254,6 +257,7 @@ def test_a_wrong_password_is_sasl_authentication_failed(secured, mechanism):
     assert not s.relayed
 
 
+@pytest.mark.live
 def test_a_producer_with_a_wrong_password_does_not_start(secured, caplog):
     """What an application sees: aiokafka's bootstrap turns the refusal into KafkaConnectionError and
     logs the broker's SASL_AUTHENTICATION_FAILED with its message."""
@@ -273,6 +277,7 @@ def test_a_producer_with_a_wrong_password_does_not_start(secured, caplog):
     assert k.proxy.wait_idle().authentications == 0
 
 
+@pytest.mark.live
 def test_a_wrong_password_over_the_raw_v0_exchange_closes_the_connection(secured):
     k = secured("SASL_PLAINTEXT", handshake_max_version=0)
     with pytest.raises(Errors.KafkaConnectionError):
@@ -282,6 +287,7 @@ def test_a_wrong_password_over_the_raw_v0_exchange_closes_the_connection(secured
     assert (s.authentications, s.auth_failures, s.raw_sasl_tokens) == (0, 1, 1)
 
 
+@pytest.mark.live
 def test_an_unknown_mechanism_is_refused(secured):
     k = secured("SASL_PLAINTEXT", mechanisms=("SCRAM-SHA-512",))
     with pytest.raises(Errors.UnsupportedSaslMechanismError):
@@ -306,6 +312,7 @@ def _refused_at_tls(k: SecuredKafka, **kw):
     assert not s.relayed and s.authentications == 0
 
 
+@pytest.mark.live
 def test_a_client_that_does_not_trust_the_ca_fails_the_tls_handshake(secured):
     k = secured("SASL_SSL")
     with pytest.raises(ssl.SSLCertVerificationError):
@@ -314,11 +321,13 @@ def test_a_client_that_does_not_trust_the_ca_fails_the_tls_handshake(secured):
     _refused_at_tls(k, mechanism="PLAIN", trust=False)
 
 
+@pytest.mark.live
 def test_mtls_refuses_a_client_without_a_certificate(secured):
     k = secured("SSL", mtls=True)
     _refused_at_tls(k, client_cert=False)
 
 
+@pytest.mark.live
 def test_plaintext_against_the_tls_port_fails(secured):
     k = secured("SSL")
     _refused_at_tls(k, protocol="PLAINTEXT")
@@ -395,6 +404,7 @@ def wire(secured):
         yield k, sock
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("version", [0, 1, 2])
 def test_wire_a_wrong_password_gets_error_58_and_a_message_then_the_connection_closes(wire, version):
     k, sock = wire
@@ -406,6 +416,7 @@ def test_wire_a_wrong_password_gets_error_58_and_a_message_then_the_connection_c
     assert k.proxy.wait_idle().authenticate_versions == {version: 1}
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("version", [0, 1, 2])
 def test_wire_authenticated_then_metadata_advertises_the_proxy(wire, version):
     k, sock = wire
@@ -423,6 +434,7 @@ def test_wire_authenticated_then_metadata_advertises_the_proxy(wire, version):
     assert k.proxy.stats().relayed == {METADATA: 1}  # stats(): this socket is still open
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("first", ["metadata", "authenticate-before-handshake", "second-handshake"])
 def test_wire_nothing_but_api_versions_and_sasl_before_authentication(wire, first):
     k, sock = wire
@@ -438,6 +450,7 @@ def test_wire_nothing_but_api_versions_and_sasl_before_authentication(wire, firs
     assert (s.refused_before_auth, s.authentications, s.relayed) == (1, 0, {})
 
 
+@pytest.mark.live
 def test_wire_an_unknown_mechanism_gets_error_33_and_the_enabled_ones(wire):
     k, sock = wire
     assert handshake(sock, "GSSAPI") == (2, 33, ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
