@@ -92,7 +92,7 @@ def cmd_replay(a) -> int:
         from .core.engine import Engine
         from .history.replay_metrics import write_replay_metrics
 
-        kinds = {name: rule.kind for name, (rule, _p) in Engine(cfg).rules.items()}
+        kinds = Engine(cfg).rule_kinds()
         write_replay_metrics(a.metrics_file, s, kinds, run=a.metrics_run)
     if not a.quiet:
         print(format_summary(s), file=sys.stderr)

@@ -459,6 +459,7 @@ class Engine:
             self.aliases.pop(key[len("anon:"):], None)
         self._forget(key, st)
         self.stats.erasures += 1
+        self.stats.triggers[privacy.RULE] += 1  # a record on the triggers output, as every trigger
         self.sink.trigger(privacy_record(key, ev, visitors))
 
     def erase_visitor(self, vkey: str) -> None:
@@ -780,6 +781,11 @@ class Engine:
         return snap
 
     # -- reporting -------------------------------------------------------------------------
+    def rule_kinds(self) -> dict[str, str]:
+        """rule -> kind of every record this engine may write to the triggers output (the
+        erasure record counts as rule ``erased``, kind ``privacy``)."""
+        return {**{name: rule.kind for name, (rule, _p) in self.rules.items()}, privacy.RULE: privacy.KIND}
+
     def customers(self) -> int:
         return sum(1 for s in self.states.values() if s.erased is None and not s.anon)
 
