@@ -200,3 +200,61 @@ def test_erase_command_line(tmp_path):
     down = _erase("kafka://127.0.0.1:9", ID)
     assert down.returncode == 1 and b"Traceback" not in down.stderr and ID.encode() not in down.stderr
     assert b"Is a Kafka broker listening" in down.stderr
+
+
+def _visit(anon, ts, id_, type_="page.viewed"):
+    return {"id": id_, "anonymous_id": anon, "type": type_, "ts": ts, "props": {}}
+
+
+def test_replay_erasure_drops_the_customer_and_their_visitor_and_hashes_only_when_needed(run, monkeypatch):
+    from journey.core import engine as engine_mod
+
+    login = identify("c1", "2026-03-01T10:05:00Z", id="login")
+    login["anonymousId"] = "v1"
+    evs = [_visit("v1", "2026-03-01T10:00:00Z", "v-a"), login,
+           ev("checkout.started", "c1", "2026-03-01T10:10:00Z", id="k", checkout_id="k1"),
+           ev("customer.erased", "c1", "2026-03-01T10:20:00Z", id="erase-1"),
+           ev("order.completed", "c1", "2026-03-01T11:00:00Z", id="late", order_id="o1", revenue=10),
+           _visit("v1", "2026-03-01T11:05:00Z", "v-b"),
+           ev("order.completed", "c2", "2026-03-01T12:00:00Z", id="c2o", order_id="o2", revenue=10),
+           ev("page.viewed", "c2", "2026-03-01T12:05:00Z", id="c2p")]  # c2 has state now: no hash
+    hashed = []
+    real = engine_mod.privacy.erasure_hash
+    monkeypatch.setattr(engine_mod.privacy, "erasure_hash", lambda salt, key: hashed.append(key) or real(salt, key))
+    r = run(evs, rules={"privacy": {"erasure_salt": "s"}}, until="2026-03-02T00:00:00Z")
+    (t,) = [t for t in r.triggers if t["subject"] == "c1"]  # the cart of 10:10 was erased with its customer
+    assert t["type"] == "journey.privacy.erased" and t["data"]["visitor_ids"] == ["v1"]
+    assert t["data"]["rule"] == "erased" and t["data"]["kind"] == "privacy" and t["data"]["evidence"] == ["erase-1"]
+    assert r.rules("c2") == ["first_purchase"]
+    assert r.summary["after_erasure"] == 2 and r.summary["erasures"] == 1
+    # hashed: the two keys erased, then once per event of a key without state after the erasure
+    assert sorted(hashed) == sorted(["anon:v1", "c1", "c1", "anon:v1", "c2"])
+
+
+def test_replay_erased_file_drops_from_the_start_on_any_number_of_workers(tmp_path):
+    from journey.history.synth import write_log
+
+    log = tmp_path / "log.jsonl"
+    write_log(str(log), customers=200, events=4000, seed=3, noise=False)  # (a truncated line names no one)
+    recs = [orjson.loads(x) for x in log.read_bytes().splitlines()]
+    ids = sorted({r.get("userId") or r.get("customer_id") for r in recs} - {None})[:5]
+    with open(log, "ab") as f:  # an unreadable record of an erased id: dropped, not dead-lettered
+        f.write(orjson.dumps({"type": "track", "event": "Order Completed", "userId": ids[0]}) + b"\n")
+    erased = tmp_path / "erased.txt"
+    erased.write_text("\n".join(ids) + "\n\n")
+    outs = {}
+    for n in (1, 3):
+        out, dl = tmp_path / f"out{n}.jsonl", tmp_path / f"dl{n}.jsonl"
+        r = subprocess.run([sys.executable, "-m", "journey", "replay", str(log), "--out", str(out), "--deadletter",
+                            str(dl), "--erased", str(erased), "--workers", str(n), "--summary-json",
+                            str(tmp_path / f"s{n}.json"), "-q"], capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs[n] = (out.read_bytes(), dl.read_bytes(), orjson.loads((tmp_path / f"s{n}.json").read_bytes()))
+    assert outs[1][:2] == outs[3][:2]  # byte-identical
+    out, dl, s = outs[1]
+    assert not any(i.encode() in out or i.encode() in dl for i in ids)
+    dropped = sum(1 for r in recs if (r.get("userId") or r.get("customer_id")) in ids) + 1
+    assert s["after_erasure"] == outs[3][2]["after_erasure"] == dropped
+    plain = tmp_path / "plain.jsonl"
+    replay([log], str(plain))
+    assert any(i.encode() in plain.read_bytes() for i in ids), "without --erased they have triggers"
