@@ -258,3 +258,35 @@ def test_replay_erased_file_drops_from_the_start_on_any_number_of_workers(tmp_pa
     plain = tmp_path / "plain.jsonl"
     replay([log], str(plain))
     assert any(i.encode() in plain.read_bytes() for i in ids), "without --erased they have triggers"
+
+
+def test_the_dispatcher_routes_the_erasure_record_like_any_trigger(run):
+    """Routes of every rule ("*") deliver it; kinds = ["privacy"] (or rules = ["erased"]) route
+    the erasures alone, to the system that must delete the customer too."""
+    from journey.dispatch.config import parse_dispatch_config
+    from journey.dispatch.records import parse_trigger
+
+    r = run([ev("order.completed", "c1", "2026-03-01T10:00:00Z", order_id="o1", revenue=10),
+             ev("customer.erased", "c1", "2026-03-01T11:00:00Z")])
+    first, erased = (parse_trigger(orjson.dumps(t)) for t in r.triggers)
+    ep = {"url": "http://127.0.0.1:9/x", "secrets": ["whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="]}
+    cfg = parse_dispatch_config({"endpoints": {"crm": ep, "privacy": ep, "mail": ep}, "routes": [
+        {"endpoints": ["crm"]}, {"kinds": ["privacy"], "endpoints": ["privacy"]},
+        {"rules": ["first_purchase"], "endpoints": ["mail"]}]})
+    assert not cfg.warnings
+    assert cfg.route(erased) == ["crm", "privacy"] and cfg.route(first) == ["crm", "mail"]
+    assert parse_dispatch_config({"endpoints": {"p": ep}, "routes": [{"rules": ["erased"], "endpoints": ["p"]}]}
+                                 ).route(erased) == ["p"]
+
+
+def test_the_erasure_record_matches_the_trigger_schema(run):
+    from test_contracts import validator
+
+    r = run([ev("order.completed", "c1", "2026-03-01T10:00:00Z", order_id="o1", revenue=10),
+             ev("customer.erased", "c1", "2026-03-01T11:00:00Z")])
+    v = validator("trigger.schema.json")
+    assert [t["type"] for t in r.triggers] == ["journey.recognition.first_purchase", "journey.privacy.erased"]
+    for t in r.triggers:
+        assert not [e.message for e in v.iter_errors(t)], t
+    broken = {**r.triggers[1], "data": {**r.triggers[1]["data"], "visitor_ids": None}}
+    assert list(v.iter_errors(broken)), "the schema checks the erasure record's own shape"
