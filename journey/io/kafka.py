@@ -11,9 +11,7 @@ else, or used librdkafka's default CRC32 partitioner) is re-keyed through
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-from contextlib import contextmanager
 
 from aiokafka.partitioner import murmur2
 
@@ -153,19 +151,6 @@ def broker_wait() -> float:
         return max(0.0, float(os.environ.get("JOURNEY_BROKER_WAIT", "30")))
     except ValueError:
         return 30.0
-
-
-@contextmanager
-def quiet_client_logs():
-    """aiokafka logs an ERROR per failed connection attempt (two a second while a broker is
-    away): while a command waits for its broker, only its own message should speak."""
-    lg = logging.getLogger("aiokafka")
-    before = lg.level
-    lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        lg.setLevel(before)
 
 
 async def start_client(start, timeout: float, conn: KafkaConnection, url: str, on_wait=None) -> None:
