@@ -16,7 +16,7 @@ import os
 from aiokafka.partitioner import murmur2
 
 from . import topics
-from .connection import PLAINTEXT, KafkaConnectFailed, KafkaConnection, client_errors, explain
+from .connection import PLAINTEXT, KafkaConnectFailed, KafkaConnection, client_errors, explain, probe
 
 
 def bootstrap(url: str) -> str:
@@ -161,6 +161,7 @@ async def start_client(start, timeout: float, conn: KafkaConnection, url: str, o
     with the cause when the client's log shows one."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    probed = False
     with client_errors() as logged:
         while True:
             try:
@@ -168,6 +169,10 @@ async def start_client(start, timeout: float, conn: KafkaConnection, url: str, o
                 return
             except Exception as e:
                 why = explain(e, logged, conn, url)
+                if why is None and not probed and not any("refused" in m.lower() for m in logged):
+                    # something listens but the failure says nothing: ask what it speaks (once)
+                    probed = True
+                    why = await probe(url, conn)
                 if why is not None:
                     raise KafkaConnectFailed(why) from None
                 if loop.time() > deadline:
