@@ -137,6 +137,20 @@ class KafkaConnection:
 PLAINTEXT = KafkaConnection()
 
 
+def bootstrap(url: str) -> str:
+    """``kafka://host:port[,kafka://host:port]`` or ``host:port`` -> ``host:port,host:port``."""
+    parts = []
+    for p in url.replace(";", ",").split(","):
+        p = p.strip()
+        if "://" in p:
+            p = p.split("://", 1)[1]
+        if p:
+            parts.append(p.rstrip("/"))
+    if not parts:
+        raise ValueError(f"no broker address in {url!r}: give host:port, e.g. kafka://127.0.0.1:9092")
+    return ",".join(parts)
+
+
 # -- reading the settings ------------------------------------------------------------------------
 
 _ENV_FIELDS = {
@@ -461,8 +475,6 @@ async def probe(url: str, conn: KafkaConnection, timeout: float = 3.0) -> str | 
     means TLS. Returns the message for a mismatch with ``conn``, else None."""
     import asyncio
     import struct
-
-    from .kafka import bootstrap
 
     host, _, port = bootstrap(url).split(",")[0].rpartition(":")
     host = host.strip("[]")

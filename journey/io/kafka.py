@@ -16,21 +16,15 @@ import os
 from aiokafka.partitioner import murmur2
 
 from . import topics
-from .connection import PLAINTEXT, KafkaConnectFailed, KafkaConnection, client_errors, explain, probe
-
-
-def bootstrap(url: str) -> str:
-    """``kafka://host:port[,kafka://host:port]`` or ``host:port`` -> ``host:port,host:port``."""
-    parts = []
-    for p in url.replace(";", ",").split(","):
-        p = p.strip()
-        if "://" in p:
-            p = p.split("://", 1)[1]
-        if p:
-            parts.append(p.rstrip("/"))
-    if not parts:
-        raise ValueError(f"no broker address in {url!r}: give host:port, e.g. kafka://127.0.0.1:9092")
-    return ",".join(parts)
+from .connection import (  # noqa: F401 - bootstrap is imported from here by the shells
+    PLAINTEXT,
+    KafkaConnectFailed,
+    KafkaConnection,
+    bootstrap,
+    client_errors,
+    explain,
+    probe,
+)
 
 
 def faust_url(url: str) -> str:
