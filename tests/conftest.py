@@ -105,3 +105,24 @@ def broker(tmp_path):
         yield b.url
     finally:
         b.stop()
+
+
+@pytest.fixture
+def wire(tmp_path):
+    """A broker behind a fault-injecting TCP proxy (tests/wire_proxy.py): the broker advertises the
+    proxy's address, so every client connection goes through it. Yields the proxy (``.url``)."""
+    from wire_proxy import WireProxy
+
+    from journey.live.broker import EmbeddedBroker, free_port
+
+    port = free_port()
+    proxy = WireProxy(port).start()
+    b = None
+    try:
+        b = EmbeddedBroker(port=port, advertised_port=proxy.port, log_path=str(tmp_path / "broker.log")).start()
+        assert b.url == proxy.url
+        yield proxy
+    finally:
+        if b is not None:
+            b.stop()
+        proxy.stop()

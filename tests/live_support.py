@@ -70,6 +70,89 @@ def read_topic(broker: str, topic: str, idle_ms: int = 800) -> list:
     return asyncio.run(go())
 
 
+class TopicWatch:
+    """A consumer of one topic kept open in a thread of its own, from the first record on, for
+    watching progress cheaply (and, through the wire proxy, on a connection no fault touches)."""
+
+    def __init__(self, broker: str, topic: str):
+        import threading
+
+        self.broker, self.topic = broker, topic
+        self.records: list = []          # (key, value, partition, offset)
+        self.polls = 0                   # fetch rounds completed
+        self.error: BaseException | None = None
+        self._stop = False
+        self._lock = threading.Lock()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name=f"watch-{topic}", daemon=True)
+        self._thread.start()
+        if not self._started.wait(30):
+            raise AssertionError(f"could not start watching {topic}")
+        if self.error is not None:
+            raise AssertionError(f"could not start watching {topic}: {self.error!r}")
+
+    async def _run(self):
+        from aiokafka import AIOKafkaConsumer
+
+        c = AIOKafkaConsumer(self.topic, bootstrap_servers=bootstrap(self.broker), auto_offset_reset="earliest",
+                             group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100)
+        try:
+            await c.start()
+        except BaseException as e:  # noqa: BLE001 - reported by __init__
+            self.error = e
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            while not self._stop:
+                batch = await c.getmany(timeout_ms=100)
+                with self._lock:
+                    for tp, recs in batch.items():
+                        self.records += [(r.key, r.value, tp.partition, r.offset) for r in recs]
+                    self.polls += 1
+        except BaseException as e:  # noqa: BLE001 - seen by the test as a stale count, and in its text
+            self.error = e
+        finally:
+            await c.stop()
+
+    def values(self, fresh: bool = False, timeout: float = 10) -> list[bytes]:
+        """The values read so far; ``fresh``: after a fetch round that began after this call."""
+        if fresh:
+            n = self.polls + 2
+            deadline = time.monotonic() + timeout
+            while self.polls < n and time.monotonic() < deadline and self.error is None:
+                time.sleep(0.02)
+        with self._lock:
+            return [v for _k, v, *_ in self.records]
+
+    def ids(self, fresh: bool = False) -> set[str]:
+        return {orjson.loads(v)["id"] for v in self.values(fresh)}
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(10)
+
+
+def spawn_produce(broker: str, path, log_path, until: str | None = UNTIL, chunk: int | None = None):
+    """``journey produce`` as a child process (dies with its parent), its output in ``log_path``;
+    ``chunk``: records between two markers of the held publication (the command's own 10,000
+    otherwise), through the same entry point with the constant changed."""
+    import sys
+
+    from journey.live.broker import die_with_parent
+
+    args = [str(path), "--broker", broker, "-q", *(["--until", until] if until else [])]
+    if chunk is None:
+        cmd = [sys.executable, "-m", "journey", "produce", *args]
+    else:
+        code = ("import sys, journey.live.produce as p; p.produce.__defaults__ = tuple("
+                f"{chunk} if d == p.CHUNK else d for d in p.produce.__defaults__); "
+                "from journey.cli import main; sys.exit(main(['produce', *sys.argv[1:]]))")
+        cmd = [sys.executable, "-c", code, *args]
+    return subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent)
+
+
 def trigger_ids(broker: str, idle_ms: int = 800) -> list[str]:
     return [orjson.loads(v)["id"] for _k, v, *_ in read_topic(broker, topics.TRIGGERS, idle_ms)]
 
