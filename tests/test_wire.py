@@ -11,7 +11,8 @@ would) and nothing may be lost or invented. Seeds are printed in failures and ca
 fixed with JOURNEY_WIRE_SEED=N; JOURNEY_WIRE_RUNS=N repeats each test; JOURNEY_WIRE_STALL
 and JOURNEY_WIRE_REFUSE set the fault lengths in seconds (12 and 30). The proxy passes
 JOURNEY_WIRE_RATE bytes per second (2e6): a slow link, so that the work takes seconds and a
-fault lands in the middle of it."""
+fault lands in the middle of it. The dispatcher's test runs with a stall only, unless
+JOURNEY_WIRE_DISPATCH=reset,stall,refuse (or all)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from live_support import (
 from live_support import (
     Worker,
     _same_as_replay,
+    read_topic,
     replayed,
     spawn_produce,
     stop_process,
@@ -39,6 +41,8 @@ from journey.io import topics
 RUNS = int(os.environ.get("JOURNEY_WIRE_RUNS", "1"))
 STALL = float(os.environ.get("JOURNEY_WIRE_STALL", "12"))     # longer than a session timeout (10 s)
 REFUSE = float(os.environ.get("JOURNEY_WIRE_REFUSE", "30"))
+# the dispatcher's test runs with these faults (comma-separated; "all": the three): one in CI, for time
+DISPATCH_FAULTS = os.environ.get("JOURNEY_WIRE_DISPATCH", "stall").split(",")
 DEADLINE = 240    # seconds from the fault to every trigger, whatever happens
 RATE = float(os.environ.get("JOURNEY_WIRE_RATE", "2e6"))  # bytes/s through the proxy: about 8 s of work
 CHUNK = 1000      # records between two markers of the publication: triggers come out in 30 steps, not 3
@@ -184,7 +188,75 @@ def _refuse(wire, rnd, measure):
     time.sleep(max(0.0, REFUSE - (time.monotonic() - t)))
 
 
+FAULTS = [_reset, _stall, _refuse]
+
+
 @pytest.mark.parametrize("run", range(RUNS))
-@pytest.mark.parametrize("fault", [_reset, _stall, _refuse], ids=["reset", "stall", "refuse"])
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.__name__[1:])
 def test_worker_and_producer_through_a_fault_on_the_wire(wire, tmp_path, fault, run):
     _worker_through_a_fault(wire, tmp_path, _seed(), fault)
+
+
+# -- the dispatcher ------------------------------------------------------------------------------------------
+
+def _dispatch_through_a_fault(wire, tmp_path, seed, fault, n=800):
+    """``journey dispatch`` reads journey.triggers and writes its delivered records and commits
+    through the proxy; the receiver is reached directly. The fault comes once a random share
+    of the triggers is delivered. Then every trigger is delivered, signed, with its id as
+    webhook-id; a repeat (same webhook-id: the receiver's idempotency key) only for a delivery
+    the dispatcher could not record (at most ``concurrency`` at a time), nothing dead-lettered,
+    and the offsets committed to the end."""
+    from dispatch_support import SECRET, Dispatch, Receiver, _committed_all, _endpoint, _produce, _trigger
+    from standardwebhooks import Webhook
+
+    rnd = random.Random(seed)
+    concurrency = 4
+    triggers = [_trigger(f"w-{i:04d}", cid=f"c{i}") for i in range(n)]
+    want = {t["id"] for t in triggers}
+    _produce(wire.url, triggers)        # from the test process: not through a fault
+    rx = Receiver(delay=0.02)
+    config = _endpoint("hooks", rx.url("hooks"), concurrency=concurrency) + '[[routes]]\nendpoints = ["hooks"]\n'
+    target = rnd.uniform(0.1, 0.9) * n
+    ds = [Dispatch(wire.url, tmp_path, config, name="d0")]
+    exits = []
+    try:
+        wait_for(lambda: len(set(rx.ids())) >= target or ds[0].proc.poll() is not None, 90,
+                 f"{target:.0f} deliveries (seed {seed})", every=0.02)
+        before = len(set(rx.ids()))
+        at_fault = []
+        fault(wire, rnd, lambda: at_fault.append(len(set(rx.ids()))))
+        print(f"seed {seed}: fault at {before}..{at_fault[0]} of {n} deliveries; {wire.describe()}")
+        assert 0 < before and at_fault[0] < n, f"seed {seed}: the fault must land mid-stream"
+
+        def done():
+            d = ds[-1]
+            if d.proc.poll() is not None:
+                text = d.log.read_text(errors="replace")
+                said = [ln for ln in text.splitlines() if "CRITICAL" in ln or "ERROR" in ln]
+                assert said, f"seed {seed}: the dispatcher exited ({d.proc.returncode}) without saying why"
+                exits.append(said[-1][:300])
+                ds.append(Dispatch(wire.url, tmp_path, config, name=f"d{len(ds)}"))
+            return set(rx.ids()) >= want
+        wait_for(done, DEADLINE, f"every trigger delivered (seed {seed}; {wire.describe()})", every=0.3)
+        wait_for(lambda: _committed_all(wire.url, "journey-dispatch"), 60, f"offsets committed (seed {seed})")
+        time.sleep(1.0)
+        ids = rx.ids()
+        assert set(ids) == want, f"seed {seed}: none lost, nothing else sent"
+        by_id = {t["id"]: t for t in triggers}
+        for r in rx.requests:
+            assert Webhook(SECRET).verify(r["body"], r["headers"]) == by_id[r["id"]]   # webhook-id = trigger id
+        repeats = len(ids) - len(set(ids))
+        print(f"seed {seed}: {repeats} repeat(s); dispatcher exits: {exits or 'none'}")
+        assert repeats <= concurrency * len(ds), f"seed {seed}: {repeats} repeats"
+        assert not read_topic(wire.url, topics.TRIGGERS_DEADLETTER, idle_ms=300), f"seed {seed}: dead letters"
+    finally:
+        rx.stop()
+        for d in ds:
+            d.stop()
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f.__name__[1:] in DISPATCH_FAULTS or "all" in DISPATCH_FAULTS],
+                         ids=lambda f: f.__name__[1:])
+def test_dispatcher_through_a_fault_on_the_wire(wire, tmp_path, fault, run):
+    _dispatch_through_a_fault(wire, tmp_path, _seed(), fault)
