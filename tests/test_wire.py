@@ -176,6 +176,7 @@ def _stall(wire, _rnd, measure):
     t = time.monotonic()
     measure()
     time.sleep(max(0.0, STALL - (time.monotonic() - t)))
+    wire.wait_over()
 
 
 def _refuse(wire, rnd, measure):
@@ -186,6 +187,7 @@ def _refuse(wire, rnd, measure):
     t = time.monotonic()
     measure()
     time.sleep(max(0.0, REFUSE - (time.monotonic() - t)))
+    wire.wait_over()
 
 
 FAULTS = [_reset, _stall, _refuse]
@@ -260,3 +262,24 @@ def _dispatch_through_a_fault(wire, tmp_path, seed, fault, n=800):
                          ids=lambda f: f.__name__[1:])
 def test_dispatcher_through_a_fault_on_the_wire(wire, tmp_path, fault, run):
     _dispatch_through_a_fault(wire, tmp_path, _seed(), fault)
+
+
+def test_produce_says_how_far_it_got_when_the_broker_stops_answering(tmp_path, monkeypatch, capsys):
+    # seen with a 60 s stall (JOURNEY_WIRE_STALL=60): aiokafka gives up after its 40 s request timeout;
+    # the message used to ask whether a broker was listening at all
+    from aiokafka.errors import RequestTimedOutError
+
+    import journey.live.produce
+    from journey.cli import main
+
+    async def stalled(*_a, **_k):
+        e = RequestTimedOutError()
+        e.records_sent = 12345
+        raise e
+    monkeypatch.setattr(journey.live.produce, "produce", stalled)
+    log = tmp_path / "log.jsonl"
+    log.write_text("")
+    assert main(["produce", str(log), "--broker", "kafka://127.0.0.1:9", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "after 12,345 records were sent" in err and "the same log again is safe" in err, err
+    assert "Is a Kafka broker listening" not in err

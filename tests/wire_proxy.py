@@ -159,6 +159,15 @@ class WireProxy:
         if wait:
             time.sleep(seconds)
 
+    def wait_over(self, timeout: float = 10) -> None:
+        """Return once traffic flows and new connections are accepted again (the fault's own
+        timer may fire a little after the test's)."""
+        deadline = time.monotonic() + timeout
+        while not (self._server is not None and self._flowing.is_set()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the proxy is still faulty {timeout:g} s after the fault's end: {self.describe()}")
+            time.sleep(0.02)
+
     def open_connections(self, exempt: bool = False) -> int:
         return sum(1 for c in list(self.conns.values()) if not c.closed and c.exempt == exempt)
 
