@@ -10,6 +10,9 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels && journey --version
-RUN useradd --create-home journey && mkdir -p /var/lib/journey && chown journey /var/lib/journey
-USER journey
+# a fixed, numeric user and group (10001): Kubernetes' runAsNonRoot can only verify a numeric USER, and
+# deploy/kubernetes runs as this UID (runAsUser) with fsGroup 10001 owning the data volume
+RUN groupadd --gid 10001 journey && useradd --create-home --uid 10001 --gid 10001 journey \
+    && mkdir -p /var/lib/journey && chown 10001:10001 /var/lib/journey
+USER 10001:10001
 CMD ["journey", "worker"]

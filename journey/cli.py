@@ -67,10 +67,17 @@ def cmd_replay(a) -> int:
     from .io.progress import Progress
 
     cfg = _load(a.rules)
+    erased = None
+    if a.erased:
+        try:
+            erased = _read_ids(a.erased)
+        except OSError as e:
+            print(f"journey replay: --erased {a.erased}: {e.strerror or e}", file=sys.stderr)
+            return 2
     try:
         s = replay(a.paths, a.out, a.audit, a.deadletter, until=a.until, transitions=a.transitions,
                    progress=Progress(False if a.quiet else None), sort_buffer=a.sort_buffer, config=cfg, now=a.now,
-                   outcomes=a.outcomes, workers=a.workers)
+                   outcomes=a.outcomes, workers=a.workers, erased=erased)
     except FileNotFoundError as e:
         print(f"journey replay: {e}", file=sys.stderr)
         return 2
@@ -85,11 +92,22 @@ def cmd_replay(a) -> int:
         from .core.engine import Engine
         from .history.replay_metrics import write_replay_metrics
 
-        kinds = {name: rule.kind for name, (rule, _p) in Engine(cfg).rules.items()}
+        kinds = Engine(cfg).rule_kinds()
         write_replay_metrics(a.metrics_file, s, kinds, run=a.metrics_run)
     if not a.quiet:
         print(format_summary(s), file=sys.stderr)
     return 0
+
+
+def _read_ids(path: str) -> list[str]:
+    """Ids, one a line (blank lines skipped; surrounding white space is not part of an id);
+    ``-`` is standard input."""
+    if path == "-":
+        text = sys.stdin.buffer.read()
+    else:
+        with open(path, "rb") as f:
+            text = f.read()
+    return [x for x in (line.strip() for line in text.decode("utf-8", errors="strict").splitlines()) if x]
 
 
 def cmd_backtest(a) -> int:
@@ -237,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the present the log was taken at: events stamped more than [engine] future_horizon (1d) "
                         "after it are dead-lettered as future_time, as the live worker does against its clock "
                         "(replay never reads the clock; default: no such check)")
+    r.add_argument("--erased", metavar="FILE",
+                   help="customer ids erased before the log, one a line (anon:<id> for a visitor): their events "
+                        "are dropped from the start and counted, never written anywhere, to rebuild state from "
+                        "history older than the erasures")
     r.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
     r.add_argument("--metrics-file", metavar="FILE",
                    help="also write the summary as a Prometheus text file (journey_replay_* gauges; for "
@@ -399,6 +421,12 @@ def main(argv=None) -> int:
         parser.parse_args(argv)  # reports the unrecognized arguments, as ever
     if a.command == "rules" and a.file is None and a.action == "check":
         print("journey rules check: name the rule file to check", file=sys.stderr)
+        return 2
+    from .io import topics
+
+    if not topics.PREFIX_OK:
+        print(f"journey: JOURNEY_TOPIC_PREFIX={topics.PREFIX!r} cannot start a Kafka topic name: use letters, "
+              "digits, '.', '_' and '-' (at most 100)", file=sys.stderr)
         return 2
     try:
         return a.func(a) or 0

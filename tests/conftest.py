@@ -95,6 +95,13 @@ def run(tmp_path):
     return _run
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that takes the ``broker`` or ``wire`` fixture is a ``live`` one (so is any marked by hand)."""
+    for item in items:
+        if {"broker", "wire"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.live)
+
+
 @pytest.fixture
 def broker(tmp_path):
     """A real Kafka-protocol broker (Tansu) on a free loopback port, stopped after the test."""
@@ -119,10 +126,24 @@ def wire(tmp_path):
     proxy = WireProxy(port).start()
     b = None
     try:
-        b = EmbeddedBroker(port=port, advertised_port=proxy.port, log_path=str(tmp_path / "broker.log")).start()
-        assert b.url == proxy.url
+        b = EmbeddedBroker(port=port, advertised=f"127.0.0.1:{proxy.port}", log_path=str(tmp_path / "broker.log")).start()
         yield proxy
     finally:
         if b is not None:
             b.stop()
         proxy.stop()
+
+
+def need_tool(name: str) -> str:
+    """The path of a command-line tool a test needs (promtool, prometheus, node): in CI a missing
+    one is a failure (.ci/run installs it), elsewhere a skip that says how to install it. Call it
+    where the tool is used, after the checks that do not need it."""
+    import os
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing: .ci/run installs it (Debian's prometheus package for promtool)")
+        pytest.skip(f"{name} not installed (apt-get install prometheus)")
+    return path

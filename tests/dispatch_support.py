@@ -190,11 +190,15 @@ class Dispatch:
                 out[(s.name, tuple(sorted(s.labels.items())))] = s.value
         return out
 
-    def value(self, name, **labels) -> float:
+    def value(self, name, **labels) -> float | None:
+        """The sum of the metric's samples with these labels; None when no sample of that name is
+        exported at all (a renamed metric must fail `== 0`, not pass it), -1 when /metrics is down."""
         try:
             m = self.metrics()
         except OSError:
             return -1
+        if not any(n == name for n, _ls in m):
+            return None
         return sum(v for (n, ls), v in m.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
 
     def stop(self) -> int:

@@ -40,17 +40,22 @@ def produce_log(broker: str, path, until: int | None = None, rate: float | None 
     return asyncio.run(produce([path], broker, until=until, rate=rate))
 
 
-def read_topic(broker: str, topic: str, idle_ms: int = 800) -> list:
-    """Every record of a topic, read to its end: (key, value, partition, offset, headers)."""
+def read_topic(broker: str, topic: str, idle_ms: int = 800, timeout: float = 60) -> list:
+    """Every record of a topic, read to its end: (key, value, partition, offset, headers). A broker
+    that does not get it there within ``timeout`` seconds fails the test rather than hanging it."""
     from aiokafka import AIOKafkaConsumer
 
     async def go():
         c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap(broker), auto_offset_reset="earliest",
-                             group_id=None, enable_auto_commit=False)
-        await c.start()
+                             group_id=None, enable_auto_commit=False, request_timeout_ms=10_000)
+        deadline = time.monotonic() + timeout
+        await asyncio.wait_for(c.start(), timeout)
         out = []
         try:
             while True:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{topic} not read to its end within {timeout:.0f} s "
+                                         f"({len(out)} records so far)")
                 batch = await c.getmany(timeout_ms=idle_ms)
                 if not batch:
                     # done when every partition's position reached the fetch high watermark

@@ -5,6 +5,7 @@ its data file is read (none of lifetimes' model code is used)."""
 
 import csv
 import io
+import math
 import subprocess
 import sys
 
@@ -57,12 +58,15 @@ def test_p_alive_from_the_stream_equals_batch(cdnow, model_file, tmp_path):
     end = parse_time(CAL_END + "T00:00:00Z")
     drive(eng, Reader([cdnow[1]]).events(), end)
     assert len(eng.states) == 2357
+    m = Model.from_dict(orjson.loads(model_file.read_bytes()))
     worst = 0.0
     for cid, st in eng.states.items():
         x, t_x, T_, _m = summary(st.clv, end)
         row = batch[cid]
         assert (x, round(t_x, 4), round(T_, 4)) == (int(row["x"]), float(row["t_x"]), float(row["T"]))
-        worst = max(worst, abs(eng.clv.p_alive(st, end) - float(row["p_alive"])))
+        # both against the closed form written in this file, not against each other's code
+        want = p_alive_closed_form(m, x, t_x, T_)
+        worst = max(worst, abs(eng.clv.p_alive(st, end) - want), abs(float(row["p_alive"]) - want))
     assert worst < 1e-6
 
 
@@ -84,9 +88,24 @@ def orders_at(days, cid="c1", start="2026-01-05T00:00:00Z", revenue=80):
     return [ev("order.completed", cid, t0 + d * MS_DAY, order_id=f"o{d}", revenue=revenue) for d in days]
 
 
+def p_alive_closed_form(m, x, t_x, T):
+    """BG/NBD P(alive | x, t_x, T) (Fader, Hardie and Lee 2005, "Counting your customers the easy
+    way", eq. 13), written out here so the tests do not check the product against itself."""
+    if x == 0:
+        return 1.0
+    return 1.0 / (1.0 + m.a / (m.b + x - 1) * ((m.alpha + T) / (m.alpha + t_x)) ** (m.r + x))
+
+
 def expected_crossing(first_day_ms, x, t_x_weeks, threshold=0.3):
-    Tstar = PARAMS.when_p_alive_below(x, t_x_weeks, threshold)
-    return first_day_ms + __import__("math").ceil(Tstar * MS_WEEK) + 1
+    """The first millisecond after the T at which the closed form reaches ``threshold`` (solving
+    eq. 13 for T), counted from the first purchase day."""
+    m = PARAMS
+    Tstar = (m.alpha + t_x_weeks) * ((1 / threshold - 1) * (m.b + x - 1) / m.a) ** (1 / (m.r + x)) - m.alpha
+    due = first_day_ms + math.ceil(Tstar * MS_WEEK) + 1
+    weeks = (due - first_day_ms) / MS_WEEK
+    assert p_alive_closed_form(m, x, t_x_weeks, weeks) < threshold <= p_alive_closed_form(
+        m, x, t_x_weeks, weeks - 2 / MS_WEEK)
+    return due
 
 
 def test_win_back_fires_when_p_alive_crosses_0_3(run, clv_rules):

@@ -1,20 +1,37 @@
 """`journey demo`: the README's first command, run for real (embedded broker, worker, feeder)."""
 
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import pytest
 
+
+def _pump(stream, out: queue.Queue) -> None:
+    for line in iter(stream.readline, b""):
+        out.put(line)
+    out.put(b"")  # end of output
+
+
+@pytest.mark.live
 def test_demo_shows_triggers_and_ctrl_c_leaves_nothing_behind(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "journey", "demo", "--customers", "60", "--speed", "200000"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
     lines = []
     deadline = time.monotonic() + 90
+    # a reader thread, so the deadline holds even when the demo prints nothing at all
+    out: queue.Queue = queue.Queue()
+    threading.Thread(target=_pump, args=(p.stdout, out), daemon=True).start()
     try:
         while time.monotonic() < deadline:
-            line = p.stdout.readline().decode()
+            try:
+                line = out.get(timeout=max(0.1, deadline - time.monotonic())).decode()
+            except queue.Empty:
+                break
             if not line:
                 break
             lines.append(line)

@@ -257,9 +257,12 @@ def test_a_holdout_on_a_transactional_rule_needs_an_explicit_yes():
     with pytest.raises(ConfigError) as e:
         config_from({"rules": {"payment_failed": {"experiment": exp}}})
     assert "allow_transactional_holdout" in str(e.value)
-    assert config_from({"rules": {"payment_failed": {"experiment": {**exp, "allow_transactional_holdout": True}}}})
-    assert config_from({"rules": {"payment_failed": {"allow_transactional_holdout": True, "experiment": exp}}})
-    assert config_from({"rules": {"payment_failed": {"experiment": {**exp, "holdout": 0}}}})  # no holdout: fine
+    for spec in ({"experiment": {**exp, "allow_transactional_holdout": True}},
+                 {"allow_transactional_holdout": True, "experiment": exp}):
+        e = config_from({"rules": {"payment_failed": spec}}).experiments["payment_failed"]
+        assert (e.rule, e.holdout) == ("payment_failed", exp["holdout"]) and exp["holdout"] > 0
+    e = config_from({"rules": {"payment_failed": {"experiment": {**exp, "holdout": 0}}}}).experiments["payment_failed"]
+    assert e.holdout == 0  # no holdout: fine without the yes
 
 
 def test_rules_check_and_show_on_the_command_line(tmp_path):

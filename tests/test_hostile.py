@@ -88,6 +88,10 @@ def test_times_are_rfc3339_with_four_digit_years():
     assert format_time(0) == "1970-01-01T00:00:00Z"
     assert format_time(-1) == "1969-12-31T23:59:59.999Z"   # a customer-local end of day before 1970
     assert format_time(T("2199-12-31T23:59:59Z")) == "2199-12-31T23:59:59Z"
+    # years that need padding to four digits (RFC 3339 requires them)
+    assert format_time(-62135596800000) == "0001-01-01T00:00:00Z"
+    assert format_time(-30641662555000) == "0999-01-02T03:04:05Z"
+    assert format_time(253402300799999) == "9999-12-31T23:59:59.999Z"
 
 
 def test_the_event_name_cache_is_bounded_in_bytes():

@@ -171,8 +171,10 @@ def test_the_oldest_of_more_than_20_open_instances_is_dropped_and_audited(run):
 
 def test_a_condition_that_fails_at_run_time_is_false_and_counted(run):
     j = {**BROWSE, "if": "event.props.colour == 'red'"}   # no such prop: a run-time error
-    r = run([view("c1", "2026-03-01T10:00:00Z", "p1")], rules=rules(browse=j), until="2026-03-02T00:00:00Z")
+    r = run([view("c1", "2026-03-01T10:00:00Z", "p1"), view("c1", "2026-03-01T10:05:00Z", "p2")],
+            rules=rules(browse=j), until="2026-03-02T00:00:00Z")
     assert r.of("browse") == [] and r.deadletter == []
+    assert r.summary["condition_errors"] == {"browse": 2}   # counted (the worker exports it as a metric)
 
 
 def test_ids_are_a_pure_function_of_customer_journey_and_occasion(run):

@@ -124,8 +124,9 @@ def _check_metrics(w, want_t, want_d):
             return r.read().decode()
 
     def value(fams, name, **labels):
-        return sum(s.value for f in fams.values() for s in f.samples
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+        samples = [s for f in fams.values() for s in f.samples if s.name == name]
+        assert samples, f"{name} is not exported"   # a renamed metric fails, never reads as 0
+        return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))
 
     text = scrape()
     fams = {f.name: f for f in text_string_to_metric_families(text)}

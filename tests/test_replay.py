@@ -4,6 +4,7 @@ import gzip
 import random
 import subprocess
 import sys
+import uuid
 
 import orjson
 import pytest
@@ -20,6 +21,10 @@ from journey.history.replay import replay
 from journey.history.synth import generate, write_log
 
 UNTIL = T("2026-08-01T00:00:00Z")
+
+
+# the trigger id namespace of domain.md section 3, written out: never imported from the product
+ID_NAMESPACE = uuid.UUID("6f1c1d0e-7a57-4a5e-9c3b-6a6f75726e79")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +48,36 @@ def test_two_replays_are_byte_identical(tmp_path, population):
     assert a[3]["triggers"] > 100 and a[3]["rejected_by_reason"]  # the population exercises the rules
 
 
+def test_replays_in_processes_with_different_hash_seeds_write_the_same_bytes(tmp_path, population):
+    # determinism across processes, not only within one: string hashing differs per process
+    # (PYTHONHASHSEED), so nothing that decides output may depend on hash() or set order. Every
+    # tenth event has no id, so the ids derived for id-less events are checked the same way.
+    import os
+
+    lines = []
+    for i, line in enumerate(population.read_bytes().splitlines()):
+        try:
+            d = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            d = None
+        if i % 10 == 0 and isinstance(d, dict) and (d.pop("messageId", None) or d.pop("id", None)):
+            line = orjson.dumps(d)
+        lines.append(line)
+    log = tmp_path / "idless.jsonl"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    outs = []
+    for seed in ("1", "4242"):
+        files = [tmp_path / f"{seed}.{k}.jsonl" for k in ("t", "a", "d")]
+        r = subprocess.run([sys.executable, "-m", "journey", "replay", str(log), "--out", str(files[0]), "--audit",
+                            str(files[1]), "--deadletter", str(files[2]), "--until", "2026-08-01T00:00:00Z", "-q"],
+                           env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+        outs.append([f.read_bytes() for f in files])
+    assert outs[0] == outs[1]
+    evidence = {e for line in outs[0][0].splitlines() for e in orjson.loads(line)["data"]["evidence"]}
+    assert any(e.startswith("h:") for e in evidence)   # derived ids of id-less events are in the output
+
+
 def test_trigger_ids_never_repeat_and_match_the_contract(tmp_path, population):
     out, audit, _, s = _replay(tmp_path, [population], "c")
     triggers = [orjson.loads(x) for x in out.splitlines()]
@@ -53,6 +88,9 @@ def test_trigger_ids_never_repeat_and_match_the_contract(tmp_path, population):
         assert {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"} <= t.keys()
         d = t["data"]
         assert t["type"] == f"journey.{d['kind']}.{d['rule']}" and t["subject"] == d["customer_id"]
+        # section 3: the id is a pure function of (customer, rule, occasion), in this order, under the
+        # namespace every version of journey keeps (computed here from the contract, not the product)
+        assert t["id"] == str(uuid.uuid5(ID_NAMESPACE, f"{t['subject']}\x1f{d['rule']}\x1f{d['occasion']}"))
         assert d["reason"] and isinstance(d["evidence"], list) and d["channel"] and d["relationship"]["stage"]
         rules.add(d["rule"])
     assert len(rules) >= 8
@@ -243,12 +281,12 @@ def test_cli_backtest_counts_user_journeys_in_their_rows_and_totals(tmp_path, po
 
 
 def test_trigger_id_is_uuid5_of_customer_rule_occasion():
-    import uuid
-
-    from journey.core.triggers import NAMESPACE, trigger_id
+    from journey.core.triggers import trigger_id
 
     for parts in [("c1", "cart_abandoned", "chk-9"), ("kunde-ü", "birthday", "2026")]:
-        assert trigger_id(*parts) == str(uuid.uuid5(NAMESPACE, "\x1f".join(parts)))
+        assert trigger_id(*parts) == str(uuid.uuid5(ID_NAMESPACE, "\x1f".join(parts)))
+    # pinned: a changed namespace would change every trigger id between versions (no dedup downstream)
+    assert trigger_id("c1", "cart_abandoned", "chk-9") == "b54435de-62f9-55b1-b965-f860be7566b4"
     assert trigger_id("c1", "birthday", "2026") != trigger_id("c1", "birthday", "2027")
 
 

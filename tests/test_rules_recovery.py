@@ -52,9 +52,12 @@ def test_cart_timer_does_not_fire_without_watermark(run):
 
 
 def test_cart_delay_is_configurable(run):
-    r = run([checkout("2026-03-01T10:00:00Z"), order("2026-03-01T10:40:00Z")],
-            rules={"rules": {"cart_abandoned": {"delay": "45m"}}})
-    assert r.of("cart_abandoned") == []
+    delay = {"rules": {"cart_abandoned": {"delay": "45m"}}}
+    r = run([checkout("2026-03-01T10:00:00Z"), order("2026-03-01T10:40:00Z")], rules=delay)
+    assert r.of("cart_abandoned") == []          # no trigger at the default 30 min
+    r2 = run([checkout("2026-03-01T10:00:00Z")], rules=delay, until="2026-03-01T12:00:00Z")
+    (t,) = r2.of("cart_abandoned")
+    assert t["time"] == "2026-03-01T10:45:00Z"   # and one at the new delay
 
 
 # -- payment_failed ---------------------------------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import jsonschema
 import orjson
+import pytest
 import yaml
 
 from journey.history.synth import generate
@@ -52,6 +53,7 @@ def test_generated_events_match_the_input_schema():
     assert list(v.iter_errors({"type": "track", "event": "Order Completed"}))  # no customer: invalid
 
 
+@pytest.mark.live
 def test_topics_create_is_idempotent(tmp_path):
     with EmbeddedBroker(log_path=str(tmp_path / "b.log")) as b:
         cmd = [sys.executable, "-m", "journey", "topics", "create", "--broker", b.url]
@@ -61,6 +63,27 @@ def test_topics_create_is_idempotent(tmp_path):
     names = {t["name"] for t in topics.catalog()}
     assert {line.split()[0] for line in first.stdout.splitlines() if line.split()[1] == "created"} == names
     assert {line.split()[0] for line in second.stdout.splitlines() if line.split()[1] == "exists"} == names
+
+
+@pytest.mark.live
+def test_a_topic_prefix_names_every_topic_for_a_shared_cluster(tmp_path):
+    import os
+
+    env = {**os.environ, "JOURNEY_TOPIC_PREFIX": "team-a."}
+    with EmbeddedBroker(log_path=str(tmp_path / "b.log")) as b:
+        r = subprocess.run([sys.executable, "-m", "journey", "topics", "create", "--broker", b.url],
+                           capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        created = {line.split()[0] for line in r.stdout.splitlines() if line.split()[1] == "created"}
+        assert created == {"team-a." + t["name"] for t in topics.catalog()}
+        assert "team-a.journey-customers-changelog" in created and "team-a.journey.triggers" in created
+        # the other deployment's names are still free
+        r2 = subprocess.run([sys.executable, "-m", "journey", "topics", "create", "--broker", b.url],
+                            capture_output=True, text=True, timeout=60)
+        assert {line.split()[1] for line in r2.stdout.splitlines()} == {"created"}
+    bad = subprocess.run([sys.executable, "-m", "journey", "topics", "create"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "JOURNEY_TOPIC_PREFIX": "a b/"})
+    assert bad.returncode == 2 and "JOURNEY_TOPIC_PREFIX" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_export_writes_every_schema_its_documents_point_at(tmp_path):

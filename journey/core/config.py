@@ -48,6 +48,10 @@ SECTIONS: dict[str, dict[str, Param]] = {
                                                "(audit global_holdout; transactional triggers still go)", minimum=0),
         "global_salt": Param("text", "", "salt of the global holdout: a new salt draws a new group"),
     },
+    "privacy": {
+        "erasure_salt": Param("text", "", "salt of the digests kept of erased ids: SHA-256 of <salt>/<id> "
+                                          "(domain.md section 9); changing it forgets every erasure kept"),
+    },
     "health": {
         "half_life": Param("duration", "30d", "each touch point's weight halves this often"),
     },

@@ -23,7 +23,7 @@ import heapq
 from collections import Counter
 from operator import itemgetter
 
-from . import experiments, health, policy
+from . import experiments, health, policy, privacy
 from .catalog import TOUCH_KINDS
 from .clv import StreamModel, add_order
 from .rules import REGISTRY
@@ -42,7 +42,8 @@ class Stats:
         self.events = Counter()          # applied events by canonical type ("other" for unknown)
         self.touch = Counter()           # applied events by touch point
         self.duplicates = 0
-        self.after_erasure = 0
+        self.after_erasure = 0           # events of erased ids dropped (journey_events_erased_total)
+        self.erasures = 0                # customers (or visitors) erased
         self.triggers = Counter()        # by rule
         self.suppressed = Counter()      # by (rule, reason)
         self.deferred = Counter()        # by rule
@@ -58,6 +59,7 @@ class Stats:
         self.touch.update(other.touch)
         self.duplicates += other.duplicates
         self.after_erasure += other.after_erasure
+        self.erasures += other.erasures
         self.triggers.update(other.triggers)
         self.suppressed.update(other.suppressed)
         self.deferred.update(other.deferred)
@@ -85,11 +87,13 @@ class Stats:
             "events_by_type": dict(sorted(self.events.items())),
             "duplicates": self.duplicates,
             "after_erasure": self.after_erasure,
+            "erasures": self.erasures,
             "triggers_by_rule": dict(sorted(self.triggers.items())),
             "suppressed_by_reason": dict(sorted(self.suppressed_by_reason().items())),
             "deferred_by_rule": dict(sorted(self.deferred.items())),
             "transitions": dict(sorted(self.transitions.items())),
             "timer_errors": self.timer_errors,
+            "condition_errors": dict(sorted(self.condition_errors.items())),
             "outcomes": sum(v[0] for v in self.outcomes.values()),
         }
 
@@ -147,6 +151,12 @@ class Engine:
         # and ``handoffs`` collects what must go to another partition (see ``hand_off``)
         self.owns = None
         self.handoffs: list | None = None
+        # erasure (domain.md section 9): the digests of the erased keys (``privacy.erasure_hash``),
+        # looked up only for a key without state (an erased key has none), so the hot path never
+        # hashes; the live worker sets ``erased_new`` to a list to learn the digests to persist
+        self.salt = config.privacy.erasure_salt
+        self.erased: set[str] = set()
+        self.erased_new: list | None = None
         # on_timer_error(due, exception): a timer whose rule failed (the shells count and log
         # it; no customer id is passed on); without it, the error propagates
         self.on_timer_error = None
@@ -231,6 +241,7 @@ class Engine:
     def apply(self, ev) -> None:
         """Apply one validated event (``intake.Event``) at its event time."""
         cid = ev.cid
+        states = self.states
         if cid is None:
             key = self.aliases.get(ev.anon)
             if key is None:
@@ -239,18 +250,27 @@ class Engine:
                 # live: the visitor was handed off to a customer on another partition
                 self.handoffs.append(("forward", key, ev))
                 return
+            st = states.get(key)
+            if st is None and self.erased and self.is_erased(key):
+                self.stats.after_erasure += 1
+                return
         else:
             key = cid
+            st = states.get(key)
+            if st is None and self.erased and self.is_erased(key):
+                self.stats.after_erasure += 1
+                return
             if ev.anon is not None and self.aliases.get(ev.anon) != cid:
                 self._link(ev.anon, cid)
-        states = self.states
+                st = states.get(key)
         if self.dirty is not None:
             self.dirty.add(key)
-        st = states.get(key)
         if st is None:
             st = states[key] = CustomerState()
             st.anon = key.startswith("anon:") and cid is None
         if st.erased is not None:
+            # a marker of an erased customer written by an older version: the digest is kept instead
+            self._forget(key, st)
             self.stats.after_erasure += 1
             return
         if self._duplicate(st, ev):
@@ -263,7 +283,7 @@ class Engine:
         stats.events[ev.type if ev.known else "other"] += 1
         stats.touch[ev.touch] += 1
         if ev.type == "customer.erased":
-            self._erase(key, st, ts)
+            self._erase(key, st, ev)
             return
         self.key = key
         self.timers_changed = False
@@ -326,9 +346,12 @@ class Engine:
         """Attribute an anonymous visitor to a customer (identify, alias, or an event with both ids).
 
         Live, the visitor's state may live on another partition: then it is asked for there
-        (a ``link`` hand-off) and arrives later through ``absorb_visitor``."""
-        self.aliases[anon] = cid
+        (a ``link`` hand-off) and arrives later through ``absorb_visitor``. An erased visitor
+        is not linked (its id is not kept anywhere again)."""
         vkey = "anon:" + anon
+        if self.erased and vkey not in self.states and self.is_erased(vkey):
+            return
+        self.aliases[anon] = cid
         if self.owns is not None and not self.owns(vkey):
             self.handoffs.append(("link", vkey, anon, cid))
             old = None
@@ -357,6 +380,8 @@ class Engine:
         None when there is nothing to hand over (no state, or already handed off)."""
         vkey = "anon:" + anon
         old = self.states.get(vkey)
+        if old is None and self.erased and self.is_erased(vkey):
+            return None  # an erased visitor: nothing is kept of it, not even a stub
         self.aliases[anon] = cid
         if old is not None and old.fwd == cid:
             return None  # a hand-off read again (redelivery)
@@ -375,6 +400,8 @@ class Engine:
         (once per visitor, however often the hand-off is delivered)."""
         st = self.states.get(cid)
         if st is None:
+            if self.erased and self.is_erased(cid):
+                return  # erased meanwhile: the visitor's state goes with it
             st = self.states[cid] = CustomerState()
         if st.erased is not None or anon in st.merged:
             return
@@ -387,17 +414,63 @@ class Engine:
             self.dirty.add(cid)
         self._reschedule(cid, st)
 
-    def _erase(self, key: str, st: CustomerState, ts: int) -> None:
-        """Delete everything kept about the customer; keep only the erasure marker."""
+    def is_erased(self, key: str) -> bool:
+        """Was this state key erased? (Hashes: call it only for a key without state.)"""
+        return privacy.erasure_hash(self.salt, key) in self.erased
+
+    def mark_erased(self, key: str) -> None:
+        h = privacy.erasure_hash(self.salt, key)
+        if h not in self.erased:
+            self.erased.add(h)
+            if self.erased_new is not None:
+                self.erased_new.append(h)
+
+    def _forget(self, key: str, st: CustomerState) -> None:
+        """Delete a state and keep only the digest of its key (a tombstone, live)."""
+        self.states.pop(key, None)
+        st.heap_due = None  # its heap entries are stale now
+        if self.dirty is not None:
+            self.dirty.add(key)
+        self.mark_erased(key)
+
+    def _erase(self, key: str, st: CustomerState, ev) -> None:
+        """``customer.erased``: delete the customer's state and their visitors' (domain.md
+        section 9). Deferred triggers are audited ``erased``; open exposures go with the
+        state; one ``journey.privacy.erased`` record tells the systems downstream. What is
+        kept is the digest of each key, so later events of the id are dropped."""
         self.key = key
+        ts = ev.ts
         for tk, (_due, data) in sorted(st.timers.items()):
             if tk.startswith(DEFERRED + "|"):
                 self._audit(st, data, "erased", ts, "customer erased before delivery")
-        for anon in st.anons:
+        visitors = sorted(set(st.anons) | set(st.merged))
+        for anon in visitors:
+            vkey = "anon:" + anon
             self.aliases.pop(anon, None)
-        marker = CustomerState()
-        marker.erased = ts
-        self.states[key] = marker
+            if self.owns is not None and not self.owns(vkey):
+                # live: the visitor's own key (a forwarding stub) is on another partition
+                self.handoffs.append(("erase", vkey, privacy.erasure_hash(self.salt, vkey)))
+                self.mark_erased(vkey)
+                continue
+            old = self.states.get(vkey)
+            if old is not None:
+                old.heap_due = None
+            self._forget(vkey, old if old is not None else CustomerState())
+        if key.startswith("anon:"):
+            self.aliases.pop(key[len("anon:"):], None)
+        self._forget(key, st)
+        self.stats.erasures += 1
+        self.stats.triggers[privacy.RULE] += 1  # a record on the triggers output, as every trigger
+        self.sink.trigger(privacy_record(key, ev, visitors))
+
+    def erase_visitor(self, vkey: str) -> None:
+        """Live, on a visitor's partition: its customer was erased elsewhere (an ``erase``
+        hand-off); its forwarding stub goes, its digest stays."""
+        self.aliases.pop(vkey[len("anon:"):], None)
+        old = self.states.get(vkey)
+        if old is not None:
+            old.heap_due = None
+        self._forget(vkey, old if old is not None else CustomerState())
 
     def _update(self, st: CustomerState, ev) -> None:
         """Fold the event into the customer's state (before the rules see it)."""
@@ -709,8 +782,22 @@ class Engine:
         return snap
 
     # -- reporting -------------------------------------------------------------------------
+    def rule_kinds(self) -> dict[str, str]:
+        """rule -> kind of every record this engine may write to the triggers output (the
+        erasure record counts as rule ``erased``, kind ``privacy``)."""
+        return {**{name: rule.kind for name, (rule, _p) in self.rules.items()}, privacy.RULE: privacy.KIND}
+
     def customers(self) -> int:
-        return sum(1 for k, s in self.states.items() if s.erased is None and not s.anon)
+        return sum(1 for s in self.states.values() if s.erased is None and not s.anon)
+
+
+def privacy_record(key: str, ev, visitors: list) -> dict:
+    """The ``journey.privacy.erased`` record of an erasure (to ``journey.triggers``): the
+    id erased, and its visitor ids, so the systems downstream can delete them too."""
+    data = {"customer_id": key, "rule": privacy.RULE, "kind": privacy.KIND, "occasion": ev.id,
+            "reason": "customer.erased: the customer's state was deleted", "evidence": [ev.id],
+            "visitor_ids": visitors}
+    return cloudevent(trigger_id(key, privacy.RULE, ev.id), key, privacy.RULE, privacy.KIND, ev.ts, data)
 
 
 def _cents(ev) -> int:

@@ -42,13 +42,16 @@ def cmd_dispatch(a) -> int:
             print(f"route {i}: rules {show(r.rules)} kinds {show(r.kinds)} channels {show(r.channels)} -> "
                   f"{', '.join(r.endpoints)}")
         return 0
+    from ..io import connection
     from .service import run
 
-    broker = a.broker or os.environ.get("JOURNEY_BROKER", DEFAULT_BROKER)
+    conn = connection.from_args(a, "dispatch")
+    broker = connection.broker_url(a.broker, conn, DEFAULT_BROKER)
     port = a.web_port or int(os.environ.get("JOURNEY_DISPATCH_WEB_PORT", "6067"))
     host = a.web_host or os.environ.get("JOURNEY_DISPATCH_WEB_HOST", "127.0.0.1")
     try:
-        return run(cfg, broker, host, port, a.allow_replayed, a.loglevel or os.environ.get("JOURNEY_LOGLEVEL", "info"))
+        return run(cfg, broker, host, port, a.allow_replayed, a.loglevel or os.environ.get("JOURNEY_LOGLEVEL", "info"),
+                   conn=conn)
     except KeyboardInterrupt:
         return 0
     except OSError as e:
@@ -58,6 +61,8 @@ def cmd_dispatch(a) -> int:
 
 
 def add_commands(sub) -> None:
+    from ..io import connection
+
     d = sub.add_parser(
         "dispatch", help="deliver triggers to webhooks (signed, retried, at least once)",
         description="Read journey.triggers in its own consumer group and POST each trigger (the CloudEvent, "
@@ -68,7 +73,9 @@ def add_commands(sub) -> None:
                     "[dispatch] max_age, are delivered unless --allow-replayed. Serves /metrics, /health and "
                     "/ready on its web port. Stops cleanly on SIGINT/SIGTERM.")
     d.add_argument("--config", metavar="FILE", help="endpoints and routes (TOML or YAML; env JOURNEY_DISPATCH_CONFIG)")
-    d.add_argument("--broker", help=f"Kafka bootstrap URL (env JOURNEY_BROKER; default {DEFAULT_BROKER})")
+    d.add_argument("--broker", help=f"Kafka bootstrap URL (env JOURNEY_BROKER; else the --kafka-config file's "
+                                    f"bootstrap.servers; default {DEFAULT_BROKER})")
+    connection.add_arguments(d)
     d.add_argument("--web-host", help="address of /metrics and /health (env JOURNEY_DISPATCH_WEB_HOST; "
                                       "default 127.0.0.1)")
     d.add_argument("--web-port", type=int, help="port of /metrics and /health (env JOURNEY_DISPATCH_WEB_PORT; "

@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..core.params import ConfigError, Param, section, suggest
+from ..io import topics
 from ..io.rulefile import read_table
 from .redact import hidden_parts, redact_url, scrub
 
 SECRET_PREFIX = "whsec_"
 
 DISPATCH = {
-    "group": Param("str", "journey-dispatch", "Kafka consumer group of the dispatchers"),
+    "group": Param("str", topics.DISPATCH_GROUP, "Kafka consumer group of the dispatchers (default journey-dispatch, "
+                                                  "after JOURNEY_TOPIC_PREFIX)"),
     "max_age": Param("duration", "24h", "a trigger whose time is older than this when read is not delivered "
                                         "(a backfill through Kafka must not message customers); 0: no limit"),
     "delivered_memory": Param("int", 100_000, "delivered trigger ids remembered per partition across restarts",
@@ -303,13 +305,14 @@ def parse_dispatch_config(data: dict, source: str = "config", env=os.environ, ch
         sets = {k: _strings(r.get(k, "*"), f"{path}.{k}", problems, allow_any=True) for k in ROUTE_KEYS[:3]}
         if "kinds" in r and sets["kinds"]:
             for k in sets["kinds"]:
-                if k not in ("recovery", "recognition"):
-                    problems.append(f"{path}.kinds: {k!r} is not a kind (recovery, recognition)")
+                if k not in ("recovery", "recognition", "privacy"):
+                    problems.append(f"{path}.kinds: {k!r} is not a kind (recovery, recognition, privacy: "
+                                    "the journey.privacy.erased records)")
         if "rules" in r and sets["rules"]:
             from ..core.rules import REGISTRY
 
             for name in sets["rules"]:
-                if name not in REGISTRY:
+                if name not in REGISTRY and name != "erased":  # erased: the journey.privacy.erased records
                     close = suggest(name, REGISTRY) if difflib.get_close_matches(name, REGISTRY, 1, 0.85) else ""
                     if close:  # a built-in rule's name misspelt
                         problems.append(f"{path}.rules: unknown rule {name!r}{close}")

@@ -49,6 +49,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core.timeutil import TimeError, parse_time
 from ..io import topics
+from ..io.connection import PLAINTEXT, KafkaConnectFailed, KafkaConnection
 from ..io.kafka import bootstrap
 from . import policy, signing
 from .ledger import Delivered, Offsets
@@ -107,8 +108,9 @@ class Lane:
 
 class Dispatcher:
     def __init__(self, cfg, broker: str, web_host: str = "127.0.0.1", web_port: int = 6067,
-                 allow_replayed: bool = False, rng: random.Random | None = None):
+                 allow_replayed: bool = False, rng: random.Random | None = None, conn: KafkaConnection = PLAINTEXT):
         self.cfg, self.broker = cfg, broker
+        self.conn = conn                      # security settings of every Kafka client it opens
         self.web_host, self.web_port = web_host, web_port
         self.allow_replayed = allow_replayed
         self.rng = rng or random.Random()
@@ -134,10 +136,11 @@ class Dispatcher:
             except (NotImplementedError, RuntimeError):
                 pass
         servers = bootstrap(self.broker)
-        self.producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+        security = self.conn.client_options()
+        self.producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5, **security)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=servers, group_id=self.cfg.group, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=500, fetch_max_wait_ms=100)
+            auto_offset_reset="earliest", max_poll_records=500, fetch_max_wait_ms=100, **security)
         # no cookies kept between requests, no proxy or netrc from the environment, bodies not decompressed
         # (only a prefix is read, for the error text; a compressed answer must not inflate in memory)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
@@ -174,14 +177,15 @@ class Dispatcher:
         from aiokafka.admin import AIOKafkaAdminClient
 
         from ..io.errors import what
-        from ..io.kafka import _partition_counts, _retry, broker_wait, ensure_topics, quiet_client_logs
+        from ..io.kafka import _partition_counts, broker_wait, ensure_topics, start_client
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(self.broker))
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(self.broker), **self.conn.client_options())
         try:
-            with quiet_client_logs():
-                await _retry(admin.start, broker_wait(), lambda: print(
-                    f"journey dispatch: waiting for the broker at {self.broker} (up to {broker_wait():g} s) ...",
-                    file=sys.stderr))
+            await start_client(admin.start, broker_wait(), self.conn, self.broker, lambda: print(
+                f"journey dispatch: waiting for the broker at {self.broker} (up to {broker_wait():g} s) ...",
+                file=sys.stderr))
+        except KafkaConnectFailed as e:
+            raise SystemExit(f"journey dispatch: {e}") from None
         except Exception as e:
             raise SystemExit(f"journey dispatch: {what(e)}. Is a Kafka broker listening at {self.broker}? Give "
                              "--broker URL (or JOURNEY_BROKER)") from None
@@ -189,7 +193,7 @@ class Dispatcher:
             counts = await _partition_counts(admin)
         finally:
             await admin.close()
-        status = await ensure_topics(self.broker, counts.get(topics.TRIGGERS, topics.PARTITIONS))
+        status = await ensure_topics(self.broker, counts.get(topics.TRIGGERS, topics.PARTITIONS), conn=self.conn)
         for name in (topics.TRIGGERS_DEADLETTER, topics.DELIVERED):
             if status.get(name) not in ("created", "exists"):
                 raise SystemExit(f"journey dispatch: topic {name}: {status.get(name)}")
@@ -260,7 +264,7 @@ class Dispatcher:
         if not partitions or self.cfg.delivered_memory <= 0:
             return
         c = AIOKafkaConsumer(bootstrap_servers=bootstrap(self.broker), group_id=None, enable_auto_commit=False,
-                             fetch_max_wait_ms=100)
+                             fetch_max_wait_ms=100, **self.conn.client_options())
         await c.start()
         try:
             tps = [TopicPartition(topics.DELIVERED, p) for p in partitions]
@@ -642,7 +646,8 @@ class _Listener(ConsumerRebalanceListener):
         await self.d.assigned(assigned)
 
 
-def run(cfg, broker: str, web_host: str, web_port: int, allow_replayed: bool, loglevel: str = "info") -> int:
+def run(cfg, broker: str, web_host: str, web_port: int, allow_replayed: bool, loglevel: str = "info",
+        conn: KafkaConnection = PLAINTEXT) -> int:
     logging.basicConfig(level=getattr(logging, loglevel.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(Dispatcher(cfg, broker, web_host, web_port, allow_replayed).run())
+    return asyncio.run(Dispatcher(cfg, broker, web_host, web_port, allow_replayed, conn=conn).run())

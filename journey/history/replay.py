@@ -24,6 +24,7 @@ from pathlib import Path
 
 import orjson
 
+from ..core import privacy
 from ..core.engine import Engine
 from ..core.intake import UNPROCESSABLE
 from ..core.timeline import drive
@@ -100,25 +101,27 @@ class Counting:
 def replay(paths, out: str, audit: str | None = None, deadletter: str | None = None, rules: str | None = None,
            until: int | None = None, transitions: str | None = None, progress: Progress | None = None,
            sort_buffer: int = SORT_BUFFER, config=None, keep_engine: list | None = None,
-           now: int | None = None, outcomes: str | None = None, workers: int = 1) -> dict:
+           now: int | None = None, outcomes: str | None = None, workers: int = 1, erased=None) -> dict:
     """Run a replay; returns the summary (see :func:`format_summary`). ``now`` (epoch ms) is
     the present the log was taken at: events more than ``[engine] future_horizon`` after
     it are dead-lettered as ``future_time``, as the live worker does against its clock.
     ``outcomes``: the file of closed experiment exposures (domain.md section 7).
     ``workers`` > 1: that many processes, one shard of the customers each (``history.workers``),
-    the same output files byte for byte."""
+    the same output files byte for byte. ``erased``: customer ids erased before the log
+    (``--erased FILE``): their events are dropped from the start, counted, never dead-lettered."""
+    erased = list(erased or ())
     if workers > 1 and keep_engine is None:
         cfg = config or load_config(rules)
         try:
             return _replay_workers(paths, out, audit, deadletter, until, transitions, progress or Progress(),
-                                   sort_buffer, cfg, now, outcomes, workers)
+                                   sort_buffer, cfg, now, outcomes, workers, erased)
         except workers_mod.Mismatch as e:
             print(f"journey replay: the worker pre-filter reads a record's ids differently from the parser "
                   f"({e}); replaying on one worker instead", file=sys.stderr)
             config = cfg
     with no_cyclic_gc():
         return _replay(paths, out, audit, deadletter, rules, until, transitions, progress, sort_buffer, config,
-                       keep_engine, now, outcomes)
+                       keep_engine, now, outcomes, erased)
 
 
 @contextmanager
@@ -136,7 +139,7 @@ def no_cyclic_gc():
 
 
 def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, sort_buffer, config, keep_engine,
-            now, outcomes):
+            now, outcomes, erased=()):
     cfg = config or load_config(rules)
     progress = progress or Progress()
     t0 = time.perf_counter()
@@ -149,6 +152,9 @@ def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, 
     ok = False
     try:
         engine = Engine(cfg, FileSink(outs[0], outs[1], outs[3], outs[4]))
+        if erased:
+            engine.erased.update(privacy.digests(cfg.privacy.erasure_salt, erased))
+            reader.erased = privacy.line_filter(cfg.privacy.erasure_salt, engine.erased)
         if keep_engine is not None:
             keep_engine.append(engine)
         events = reader.events()
@@ -165,18 +171,19 @@ def _replay(paths, out, audit, deadletter, rules, until, transitions, progress, 
             o.close(keep=ok)
     elapsed = time.perf_counter() - t0
     return _summary(engine.stats.as_dict(), reader.lines, reader.valid, reader.rejected, outs[0].count,
-                    engine.customers(), watermark, reader.runs, elapsed, round(t_read, 3))
+                    engine.customers(), watermark, reader.runs, elapsed, round(t_read, 3), reader.erased_rejects)
 
 
 def _summary(s: dict, lines: int, valid: int, rejected, triggers: int, customers: int, watermark, runs: int,
-             elapsed: float, read_seconds) -> dict:
+             elapsed: float, read_seconds, erased_rejects: int = 0) -> dict:
     """The replay summary (see :func:`format_summary`), from the engine's counters and the reading's."""
     return {
         "lines": lines,
         "valid": valid,
         "rejected_by_reason": dict(sorted(rejected.items())),
         "duplicates": s["duplicates"],
-        "after_erasure": s["after_erasure"],
+        "after_erasure": s["after_erasure"] + erased_rejects,  # events of erased ids dropped
+        "erasures": s["erasures"],
         "events_applied": s["events"],
         "events_by_type": s["events_by_type"],
         "triggers": triggers,
@@ -185,6 +192,7 @@ def _summary(s: dict, lines: int, valid: int, rejected, triggers: int, customers
         "deferred_by_rule": s["deferred_by_rule"],
         "transitions": s["transitions"],
         "timer_errors": s["timer_errors"],
+        "condition_errors": s["condition_errors"],
         "outcomes": s["outcomes"],
         "customers": customers,
         "watermark": watermark,
@@ -196,7 +204,7 @@ def _summary(s: dict, lines: int, valid: int, rejected, triggers: int, customers
 
 
 def _replay_workers(paths, out, audit, deadletter, until, transitions, progress, sort_buffer, cfg, now, outcomes,
-                    n):
+                    n, erased=()):
     t0 = time.perf_counter()
     horizon = cfg.engine.future_horizon
     limit = now + horizon if now is not None and horizon > 0 else None
@@ -205,7 +213,7 @@ def _replay_workers(paths, out, audit, deadletter, until, transitions, progress,
     kinds = [k for k, v in files.items() if v is not None or k == "0.trigger"]
     job = {"paths": [str(p) for p in paths], "configs": [cfg], "max_bytes": cfg.engine.max_record_bytes,
            "sort_buffer": sort_buffer, "future_limit": limit, "keep": cfg.keep_props, "kinds": kinds,
-           "until": until, "target": _first_engine, "on_error": failed_event}
+           "until": until, "target": _first_engine, "on_error": failed_event, "erased": erased}
     results, d = workers_mod.run_sharded(job["paths"], n, job, progress)
     t_merge = time.perf_counter()
     outs = {k: JsonLines(v) for k, v in files.items()}
@@ -230,7 +238,7 @@ def _replay_workers(paths, out, audit, deadletter, until, transitions, progress,
     # sort runs: per worker (each sorts its shard); the read time is not one figure with workers
     return _summary(s, lines, sum(r["valid"] for r in results), workers_mod.sum_rejected(results),
                     outs["0.trigger"].count, sum(r["customers"][0] for r in results), results[0]["watermark"],
-                    max(r["runs"] for r in results), elapsed, None)
+                    max(r["runs"] for r in results), elapsed, None, sum(r["erased_rejects"] for r in results))
 
 
 def _first_engine(engines):
@@ -279,6 +287,9 @@ def format_summary(s: dict) -> str:
         f"{s['duplicates']:,} duplicates",
     ]
     lines += table("rejected by reason", s["rejected_by_reason"])
+    if s.get("erasures") or s.get("after_erasure"):
+        lines += [f"erased     {s.get('erasures', 0):,} erasure(s); {s['after_erasure']:,} event(s) of erased ids "
+                  "dropped (not dead-lettered)"]
     lines += [f"triggers   {s['triggers']:,}"] + table("by rule", s["triggers_by_rule"])
     lines += [f"suppressed {sum(s['suppressed_by_reason'].values()):,}"] + table("by reason", s["suppressed_by_reason"])
     if s["deferred_by_rule"]:

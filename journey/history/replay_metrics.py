@@ -31,6 +31,10 @@ def write_replay_metrics(path: str, summary: dict, rule_kinds: dict[str, str], r
         rejected.labels(run, reason).set(n)
     gauge("journey_replay_duplicates", "Redelivered events the last replay recognized").labels(run).set(
         summary["duplicates"])
+    gauge("journey_replay_events_erased", "Events of erased ids the last replay dropped (not dead-lettered)"
+          ).labels(run).set(summary.get("after_erasure", 0))
+    gauge("journey_replay_erasures", "Customers the last replay erased (customer.erased)").labels(run).set(
+        summary.get("erasures", 0))
     events = gauge("journey_replay_events_applied", "Events the last replay applied, by type and touch point",
                    ["type", "touch"])
     for etype, n in summary["events_by_type"].items():

@@ -56,6 +56,7 @@ from multiprocessing.connection import wait as wait_any
 
 import orjson
 
+from ..core import privacy
 from ..core.engine import Engine, Stats
 from ..core.intake import routing_key
 from ..core.timeline import drive
@@ -339,9 +340,15 @@ def _pass2(j: int, n: int, job: dict, route: Router, d: str, shared, barrier, st
         rejects = _Tagged(os.path.join(d, f"rejects{j}.unsorted"))
         reader.deadletter = lambda rec: rejects.add((reader.locate_seq,), rec)
     engines = []
+    erased = job.get("erased")
+    if erased:  # replay --erased: the same ids dropped from the start in every shard (each has its own)
+        salt = cfg_list[0].privacy.erasure_salt
+        reader.erased = privacy.line_filter(salt, privacy.digests(salt, erased))
     for c, cfg in enumerate(cfg_list):
         sub = {k.split(".", 1)[1]: s for k, s in streams.items() if k.startswith(f"{c}.")}
         eng = Engine(cfg, TagSink(unit, sub))
+        if erased:
+            eng.erased.update(privacy.digests(cfg.privacy.erasure_salt, erased))
         tag_engine(eng, unit)
         eng.on_timer_error = _ignore
         engines.append(eng)
@@ -376,6 +383,7 @@ def _pass2(j: int, n: int, job: dict, route: Router, d: str, shared, barrier, st
                 out.flush()
         out.close()
     return {"lines": reader.lines, "valid": reader.valid, "rejected": reader.rejected, "runs": reader.runs,
+            "erased_rejects": reader.erased_rejects,
             "stats": [e.stats for e in engines], "customers": [e.customers() for e in engines],
             "failed": getattr(target, "failed", None), "watermark": final,
             "cpu": (c1 - c0, time.process_time() - c1)}

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from aiokafka.partitioner import murmur2
 
 from . import topics
+from .connection import PLAINTEXT, KafkaConnectFailed, KafkaConnection, client_errors, explain
 
 
 def bootstrap(url: str) -> str:
@@ -63,14 +64,16 @@ class Partitioner:
 
 
 async def ensure_topics(url: str, partitions: int = topics.PARTITIONS, app_id: str = topics.APP_ID,
-                        replication: int = 1, timeout: float = 30.0, on_wait=None) -> dict[str, str]:
+                        replication: int = 1, timeout: float = 30.0, on_wait=None,
+                        conn: KafkaConnection = PLAINTEXT) -> dict[str, str]:
     """Create every catalogue topic that does not exist yet. Returns name -> "created" or
     "exists" (with a warning text when an existing topic's partition count differs).
     ``on_wait()`` is called once if the broker does not answer at the first try."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(url), request_timeout_ms=int(timeout * 1000))
-    await _retry(admin.start, timeout, on_wait)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(url), request_timeout_ms=int(timeout * 1000),
+                                **conn.client_options())
+    await start_client(admin.start, timeout, conn, url, on_wait)
     try:
         existing = await _partition_counts(admin)
         wanted = topics.catalog(partitions, app_id)
@@ -81,7 +84,13 @@ async def ensure_topics(url: str, partitions: int = topics.PARTITIONS, app_id: s
             try:
                 await admin.create_topics(new)
             except Exception as exc:  # a concurrent creator (another worker) won the race
-                if "TopicAlreadyExists" not in type(exc).__name__ + str(exc):
+                what = type(exc).__name__ + str(exc)
+                if "TopicAuthorizationFailed" in what or "ClusterAuthorizationFailed" in what:
+                    raise KafkaConnectFailed(
+                        f"the cluster's ACLs do not let this user create topics ({', '.join(t.name for t in new)}): "
+                        "have them created by an administrator with the settings `journey topics export` writes, "
+                        "or grant CREATE on them") from None
+                if "TopicAlreadyExists" not in what:
                     raise
             for t in new:
                 result[t.name] = "created"
@@ -96,15 +105,17 @@ async def ensure_topics(url: str, partitions: int = topics.PARTITIONS, app_id: s
         await admin.close()
 
 
-async def read_topic(url: str, topic: str, timeout: float = 60.0, idle_ms: int = 500):
+async def read_topic(url: str, topic: str, timeout: float = 60.0, idle_ms: int = 500,
+                     conn: KafkaConnection = PLAINTEXT):
     """Every record value of ``topic`` from its start to its end when read began (async
     generator). The end is each partition's high watermark as Fetch reports it (some brokers'
     ListOffsets answers an earlier offset); ``timeout`` bounds the whole read (TimeoutError)."""
     from aiokafka import AIOKafkaConsumer
 
     c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap(url), auto_offset_reset="earliest", group_id=None,
-                         enable_auto_commit=False, request_timeout_ms=int(min(timeout, 30) * 1000) + 1000)
-    await _retry(c.start, min(timeout, 30))
+                         enable_auto_commit=False, request_timeout_ms=int(min(timeout, 30) * 1000) + 1000,
+                         **conn.client_options())
+    await start_client(c.start, min(timeout, 30), conn, url)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
@@ -157,18 +168,27 @@ def quiet_client_logs():
         lg.setLevel(before)
 
 
-async def _retry(start, timeout: float, on_wait=None) -> None:
-    """Start a client, retrying while the broker is still coming up."""
+async def start_client(start, timeout: float, conn: KafkaConnection, url: str, on_wait=None) -> None:
+    """Start a Kafka client, retrying while the broker is still coming up (``on_wait()`` is called
+    once, at the first failure). A failure that waiting cannot mend (credentials refused, an
+    untrusted certificate, TLS against a plaintext listener or the reverse) ends it at once
+    with :class:`KafkaConnectFailed` naming the likely cause; so does the end of ``timeout``,
+    with the cause when the client's log shows one."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while True:
-        try:
-            await start()
-            return
-        except Exception:
-            if loop.time() > deadline:
-                raise
-            if on_wait is not None:
-                on_wait()
-                on_wait = None
-            await asyncio.sleep(0.5)
+    with client_errors() as logged:
+        while True:
+            try:
+                await start()
+                return
+            except Exception as e:
+                why = explain(e, logged, conn, url)
+                if why is not None:
+                    raise KafkaConnectFailed(why) from None
+                if loop.time() > deadline:
+                    raise
+                logged.clear()
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
+                await asyncio.sleep(0.5)

@@ -59,6 +59,10 @@ class Reader:
         # events stamped after this (epoch ms) are dead-lettered as future_time (replay --now)
         self.future_limit = future_limit
         self.keep = keep  # event types whose props are kept whole (read by user journeys)
+        # replay --erased: ``erased(line)`` tells whether a rejected line carries an erased id (it is
+        # then dropped and counted in ``erased_rejects``, never dead-lettered with its bytes)
+        self.erased = None
+        self.erased_rejects = 0
         self.lines = 0
         self.valid = 0
         self.rejected = Counter()
@@ -101,6 +105,9 @@ class Reader:
                     raise Rejected(FUTURE_TIME, f"stamped {format_time(ev.ts)}, more than the future horizon "
                                                 f"after --now ({format_time(self.future_limit)})")
             except Rejected as r:
+                if self.erased is not None and self.erased(line):
+                    self.erased_rejects += 1
+                    continue
                 self.rejected[r.reason] += 1
                 if self.deadletter is not None:
                     path, n = self.locate(seq)

@@ -13,17 +13,28 @@ differs from their source topics).
 
 from __future__ import annotations
 
+import os
+import re
+
 PARTITIONS = 6
 DAY_MS = 86_400_000
 
-CLICKSTREAM, PURCHASES, SUPPORT = "journey.clickstream", "journey.purchases", "journey.support"
+# JOURNEY_TOPIC_PREFIX (default empty) prefixes every topic journey reads, writes or creates, and the
+# worker's app id (so its consumer group, state changelog and Faust's internal topics too): several
+# deployments share one cluster. Read once, when journey starts.
+PREFIX = os.environ.get("JOURNEY_TOPIC_PREFIX", "")
+PREFIX_OK = re.fullmatch(r"[A-Za-z0-9._-]{0,100}", PREFIX) is not None
+
+CLICKSTREAM, PURCHASES, SUPPORT = PREFIX + "journey.clickstream", PREFIX + "journey.purchases", \
+    PREFIX + "journey.support"
 SOURCES = (CLICKSTREAM, PURCHASES, SUPPORT)
-INTERNAL = "journey.internal"
-TRIGGERS, AUDIT, DEADLETTER = "journey.triggers", "journey.audit", "journey.deadletter"
-OUTCOMES = "journey.outcomes"                         # experiments: each exposure closed at its window's end
-TRIGGERS_DEADLETTER = "journey.triggers.deadletter"   # journey dispatch: triggers it could not deliver
-DELIVERED = "journey.dispatch.delivered"              # journey dispatch: delivered (endpoint, trigger id)
-APP_ID = "journey"
+INTERNAL = PREFIX + "journey.internal"
+TRIGGERS, AUDIT, DEADLETTER = PREFIX + "journey.triggers", PREFIX + "journey.audit", PREFIX + "journey.deadletter"
+OUTCOMES = PREFIX + "journey.outcomes"                  # experiments: each exposure closed at its window's end
+TRIGGERS_DEADLETTER = PREFIX + "journey.triggers.deadletter"  # journey dispatch: triggers it could not deliver
+DELIVERED = PREFIX + "journey.dispatch.delivered"       # journey dispatch: delivered (endpoint, trigger id)
+APP_ID = PREFIX + "journey"
+DISPATCH_GROUP = PREFIX + "journey-dispatch"
 
 # which source topic carries each canonical event type (anything else: clickstream)
 STREAM_OF = {

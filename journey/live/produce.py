@@ -233,3 +233,45 @@ async def produce(paths, broker: str, until: int | None = None, rate: float | No
         progress.done()
         await producer.stop()
     return counts
+
+
+def erasure_records(ids, at: int) -> list[tuple[str, bytes, bytes, int]]:
+    """``journey erase``: one canonical ``customer.erased`` event per id, stamped ``at``, as
+    (topic, key, value, timestamp) for :func:`publish` (on the topic of its type, keyed by the
+    id as every event). Each is checked as the worker reads it: ValueError(index, reason)
+    for an id it would reject (the message names the position, never the id)."""
+    import uuid
+
+    out = []
+    for n, cid in enumerate(ids, 1):
+        value = orjson.dumps({"id": f"erase-{uuid.uuid4()}", "customer_id": cid, "type": "customer.erased",
+                              "ts": at, "props": {}})
+        try:
+            ev = intake.parse(value)
+        except intake.Rejected as r:
+            raise ValueError(n, r.reason) from None
+        if ev.cid != cid:
+            raise ValueError(n, "not a customer id as the worker reads it")
+        out.append((topics.topic_for(ev.type), cid.encode(), value, at))
+    return out
+
+
+async def publish(records, broker: str, partitions: int = topics.PARTITIONS, create: bool = True) -> int:
+    """Publish a few (topic, key, value, timestamp) records and wait until the broker has
+    acknowledged every one; returns their number."""
+    from aiokafka import AIOKafkaProducer
+
+    if create:
+        with quiet_client_logs():
+            await ensure_topics(broker, partitions, timeout=broker_wait())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(broker), linger_ms=5, acks="all")
+    with quiet_client_logs():
+        await producer.start()
+    try:
+        futures = [await producer.send(topic, value=value, key=key, timestamp_ms=ts)
+                   for topic, key, value, ts in records]
+        await producer.flush()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(futures)

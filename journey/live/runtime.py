@@ -77,7 +77,7 @@ class Runtime(Outputs):
         # still apply records of its last batch after the check (older values over newer),
         # so these win when the partition's customers are loaded
         self.tail: dict[int, dict] = {}
-        self.counts = {"events": 0, "rekeyed": 0, "deadletters": 0, "late": 0, "state_writes": 0}
+        self.counts = {"events": 0, "rekeyed": 0, "deadletters": 0, "late": 0, "state_writes": 0, "erased": 0}
         self.handoffs: Counter = Counter()      # link / absorb / forward records written
         # for /metrics (journey.live.metrics): counts only, never a customer id
         self.consumed: Counter = Counter()      # (topic, event type) -> events accepted
@@ -91,7 +91,7 @@ class Runtime(Outputs):
         self.rebalances = 0
         self.latency = Buckets(LATENCY_BUCKETS)
         self.event_lag = Buckets(LAG_BUCKETS)
-        self.rule_kinds = {name: rule.kind for name, (rule, _p) in Engine(config).rules.items()}
+        self.rule_kinds = Engine(config).rule_kinds()
         self.faust_version = faust.__version__
         self.acks: list = []           # tokens of records whose only effect is output, for the next checkpoint
         self.building: dict = {}       # (topic, partition) -> open producer batch
@@ -203,16 +203,25 @@ class Runtime(Outputs):
                 try:
                     ev = parse(raw, max_bytes, keep)
                 except intake.Rejected as r:
+                    if self._erased_raw(raw):  # its dead letter would keep an erased id's bytes
+                        acks.append((tp, rec.offset, received))
+                        continue
                     self.rejected[r.reason] += 1
                     self._deadletter(r.reason, r.detail, tp, rec.offset, raw)
                     acks.append((tp, rec.offset, received))
                     continue
                 except Exception as e:  # parse raises only Rejected; a worker never stops on a record
+                    if self._erased_raw(raw):
+                        acks.append((tp, rec.offset, received))
+                        continue
                     self.rejected[intake.BAD_FIELD] += 1
                     self._deadletter(intake.BAD_FIELD, f"cannot be read ({type(e).__name__})", tp, rec.offset, raw)
                     acks.append((tp, rec.offset, received))
                     continue
                 if ev.ts > future:
+                    if self._erased_raw(raw):
+                        acks.append((tp, rec.offset, received))
+                        continue
                     self.rejected[intake.FUTURE_TIME] += 1
                     self._deadletter(intake.FUTURE_TIME, f"stamped {format_time(ev.ts)}, more than the future "
                                      f"horizon ahead of the present ({format_time(future - horizon)})",
@@ -253,6 +262,26 @@ class Runtime(Outputs):
         if time.monotonic() >= self.next_checkpoint:
             self.checkpoint()
 
+    def _erased_raw(self, raw: bytes) -> bool:
+        """A record about to be dead-lettered: does it carry an id erased on a partition of this
+        worker? (The rare path only: it hashes.) Then it is dropped and counted instead, as the
+        engine drops an erased id's events: a dead letter would keep its bytes."""
+        procs = [p for p in list(self.procs.values()) if p.engine.erased]
+        if not procs:
+            return False
+        from ..core.privacy import erasure_hash
+
+        ids = intake.routing_key(raw)
+        if ids is None:
+            return False
+        keys = [k for k in (ids[0], "anon:" + ids[1] if ids[1] is not None else None) if k is not None]
+        for proc in procs:
+            eng = proc.engine
+            if any(erasure_hash(eng.salt, k) in eng.erased for k in keys):
+                self.counts["erased"] += 1
+                return True
+        return False
+
     def behind(self, topic: str, partition: int) -> bool:
         """Has this input records not read yet? (By the high watermark the last Fetch
         reported; unknown counts as behind.)"""
@@ -279,7 +308,7 @@ class Runtime(Outputs):
                 token = (tp, rec.offset, None)  # a marker: no event, no latency
                 try:
                     if v in HANDOFFS:
-                        proc.handoff(v.decode(), orjson.loads(rec.value), token)
+                        proc.handoff(v.decode(), orjson.loads(rec.value), token, rec.key)
                     elif v == b"watermark":
                         until, ends, final = _marker(rec.value)
                         proc.mark(until, ends, token, final, seen=int(time.time() * 1000))

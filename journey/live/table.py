@@ -12,7 +12,7 @@ import faust
 from faust.types import TP
 
 from ..io.kafka import bootstrap
-from .processor import MARKED_TOPICS, WATERMARK_KEY
+from .processor import MARKED_TOPICS, reserved_partition
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -60,9 +60,8 @@ class CustomerTable(faust.Table):
     def partition_for_key(self, key) -> int:
         if isinstance(key, bytes):
             key = key.decode()
-        if key.startswith(WATERMARK_KEY):
-            return int(key[len(WATERMARK_KEY):])
-        return self.runtime.partition(key)
+        p = reserved_partition(key) if key.startswith("\x00") else None
+        return p if p is not None else self.runtime.partition(key)
 
     async def on_recovery_completed(self, active_tps, standby_tps) -> None:
         await self._read_missed_tail(active_tps)
