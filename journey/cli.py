@@ -195,15 +195,20 @@ def cmd_experiments(a) -> int:
     if a.broker:
         import asyncio
 
-        from .io import topics
+        from .io import connection, topics
         from .io.errors import what as _what
         from .io.kafka import read_topic
 
+        conn = connection.from_args(a, "experiments report")
+
         async def read():
-            return [v async for v in read_topic(a.broker, topics.OUTCOMES, timeout=a.timeout)]
+            return [v async for v in read_topic(a.broker, topics.OUTCOMES, timeout=a.timeout, conn=conn)]
 
         try:
             values = asyncio.run(read())
+        except connection.KafkaConnectFailed as e:
+            print(f"journey experiments report: {e}", file=sys.stderr)
+            return 1
         except Exception as e:
             print(f"journey experiments report: could not read {topics.OUTCOMES} from {a.broker}: {_what(e)}. "
                   "Is the broker running, and has a worker created the topics (journey topics create)?",
@@ -321,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an arm with fewer exposures is reported as too small to say anything (default 100)")
     xp.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                     help="with --broker: the longest the topic read may take (default 60)")
+    from .io import connection
+
+    connection.add_arguments(xp)
     xp.set_defaults(func=cmd_experiments)
 
     from .history import simulate
@@ -396,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "feed a synthetic population in accelerated time, printing the triggers "
                                    "live with their reasons. Ctrl-C stops everything.")
     d.add_argument("--broker", help="use this broker instead of starting one")
+    connection.add_arguments(d)
     d.add_argument("--customers", type=int, default=1000, help="customers in the population (default 1000)")
     d.add_argument("--speed", type=float, default=86400.0,
                    help="simulated seconds per wall second (default 86400: a day a second, so the "

@@ -35,7 +35,7 @@ from .core.timeutil import format_time, parse_time
 from .core.uplift import Tally
 from .examples import JOURNEYS
 from .history.synth import generate
-from .io import topics
+from .io import connection, topics
 from .io.kafka import bootstrap, ensure_topics
 from .live.broker import EmbeddedBroker, free_port, spawn_worker
 
@@ -58,17 +58,25 @@ def run_demo(a) -> int:
     counts = {"events": 0, "triggers": 0, "held back": 0}
     reacts = None if a.rules else Reacting(a.seed)  # the reaction model fits the example experiments only
     try:
-        if a.broker:
+        env = {"NO_COLOR": "1", "TERM": "dumb"}
+        args: tuple = ()
+        if a.broker:  # a broker of one's own: its connection settings (flags, environment, properties file)
+            conn = connection.from_args(a, "demo")
             url = a.broker
-        else:
+            if getattr(a, "kafka_config", None):
+                args = ("--kafka-config", a.kafka_config)
+        else:  # the embedded broker speaks plaintext, whatever the environment says for other brokers
+            conn = connection.PLAINTEXT
+            env.update({k: "" for k in os.environ if k.startswith(connection.ENV)})
             print(paint(DIM, "starting the embedded broker (Tansu) ..."), flush=True)
             broker = EmbeddedBroker(log_path=os.path.join(workdir, "broker.log")).start()
             url = broker.url
-        asyncio.run(ensure_topics(url))
+        a.conn = conn
+        asyncio.run(ensure_topics(url, conn=conn))
         port = free_port()
         worker = spawn_worker(url, web_port=port, store="memory://", rules=a.rules or str(JOURNEYS),
                               data_dir=os.path.join(workdir, "data"), log_path=os.path.join(workdir, "worker.log"),
-                              extra_env={"NO_COLOR": "1", "TERM": "dumb"})
+                              extra_env=env, args=args)
         print(paint(DIM, f"broker {url} · worker health http://127.0.0.1:{port}/ready · logs in {workdir} "
                          "(removed at the end unless something failed)"))
         print(paint(DIM, f"feeding {a.customers} customers, {a.speed:,.0f}x real time; Ctrl-C to stop"), flush=True)
@@ -141,7 +149,7 @@ DEMO_REACTIONS = JOURNEYS.with_name("demo.reactions.toml")
 async def _run(url: str, a, paint, worker, tally: Tally, reacts: Reacting | None, counts: dict) -> dict:
     stop = asyncio.Event()
     feeder = asyncio.create_task(_feed(url, a, counts, stop, reacts))
-    printer = asyncio.create_task(_print(url, paint, counts, stop, tally, reacts))
+    printer = asyncio.create_task(_print(url, paint, counts, stop, tally, reacts, a.conn))
     started = time.monotonic()
     try:
         while not stop.is_set():
@@ -167,7 +175,7 @@ async def _feed(url: str, a, counts: dict, stop: asyncio.Event, reacts: Reacting
     # dead-lettered as future_time (the worker trusts no clock ahead of its own)
     start = int(time.time() * 1000) - 200 * 86_400_000
     items = sorted(generate(a.customers, a.customers * 30, a.seed, start), key=lambda x: x[0])
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(url), linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(url), linger_ms=5, **a.conn.client_options())
     await producer.start()
     t0 = time.monotonic()
     pending = reacts.pending if reacts is not None else []
@@ -198,11 +206,12 @@ def _merged(items, pending: list):
         yield item
 
 
-async def _print(url: str, paint, counts: dict, stop: asyncio.Event, tally: Tally, reacts: Reacting | None) -> None:
+async def _print(url: str, paint, counts: dict, stop: asyncio.Event, tally: Tally, reacts: Reacting | None,
+                 conn) -> None:
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topics.TRIGGERS, topics.AUDIT, topics.OUTCOMES, bootstrap_servers=bootstrap(url),
-                                group_id=None, auto_offset_reset="earliest")
+                                group_id=None, auto_offset_reset="earliest", **conn.client_options())
     await consumer.start()
     try:
         while not stop.is_set():

@@ -40,14 +40,15 @@ def produce_log(broker: str, path, until: int | None = None, rate: float | None 
     return asyncio.run(produce([path], broker, until=until, rate=rate))
 
 
-def read_topic(broker: str, topic: str, idle_ms: int = 800, timeout: float = 60) -> list:
+def read_topic(broker: str, topic: str, idle_ms: int = 800, timeout: float = 60, **security) -> list:
     """Every record of a topic, read to its end: (key, value, partition, offset, headers). A broker
-    that does not get it there within ``timeout`` seconds fails the test rather than hanging it."""
+    that does not get it there within ``timeout`` seconds fails the test rather than hanging it.
+    ``security``: aiokafka's security options (a secured broker)."""
     from aiokafka import AIOKafkaConsumer
 
     async def go():
         c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap(broker), auto_offset_reset="earliest",
-                             group_id=None, enable_auto_commit=False, request_timeout_ms=10_000)
+                             group_id=None, enable_auto_commit=False, request_timeout_ms=10_000, **security)
         deadline = time.monotonic() + timeout
         await asyncio.wait_for(c.start(), timeout)
         out = []

@@ -47,7 +47,11 @@ def test_demo_shows_triggers_and_ctrl_c_leaves_nothing_behind(tmp_path):
         rules = set(REGISTRY) | set(load_config(JOURNEYS).journeys)  # built-in rules and the demo's journeys
         assert all(any(r in x for r in rules) for x in shown)
         os.killpg(p.pid, signal.SIGINT)   # Ctrl-C reaches the whole foreground group
-        rest = p.communicate(timeout=60)[0].decode()
+        p.wait(timeout=60)
+        tail = []   # the rest of the output, through the reader thread (it owns the pipe)
+        while (chunk := out.get(timeout=10)) != b"":
+            tail.append(chunk)
+        rest = b"".join(tail).decode()
         assert p.returncode == 0, rest[-2000:]
         # Ctrl-C still ends with the summary and the experiment report (or says why there is none yet)
         assert "events fed" in rest and ("experiments:" in rest or "no experiment outcomes yet" in rest), rest[-2000:]

@@ -442,10 +442,60 @@ def from_args(a, command: str) -> KafkaConnection:
     try:
         return load(getattr(a, "kafka_config", None))
     except KafkaSettingsError as e:
-        raise SystemExit(f"journey {command}: {e}") from None
+        import sys
+
+        print(f"journey {command}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def broker_url(flag: str | None, conn: KafkaConnection, default: str = "kafka://127.0.0.1:9092") -> str:
     """The broker: ``--broker``, else ``JOURNEY_BROKER``, else the properties file's
     ``bootstrap.servers``, else ``default``."""
     return flag or os.environ.get("JOURNEY_BROKER") or conn.bootstrap or default
+
+
+async def probe(url: str, conn: KafkaConnection, timeout: float = 3.0) -> str | None:
+    """Ask the first broker address what its listener speaks, when a client's failure says
+    nothing (a TLS handshake against a plaintext Kafka port only times out): a plaintext Kafka
+    ApiVersions request that gets a Kafka answer means plaintext; a TLS handshake that completes
+    means TLS. Returns the message for a mismatch with ``conn``, else None."""
+    import asyncio
+    import struct
+
+    from .kafka import bootstrap
+
+    host, _, port = bootstrap(url).split(",")[0].rpartition(":")
+    host = host.strip("[]")
+    try:
+        port_n = int(port)
+    except ValueError:
+        return None
+    if conn.tls:
+        # ApiVersions v0, correlation id 7, client id "journey-probe"
+        body = struct.pack(">hhih", 18, 0, 7, 13) + b"journey-probe"
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port_n), timeout)
+        except (TimeoutError, OSError):
+            return None
+        try:
+            writer.write(struct.pack(">i", len(body)) + body)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readexactly(8), timeout)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            return None
+        finally:
+            writer.close()
+        if struct.unpack(">i", head[4:])[0] == 7:
+            return (f"TLS was tried against a listener at {url} that does not speak TLS (it answers plaintext "
+                    f"Kafka): use the broker's TLS port, or set {ENV}SECURITY_PROTOCOL to PLAINTEXT or SASL_PLAINTEXT")
+        return None
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        _r, writer = await asyncio.wait_for(asyncio.open_connection(host, port_n, ssl=ctx), timeout)
+    except (TimeoutError, OSError, ssl.SSLError):
+        return None
+    writer.close()
+    return (f"the listener at {url} speaks TLS but the connection was plaintext: set {ENV}SECURITY_PROTOCOL to "
+            "SSL or SASL_SSL (with the credentials the cluster asks for), or use a --kafka-config file")

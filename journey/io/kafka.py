@@ -11,14 +11,12 @@ else, or used librdkafka's default CRC32 partitioner) is re-keyed through
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-from contextlib import contextmanager
 
 from aiokafka.partitioner import murmur2
 
 from . import topics
-from .connection import PLAINTEXT, KafkaConnectFailed, KafkaConnection, client_errors, explain
+from .connection import PLAINTEXT, KafkaConnectFailed, KafkaConnection, client_errors, explain, probe
 
 
 def bootstrap(url: str) -> str:
@@ -155,19 +153,6 @@ def broker_wait() -> float:
         return 30.0
 
 
-@contextmanager
-def quiet_client_logs():
-    """aiokafka logs an ERROR per failed connection attempt (two a second while a broker is
-    away): while a command waits for its broker, only its own message should speak."""
-    lg = logging.getLogger("aiokafka")
-    before = lg.level
-    lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        lg.setLevel(before)
-
-
 async def start_client(start, timeout: float, conn: KafkaConnection, url: str, on_wait=None) -> None:
     """Start a Kafka client, retrying while the broker is still coming up (``on_wait()`` is called
     once, at the first failure). A failure that waiting cannot mend (credentials refused, an
@@ -176,6 +161,7 @@ async def start_client(start, timeout: float, conn: KafkaConnection, url: str, o
     with the cause when the client's log shows one."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    probed = False
     with client_errors() as logged:
         while True:
             try:
@@ -183,6 +169,10 @@ async def start_client(start, timeout: float, conn: KafkaConnection, url: str, o
                 return
             except Exception as e:
                 why = explain(e, logged, conn, url)
+                if why is None and not probed and not any("refused" in m.lower() for m in logged):
+                    # something listens but the failure says nothing: ask what it speaks (once)
+                    probed = True
+                    why = await probe(url, conn)
                 if why is not None:
                     raise KafkaConnectFailed(why) from None
                 if loop.time() > deadline:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from ..io import topics
+from ..io import connection, topics
 from ..io.errors import what as _what
 
 ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION> (for example "
@@ -23,11 +23,13 @@ def cmd_worker(a) -> int:
     from .settings import Settings
     from .worker import run
 
-    s = Settings.from_env(broker=a.broker, store=a.store, data_dir=a.data_dir, web_host=a.web_host,
-                          web_port=a.web_port, rules=a.rules, lateness=a.lateness, idle=a.idle,
-                          partitions=a.partitions, loglevel=a.loglevel, replication=a.replication)
+    conn = connection.from_args(a, "worker")
+    s = Settings.from_env(broker=connection.broker_url(a.broker, conn), store=a.store, data_dir=a.data_dir,
+                          web_host=a.web_host, web_port=a.web_port, rules=a.rules, lateness=a.lateness, idle=a.idle,
+                          partitions=a.partitions, loglevel=a.loglevel, replication=a.replication,
+                          kafka_config=a.kafka_config)
     try:
-        return run(s)
+        return run(s, conn)
     except ConfigError as e:
         print("journey worker: the rule file has problems:", file=sys.stderr)
         for p in e.problems:
@@ -40,10 +42,12 @@ def cmd_produce(a) -> int:
     from ..io.progress import Progress
     from .produce import produce
 
+    conn = connection.from_args(a, "produce")
+    a.broker = connection.broker_url(a.broker, conn)
     try:
         counts = asyncio.run(produce(a.paths, a.broker, until=a.until, rate=a.rate, partitions=a.partitions,
                                      progress=Progress(False if a.quiet else None), as_is=a.as_is,
-                                     sort_buffer=a.sort_buffer))
+                                     sort_buffer=a.sort_buffer, conn=conn))
     except FileNotFoundError as e:
         print(f"journey produce: {e}", file=sys.stderr)
         return 2
@@ -51,6 +55,9 @@ def cmd_produce(a) -> int:
         done = "Nothing was published." if getattr(e, "nothing_published", False) else \
             "The lines before it were published."
         print(f"journey produce: {e}. {done}", file=sys.stderr)
+        return 1
+    except connection.KafkaConnectFailed as e:
+        print(f"journey produce: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # the broker is not reachable, mostly
         sent = getattr(e, "records_sent", 0)
@@ -90,6 +97,8 @@ def cmd_erase(a) -> int:
         print("journey erase: give the ids to erase (arguments, or --file FILE, - for standard input)",
               file=sys.stderr)
         return 2
+    conn = connection.from_args(a, "erase")
+    a.broker = connection.broker_url(a.broker, conn)
     at = a.at if a.at is not None else int(time.time() * 1000)
     try:
         records = erasure_records(ids, at)
@@ -99,7 +108,10 @@ def cmd_erase(a) -> int:
               file=sys.stderr)
         return 2
     try:
-        n = asyncio.run(publish(records, a.broker, partitions=a.partitions))
+        n = asyncio.run(publish(records, a.broker, partitions=a.partitions, conn=conn))
+    except connection.KafkaConnectFailed as e:
+        print(f"journey erase: {e}. Nothing was published", file=sys.stderr)
+        return 1
     except Exception as e:  # the broker is not reachable, mostly
         print(f"journey erase: {_what(e)}. Is a Kafka broker listening at {a.broker}? Requests the broker did not "
               "acknowledge were not published; run it again with the same ids (erasing twice is harmless)",
@@ -113,10 +125,16 @@ def cmd_erase(a) -> int:
 
 def cmd_topics(a) -> int:
     if a.action == "create":
-        from ..io.kafka import ensure_topics
+        from ..io.kafka import broker_wait, ensure_topics
 
+        conn = connection.from_args(a, "topics")
+        a.broker = connection.broker_url(a.broker, conn)
         try:
-            status = asyncio.run(ensure_topics(a.broker, a.partitions, replication=a.replication))
+            status = asyncio.run(ensure_topics(a.broker, a.partitions, replication=a.replication, conn=conn,
+                                               timeout=broker_wait()))
+        except connection.KafkaConnectFailed as e:
+            print(f"journey topics: {e}", file=sys.stderr)
+            return 1
         except Exception as e:
             print(f"journey topics: {_what(e)}. Is a Kafka broker listening at {a.broker}?",
                   file=sys.stderr)
@@ -140,7 +158,9 @@ def add_commands(sub, time_type) -> None:
                                    "journey.support, keep per-customer state in a Faust table, and write "
                                    "journey.triggers, journey.audit and journey.deadletter. Creates missing "
                                    "topics first. Stops cleanly on SIGINT/SIGTERM. " + ENV_HELP)
-    w.add_argument("--broker", help=f"Kafka bootstrap URL (default {env_broker})")
+    w.add_argument("--broker", help=f"Kafka bootstrap URL (env JOURNEY_BROKER, else the --kafka-config file's "
+                                    f"bootstrap.servers; default {env_broker})")
+    connection.add_arguments(w)
     w.add_argument("--store", help="table store: rocksdb:// (default; state on disk under --data-dir) "
                                    "or memory:// (rebuilt from the changelog at every start)")
     w.add_argument("--data-dir", help="where RocksDB state lives (default ./journey-data)")
@@ -163,7 +183,9 @@ def add_commands(sub, time_type) -> None:
                                    "result would then depend on fetch sizes). Unparseable lines go first, unkeyed, "
                                    "to journey.clickstream (the worker dead-letters them).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="log files (.jsonl or .jsonl.gz)")
-    p.add_argument("--broker", default=env_broker, help=f"Kafka bootstrap URL (default {env_broker})")
+    p.add_argument("--broker", help=f"Kafka bootstrap URL (env JOURNEY_BROKER, else the --kafka-config file's "
+                                    f"bootstrap.servers; default {env_broker})")
+    connection.add_arguments(p)
     p.add_argument("--until", type=time_type, metavar="TIME",
                    help="afterwards, move the worker's watermark to TIME (as replay --until)")
     p.add_argument("--rate", type=float, metavar="N", help="at most N records per second")
@@ -188,7 +210,9 @@ def add_commands(sub, time_type) -> None:
     e.add_argument("ids", nargs="*", metavar="ID", help="customer ids to erase")
     e.add_argument("--file", metavar="FILE", help="also the ids in FILE, one a line (- for standard input): for "
                                                   "many ids, and to keep them out of the shell history")
-    e.add_argument("--broker", default=env_broker, help=f"Kafka bootstrap URL (default {env_broker})")
+    e.add_argument("--broker", help=f"Kafka bootstrap URL (env JOURNEY_BROKER, else the --kafka-config file's "
+                                    f"bootstrap.servers; default {env_broker})")
+    connection.add_arguments(e)
     e.add_argument("--at", type=time_type, metavar="TIME",
                    help="event time of the erasures (default: now, by this machine's clock)")
     e.add_argument("--partitions", type=int, default=topics.PARTITIONS,
@@ -200,7 +224,9 @@ def add_commands(sub, time_type) -> None:
                        description="create: create every topic journey uses that does not exist yet "
                                    "(idempotent). export: write topics/catalog.yaml and topics/asyncapi.yaml.")
     t.add_argument("action", choices=("create", "export"), help="create the topics, or export their documents")
-    t.add_argument("--broker", default=env_broker, help=f"Kafka bootstrap URL (default {env_broker})")
+    t.add_argument("--broker", help=f"Kafka bootstrap URL (env JOURNEY_BROKER, else the --kafka-config file's "
+                                    f"bootstrap.servers; default {env_broker})")
+    connection.add_arguments(t)
     t.add_argument("--partitions", type=int, default=topics.PARTITIONS,
                    help=f"partitions per topic (default {topics.PARTITIONS})")
     t.add_argument("--replication", type=int, default=1, help="replication factor (default 1)")

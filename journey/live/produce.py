@@ -45,7 +45,8 @@ import orjson
 
 from ..core import intake
 from ..io import topics
-from ..io.kafka import bootstrap, broker_wait, ensure_topics, quiet_client_logs
+from ..io.connection import PLAINTEXT, KafkaConnection
+from ..io.kafka import bootstrap, broker_wait, ensure_topics, start_client
 from ..io.logs import SORT_BUFFER, ExternalSort, LogError, open_log, read_lines
 from ..io.progress import Progress
 
@@ -118,7 +119,7 @@ def chunk_floors(paths, chunk: int = CHUNK) -> list:
 async def produce(paths, broker: str, until: int | None = None, rate: float | None = None,
                   partitions: int = topics.PARTITIONS, progress: Progress | None = None,
                   create: bool = True, on_sent=None, as_is: bool = False, sort_buffer: int = SORT_BUFFER,
-                  chunk: int = CHUNK) -> dict:
+                  chunk: int = CHUNK, conn: KafkaConnection = PLAINTEXT) -> dict:
     """Publish the logs; returns counts by topic. ``rate`` caps records per second
     (for steady-load measurements); ``on_sent(key, value)`` is called per record;
     ``as_is`` publishes in file order instead of event-time order; ``chunk``: records
@@ -126,11 +127,10 @@ async def produce(paths, broker: str, until: int | None = None, rate: float | No
     from aiokafka import AIOKafkaProducer
 
     if create:
-        with quiet_client_logs():
-            await ensure_topics(broker, partitions, timeout=broker_wait())
+        await ensure_topics(broker, partitions, timeout=broker_wait(), conn=conn)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap(broker), linger_ms=5, acks="all",
-                                max_batch_size=1 << 20, max_request_size=8 << 20)
-    await producer.start()
+                                max_batch_size=1 << 20, max_request_size=8 << 20, **conn.client_options())
+    await start_client(producer.start, broker_wait(), conn, broker)
     counts: dict[str, int] = {}
     progress = progress or Progress()
     started = time.monotonic()
@@ -256,17 +256,16 @@ def erasure_records(ids, at: int) -> list[tuple[str, bytes, bytes, int]]:
     return out
 
 
-async def publish(records, broker: str, partitions: int = topics.PARTITIONS, create: bool = True) -> int:
+async def publish(records, broker: str, partitions: int = topics.PARTITIONS, create: bool = True,
+                  conn: KafkaConnection = PLAINTEXT) -> int:
     """Publish a few (topic, key, value, timestamp) records and wait until the broker has
     acknowledged every one; returns their number."""
     from aiokafka import AIOKafkaProducer
 
     if create:
-        with quiet_client_logs():
-            await ensure_topics(broker, partitions, timeout=broker_wait())
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(broker), linger_ms=5, acks="all")
-    with quiet_client_logs():
-        await producer.start()
+        await ensure_topics(broker, partitions, timeout=broker_wait(), conn=conn)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(broker), linger_ms=5, acks="all", **conn.client_options())
+    await start_client(producer.start, broker_wait(), conn, broker)
     try:
         futures = [await producer.send(topic, value=value, key=key, timestamp_ms=ts)
                    for topic, key, value, ts in records]

@@ -27,6 +27,7 @@ from ..core.engine import Engine, Stats
 from ..core.timeutil import format_time, parse_duration
 from ..core.triggers import deadletter_record
 from ..io import topics
+from ..io.connection import PLAINTEXT
 from ..io.kafka import Partitioner
 from .gcpolicy import full_gc
 from .metrics import LAG_BUCKETS, LATENCY_BUCKETS, Buckets
@@ -116,6 +117,7 @@ class Runtime(Outputs):
         self.read: dict = {}      # tp -> offset of the last record handled
         self.start_pos: dict = {}  # tp -> offset reading starts at after an assignment
         self.app = None
+        self.conn = PLAINTEXT          # Kafka security settings (the worker sets its own: build_app)
 
     # -- assignment ------------------------------------------------------------------
     def assigned(self, partitions: set[int]) -> None:

@@ -33,6 +33,7 @@ class Settings:
     stuck_after: float = 60.0        # seconds a partition's event time may stand still while it waits on input
     gc_gen0: int = 50_000            # allocations between young-generation GC passes (Python's default: 700)
     loglevel: str = "warning"
+    kafka_config: str | None = None  # Kafka client properties file (JOURNEY_KAFKA_CONFIG; see io.connection)
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Settings:

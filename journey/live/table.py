@@ -95,6 +95,7 @@ class CustomerTable(faust.Table):
             starts[TopicPartition(tp.topic, tp.partition)] = (start, tp)
         # with the worker's group id, to read its committed offsets (it never joins the group)
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(self.runtime.settings.broker), group_id=app_id,
+                                    **self.runtime.conn.client_options(),
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     fetch_max_bytes=16 << 20, max_partition_fetch_bytes=8 << 20)
         await consumer.start()

@@ -44,7 +44,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core.config import Config
 from ..io import errors, topics
-from ..io.kafka import broker_wait, ensure_topics, faust_url, quiet_client_logs
+from ..io.connection import PLAINTEXT, KafkaConnectFailed, KafkaConnection
+from ..io.kafka import broker_wait, ensure_topics, faust_url
 from ..io.rulefile import load_config
 from .batching import BatchApp
 from .gcpolicy import tune_gc
@@ -54,13 +55,17 @@ from .settings import Settings
 from .table import CustomerTable
 
 
-def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.App, Runtime]:
+def build_app(settings: Settings, config: Config | None = None,
+              conn: KafkaConnection = PLAINTEXT) -> tuple[faust.App, Runtime]:
     config = config if config is not None else (load_config(settings.rules) if settings.rules else Config())
     rt = Runtime(settings, config)
+    rt.conn = conn
     store = settings.store
     app = BatchApp(
         settings.app_id,
         broker=faust_url(settings.broker),
+        # SASL and TLS for Faust's consumer, producer and admin client (None: plaintext)
+        broker_credentials=conn.faust_credentials(),
         store=store,
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,
@@ -151,17 +156,19 @@ def build_app(settings: Settings, config: Config | None = None) -> tuple[faust.A
     return app, rt
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, conn: KafkaConnection = PLAINTEXT) -> int:
     """Create missing topics, then run the worker until SIGINT/SIGTERM."""
     logging.basicConfig(level=getattr(logging, settings.loglevel.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(settings.rules) if settings.rules else Config()
     try:
-        with quiet_client_logs():
-            status = asyncio.run(ensure_topics(settings.broker, settings.partitions, settings.app_id,
-                                               settings.replication, timeout=broker_wait(), on_wait=lambda: print(
-                                                   f"journey worker: waiting for the broker at {settings.broker} "
-                                                   f"(up to {broker_wait():g} s) ...", file=sys.stderr)))
+        status = asyncio.run(ensure_topics(settings.broker, settings.partitions, settings.app_id,
+                                           settings.replication, timeout=broker_wait(), on_wait=lambda: print(
+                                               f"journey worker: waiting for the broker at {settings.broker} "
+                                               f"(up to {broker_wait():g} s) ...", file=sys.stderr), conn=conn))
+    except KafkaConnectFailed as e:  # credentials, certificates, a listener of another protocol, ACLs
+        print(f"journey worker: {e}", file=sys.stderr)
+        return 1
     except Exception as e:  # no broker there (ensure_topics retried for 30 s)
         print(f"journey worker: {errors.what(e)}. Is a Kafka broker listening at {settings.broker}? Start one (journey "
               "demo runs an embedded one; docker compose up starts Kafka) or give --broker URL", file=sys.stderr)
@@ -170,7 +177,7 @@ def run(settings: Settings) -> int:
         if what not in ("created", "exists"):
             raise SystemExit(f"journey worker: topic {name} {what}")
     asyncio.set_event_loop(asyncio.new_event_loop())
-    app, _rt = build_app(settings, config)
+    app, _rt = build_app(settings, config, conn)
     tune_gc(settings.gc_gen0)
     worker = faust.Worker(app, loglevel=settings.loglevel.upper(), quiet=True,
                           override_logging=False)
