@@ -96,9 +96,9 @@ def run(tmp_path):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test that takes the ``broker`` fixture is a ``live`` one (so is any marked by hand)."""
+    """Every test that takes the ``broker`` or ``wire`` fixture is a ``live`` one (so is any marked by hand)."""
     for item in items:
-        if "broker" in getattr(item, "fixturenames", ()):
+        if {"broker", "wire"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.live)
 
 
@@ -112,6 +112,26 @@ def broker(tmp_path):
         yield b.url
     finally:
         b.stop()
+
+
+@pytest.fixture
+def wire(tmp_path):
+    """A broker behind a fault-injecting TCP proxy (tests/wire_proxy.py): the broker advertises the
+    proxy's address, so every client connection goes through it. Yields the proxy (``.url``)."""
+    from wire_proxy import WireProxy
+
+    from journey.live.broker import EmbeddedBroker, free_port
+
+    port = free_port()
+    proxy = WireProxy(port).start()
+    b = None
+    try:
+        b = EmbeddedBroker(port=port, advertised=f"127.0.0.1:{proxy.port}", log_path=str(tmp_path / "broker.log")).start()
+        yield proxy
+    finally:
+        if b is not None:
+            b.stop()
+        proxy.stop()
 
 
 def need_tool(name: str) -> str:

@@ -18,10 +18,23 @@ the ``{name}``), query, headers and body.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
+import orjson
 from aiohttp import web
+from live_support import read_topic, stop_process
+
+from journey.core.timeutil import format_time
+from journey.dispatch.signing import new_secret
+from journey.io import topics
+from journey.io.kafka import bootstrap
+from journey.live.broker import die_with_parent, free_port
+
+SECRET, OLD_SECRET = new_secret(), new_secret()
 
 CHUNK = 1 << 20
 BODY_SECONDS = 120
@@ -117,3 +130,109 @@ class Receiver:
         asyncio.run_coroutine_threadsafe(down(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+# -- triggers, the dispatcher, its endpoints -------------------------------------------------------------
+
+def _trigger(tid: str, rule="cart_abandoned", kind="recovery", channel="email", cid="c1", at=None) -> dict:
+    at = at if at is not None else int(time.time() * 1000) - 60_000
+    return {"specversion": "1.0", "id": tid, "source": "journey", "type": f"journey.{kind}.{rule}",
+            "subject": cid, "time": format_time(at), "datacontenttype": "application/json",
+            "data": {"customer_id": cid, "rule": rule, "kind": kind, "reason": "test", "evidence": [],
+                     "channel": channel, "priority": "normal"}}
+
+
+LIVE = [("content-type", b"application/cloudevents+json"), ("journey-origin", b"live")]
+
+
+def _produce(broker: str, triggers: list, headers=LIVE, raw: list[bytes] = ()) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from journey.io.kafka import ensure_topics
+
+    async def go():
+        await ensure_topics(broker)
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap(broker))
+        await p.start()
+        try:
+            for t in triggers:
+                await p.send(topics.TRIGGERS, orjson.dumps(t), key=t["subject"].encode(), headers=headers)
+            for r in raw:
+                await p.send(topics.TRIGGERS, r, key=b"x", headers=headers)
+            await p.flush()
+        finally:
+            await p.stop()
+    asyncio.run(go())
+
+
+class Dispatch:
+    """A ``journey dispatch`` child process (``code``: a Python program run instead, given the
+    configuration file, the broker and the web port as arguments)."""
+
+    def __init__(self, broker, tmp_path, config: str, name="d", args=(), code=None):
+        self.port = free_port()
+        self.log = tmp_path / f"{name}.log"
+        self.config = tmp_path / f"{name}.toml"
+        self.config.write_text(config)
+        cmd = ([sys.executable, "-c", code, str(self.config), broker, str(self.port)] if code else
+               [sys.executable, "-m", "journey", "dispatch", "--config", str(self.config), "--broker", broker,
+                "--web-port", str(self.port), *args])
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+
+    def metrics(self) -> dict:
+        from prometheus_client.parser import text_string_to_metric_families
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out = {}
+        for f in text_string_to_metric_families(text):
+            for s in f.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def value(self, name, **labels) -> float | None:
+        """The sum of the metric's samples with these labels; None when no sample of that name is
+        exported at all (a renamed metric must fail `== 0`, not pass it), -1 when /metrics is down."""
+        try:
+            m = self.metrics()
+        except OSError:
+            return -1
+        if not any(n == name for n, _ls in m):
+            return None
+        return sum(v for (n, ls), v in m.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+
+    def stop(self) -> int:
+        return stop_process(self.proc)
+
+
+def _committed_all(broker, group: str) -> bool:
+    """The group's committed offsets reach the end of journey.triggers on every partition."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    ends: dict = {}
+    for _k, _v, p, off, _h in read_topic(broker, topics.TRIGGERS, idle_ms=300):
+        ends[p] = max(ends.get(p, 0), off + 1)
+
+    async def go():
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap(broker), group_id=group, enable_auto_commit=False)
+        await c.start()
+        try:
+            tps = [TopicPartition(topics.TRIGGERS, p) for p in (c.partitions_for_topic(topics.TRIGGERS) or ())]
+            if not tps:
+                return False
+            n = {tp: ends.get(tp.partition, 0) for tp in tps}
+            for tp in tps:
+                if ((await c.committed(tp)) or 0) < n[tp]:
+                    return False
+            return True
+        finally:
+            await c.stop()
+    return asyncio.run(go())
+
+
+def _endpoint(name, url, **kw) -> str:
+    lines = [f"[endpoints.{name}]", f'url = "{url}"', f'secrets = ["{SECRET}", "{OLD_SECRET}"]']
+    toml = lambda v: ("{" + ", ".join(f"{orjson.dumps(k).decode()} = {orjson.dumps(x).decode()}"  # noqa: E731
+                                     for k, x in v.items()) + "}") if isinstance(v, dict) else orjson.dumps(v).decode()
+    lines += [f"{k} = {toml(v)}" for k, v in kw.items()]
+    return "\n".join(lines) + "\n"

@@ -10,9 +10,8 @@ import sys
 
 import orjson
 from conftest import T
-from live_support import Worker, assert_trigger_ids, produce_log, read_topic, wait_for
+from live_support import UNTIL, Worker, assert_trigger_ids, produce_log, read_topic, synthetic, wait_for
 from test_journeys import EXAMPLE
-from test_live import UNTIL, synthetic
 
 from journey.history.replay import replay
 from journey.io import topics

@@ -11,28 +11,21 @@ import time
 import orjson
 import pytest
 from conftest import T, ev, identify
-from live_support import Worker, produce_log, read_topic, trigger_ids, wait_for
+from live_support import (
+    UNTIL,
+    Worker,
+    _changelog_states,
+    _comparable,
+    _debug_state_diff,
+    produce_log,
+    read_topic,
+    replayed,
+    synthetic,
+    trigger_ids,
+    wait_for,
+)
 
-from journey.core.config import Config
-from journey.core.state import CustomerState
-from journey.history.replay import replay
-from journey.history.synth import write_log
 from journey.io import topics
-
-UNTIL = "2027-01-01T00:00:00Z"   # after every synthetic event
-
-
-def replayed(tmp_path, log, until=UNTIL, keep=None):
-    out, audit, dl = tmp_path / "r.jsonl", tmp_path / "ra.jsonl", tmp_path / "rd.jsonl"
-    replay([log], str(out), str(audit), str(dl), until=T(until), config=Config(), keep_engine=keep)
-    rd = lambda p: [orjson.loads(x) for x in p.read_bytes().splitlines()]
-    return rd(out), rd(audit), rd(dl)
-
-
-def synthetic(tmp_path, customers=300, events=6000, seed=7):
-    path = tmp_path / "log.jsonl"
-    write_log(str(path), customers=customers, events=events, seed=seed)
-    return path
 
 
 def test_end_to_end_triggers_audit_and_deadletters(broker, tmp_path):
@@ -175,18 +168,6 @@ def test_parity_with_replay(broker, tmp_path):
         w.stop()
 
 
-def _changelog_states(broker) -> dict[str, CustomerState]:
-    latest = {}
-    for key, value, *_ in read_topic(broker, topics.changelog()):
-        latest[key.decode()] = value
-    return {k: CustomerState.from_bytes(v) for k, v in latest.items() if v is not None and not k.startswith("\x00")}
-
-
-def _comparable(st: CustomerState) -> bytes:
-    st.heap_due = None
-    return st.to_bytes()
-
-
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_kill9_restart_loses_nothing(broker, tmp_path, store):
     # memory://: state comes back from the changelog alone. rocksdb://: both runs share a data
@@ -297,11 +278,6 @@ def test_two_workers_split_partitions(broker, tmp_path):
     finally:
         a.stop()
         b.stop()
-
-
-def _debug_state_diff(a: bytes, b: bytes) -> str:
-    da, db = orjson.loads(a), orjson.loads(b)
-    return "; ".join(f"{k}: {da.get(k)!r} != {db.get(k)!r}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)) or f"bytes {a!r} != {b!r}"
 
 
 def test_visitors_on_other_partitions_are_attributed_to_their_customers(broker, tmp_path):

@@ -144,8 +144,7 @@ def test_until_earlier_than_the_last_event_gives_replays_triggers(broker, tmp_pa
     # produce --until T with T before the log's last event: live and replay both stop at the
     # later of T and the last event (before, each live partition stopped at its own last event)
     from conftest import T
-    from live_support import assert_trigger_ids, produce_log
-    from test_live import replayed, synthetic
+    from live_support import assert_trigger_ids, produce_log, replayed, synthetic
 
     log = synthetic(tmp_path, customers=300, events=6000, seed=4)
     until = "2026-03-01T00:00:00Z"   # the log runs to the middle of the year

@@ -60,8 +60,14 @@ def cmd_produce(a) -> int:
         print(f"journey produce: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # the broker is not reachable, mostly
-        print(f"journey produce: {_what(e)}. Is a Kafka broker listening at {a.broker}? "
-              f"(journey demo starts one)", file=sys.stderr)
+        sent = getattr(e, "records_sent", 0)
+        if sent:  # it was reachable: it stopped answering (a stall longer than the request timeout, 40 s)
+            print(f"journey produce: {_what(e)} after {sent:,} records were sent to {a.broker}; the broker stopped "
+                  f"answering. Publishing the same log again is safe: a worker counts a repeated event id once",
+                  file=sys.stderr)
+        else:
+            print(f"journey produce: {_what(e)}. Is a Kafka broker listening at {a.broker}? "
+                  f"(journey demo starts one)", file=sys.stderr)
         return 1
     if not a.quiet:
         for t, n in counts.items():

@@ -226,6 +226,9 @@ async def produce(paths, broker: str, until: int | None = None, rate: float | No
             await markers(until, more=False)
             await producer.flush()
             counts["watermark markers"] = partitions
+    except Exception as e:
+        e.records_sent = n   # for the message: how much of the log went out before it failed
+        raise
     finally:
         progress.done()
         await producer.stop()
