@@ -150,25 +150,8 @@ def _check_metrics(w, want_t, want_d):
     assert value(fams, "journey_build_info") == 1
 
 
-def test_parity_with_replay(broker, tmp_path):
-    log = synthetic(tmp_path)
-    want_t, want_a, _ = replayed(tmp_path, log)
-    w = Worker(broker, tmp_path)
-    try:
-        w.wait_ready()
-        produce_log(broker, log, until=T(UNTIL))
-        want = sorted(t["id"] for t in want_t)
-        got = wait_for(lambda: (ids := trigger_ids(broker)) and len(ids) >= len(want) and ids, 90, "all triggers")
-        time.sleep(1.5)
-        got = trigger_ids(broker)
-        assert sorted(set(got)) == want
-        audits = read_topic(broker, topics.AUDIT)
-        assert sorted(orjson.loads(v)["trigger_id"] for _k, v, *_ in audits) == sorted(a["trigger_id"] for a in want_a)
-    finally:
-        w.stop()
-
-
-@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+# rocksdb:// is killed mid-stream (twice, sharing its data directory) in tests/test_faults.py
+@pytest.mark.parametrize("store", ["memory://"])
 def test_kill9_restart_loses_nothing(broker, tmp_path, store):
     # memory://: state comes back from the changelog alone. rocksdb://: both runs share a data
     # directory, so the restarted worker starts from what the killed one left on disk (written

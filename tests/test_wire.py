@@ -43,6 +43,9 @@ STALL = float(os.environ.get("JOURNEY_WIRE_STALL", "12"))     # longer than a se
 REFUSE = float(os.environ.get("JOURNEY_WIRE_REFUSE", "30"))
 # the dispatcher's test runs with these faults (comma-separated; "all": the three): one in CI, for time
 DISPATCH_FAULTS = os.environ.get("JOURNEY_WIRE_DISPATCH", "stall").split(",")
+# the worker's faults run by default (CI): a reset and a refusal; the stall runs with the dispatcher
+# (JOURNEY_WIRE_FAULTS=all runs the three, as the loops counted in the issue notes did)
+WORKER_FAULTS = os.environ.get("JOURNEY_WIRE_FAULTS", "reset,refuse").split(",")
 DEADLINE = 240    # seconds from the fault to every trigger, whatever happens
 RATE = float(os.environ.get("JOURNEY_WIRE_RATE", "2e6"))  # bytes/s through the proxy: about 8 s of work
 CHUNK = 1000      # records between two markers of the publication: triggers come out in 30 steps, not 3
@@ -194,7 +197,8 @@ FAULTS = [_reset, _stall, _refuse]
 
 
 @pytest.mark.parametrize("run", range(RUNS))
-@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.__name__[1:])
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f.__name__[1:] in WORKER_FAULTS or "all" in WORKER_FAULTS],
+                         ids=lambda f: f.__name__[1:])
 def test_worker_and_producer_through_a_fault_on_the_wire(wire, tmp_path, fault, run):
     _worker_through_a_fault(wire, tmp_path, _seed(), fault)
 
