@@ -7,6 +7,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 
 import orjson
 
@@ -313,3 +314,8 @@ def _same_as_replay(broker, want_t, engine, seed, timeout=150, tmp_path=None):
                  if _comparable(s) != expected.get(k)}
         raise AssertionError(f"seed {seed}: {len(diffs)} state(s) differ from replay, "
                              f"{len(set(expected) - set(states))} missing: {list(diffs.items())[:3]}") from None
+
+
+def multiset(records) -> Counter:
+    """Whole records (dicts) as a multiset, key order aside: a duplicate or a changed field shows."""
+    return Counter(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records)

@@ -11,11 +11,10 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import orjson
 import pytest
-from live_support import read_topic, ready, stop_process, wait_for
+from live_support import multiset, read_topic, ready, stop_process, wait_for
 
 from journey.io import topics
 from journey.live.broker import free_port, spawn_worker
@@ -32,10 +31,6 @@ def journey(*args, timeout=300):
 
 def _records(path) -> list[dict]:
     return [orjson.loads(x) for x in path.read_bytes().splitlines()]
-
-
-def _multiset(recs) -> Counter:
-    return Counter(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in recs)
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +63,10 @@ def test_the_readme_live_workflow_gives_replays_records(broker, tmp_path, demo_l
         time.sleep(2)   # then nothing more may come
         got_t = [orjson.loads(v) for _k, v, *_ in read_topic(broker, topics.TRIGGERS)]
         assert len(got_t) == len(want_t)
-        assert _multiset(got_t) == _multiset(want_t)
+        assert multiset(got_t) == multiset(want_t)
         got_a = wait_for(lambda: (a := [orjson.loads(v) for _k, v, *_ in read_topic(broker, topics.AUDIT)])
                          and len(a) >= len(want_a) and a, 60, "the audit records")
-        assert _multiset(got_a) == _multiset(want_a)
+        assert multiset(got_a) == multiset(want_a)
         got_d = [orjson.loads(v) for _k, v, *_ in read_topic(broker, topics.DEADLETTER)]
         # the same records rejected for the same reasons (where they came from differs: file and line
         # against topic, partition and offset); no control record among them

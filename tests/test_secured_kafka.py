@@ -15,13 +15,12 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import orjson
 import pytest
 from dispatch_support import Receiver
 from kafka_security_proxy import SecuredKafka
-from live_support import read_topic, ready, stop_process, wait_for
+from live_support import multiset, read_topic, ready, stop_process, wait_for
 
 from journey.dispatch.signing import new_secret
 from journey.io import topics
@@ -44,10 +43,6 @@ def _clean_env(**extra) -> dict:
     env = {k: "" for k in os.environ if k.startswith("JOURNEY_KAFKA_") or k == "JOURNEY_TOPIC_PREFIX"}
     env.update(extra)
     return env
-
-
-def _multiset(recs) -> Counter:
-    return Counter(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in recs)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +84,7 @@ def _worker_gives_replays_triggers(sk, tmp_path, env, args, want, prefix="", sec
                        and len(g) >= len(want[1]) and g, 120, "the triggers", every=2)
         time.sleep(1.5)
         got = read_topic(sk.bootstrap, triggers, **security)
-        assert _multiset(orjson.loads(v) for _k, v, *_ in got) == _multiset(want[1])
+        assert multiset(orjson.loads(v) for _k, v, *_ in got) == multiset(want[1])
         return w, wlog, port
     except BaseException:
         stop_process(w)
