@@ -39,8 +39,13 @@ def _kill_point(rnd, done: int, due: int) -> float:
     return done + rnd.uniform(0.1, 0.9) * max(0, due - done)
 
 
+# rocksdb:// by default (CI): its restart reads both the local store and the changelog tail;
+# memory:// is killed mid-stream in tests/test_live.py too. JOURNEY_FAULT_STORES=all runs both here.
+STORES = ["memory://", "rocksdb://"] if os.environ.get("JOURNEY_FAULT_STORES") == "all" else ["rocksdb://"]
+
+
 @pytest.mark.parametrize("run", range(RUNS))
-@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+@pytest.mark.parametrize("store", STORES)
 def test_kill9_at_random_moments_loses_and_invents_nothing(wire, tmp_path, store, run):
     # the publication runs while the workers read, through a slowed link (the wire proxy), so the
     # triggers come out over seconds, not in one burst: each kill lands when a random share of them
@@ -111,7 +116,7 @@ def test_a_killed_worker_of_two_is_taken_over_without_divergence(wire, tmp_path,
     want_t, _a, _d = replayed(tmp_path, log, keep=keep)
     want = {t["id"] for t in want_t}
     target = _kill_point(rnd, 0, _due_before_the_end(log, want_t))
-    wire.rate = FAULT_RATE
+    wire.rate = RATE   # no restart to outpace here: the wire tests' pace
     a, b = Worker(wire.url, tmp_path, name="a"), Worker(wire.url, tmp_path, name="b")
     watch = producer = None
     try:
