@@ -219,7 +219,7 @@ def test_failures_a_person_can_act_on(tmp_path):
         _fails_fast(("topics", "create", "--broker", f"127.0.0.1:{sk.broker.port}"),
                     _clean_env(JOURNEY_KAFKA_SECURITY_PROTOCOL="SSL"), "does not speak TLS")
         # plaintext against the TLS listener
-        _fails_fast(("topics", "create", "--broker", sk.bootstrap), _clean_env(), "its listener may require TLS")
+        _fails_fast(("topics", "create", "--broker", sk.bootstrap), _clean_env(), "speaks TLS but the connection was plaintext")
         # a mechanism the cluster was not set up for
         _fails_fast(("topics", "create", "--broker", sk.bootstrap),
                     {**sasl, "JOURNEY_KAFKA_SASL_PASSWORD": PASSWORD, "JOURNEY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256"},

@@ -427,9 +427,6 @@ def explain(exc: BaseException | None, logged: list[str], conn: KafkaConnection,
                               "alert bad certificate", "alert unknown ca")):
         return (f"the broker at {broker} refused the TLS handshake (it may require a client certificate it "
                 f"trusts): set {ENV}SSL_CERTFILE and {ENV}SSL_KEYFILE to a certificate its CA signed")
-    if not conn.tls and any(s in low for s in ("closed", "reset", "eof", "unexpected")):
-        return (f"the broker at {broker} closed the connection at once: its listener may require TLS or SASL; set "
-                f"{ENV}SECURITY_PROTOCOL (SSL, SASL_SSL) and the credentials, or a --kafka-config file")
     if conn.sasl and any(s in low for s in ("illegalsaslstate", "unsupportedversion", "sasl handshake")):
         return (f"SASL was tried against a listener at {broker} that does not use SASL: set "
                 f"{ENV}SECURITY_PROTOCOL to SSL or PLAINTEXT, or use the broker's SASL port")
