@@ -418,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .dispatch.cli import add_commands as add_dispatch
 
     add_dispatch(sub)
+
+    from .intake.cli import add_commands as add_intake
+
+    add_intake(sub)
     return p
 
 
