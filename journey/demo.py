@@ -197,6 +197,32 @@ async def _feed(url: str, a, counts: dict, stop: asyncio.Event, reacts: Reacting
         await producer.stop()
 
 
+def sdk_send(client, msg: dict) -> None:
+    """Hand one Segment message (:func:`journey.intake.segment.as_segment`) to a Segment SDK client
+    (``segment.analytics.Client``), as an app's code would call it."""
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(parse_time(msg["timestamp"]) / 1000, UTC)
+    who = {"user_id": msg.get("userId"), "anonymous_id": msg.get("anonymousId"), "timestamp": when,
+           "message_id": msg.get("messageId")}
+    call = msg["type"]
+    if call == "track":
+        client.track(event=msg["event"], properties=msg.get("properties") or {}, **who)
+    elif call == "identify":
+        client.identify(traits=msg.get("traits") or {}, **who)
+    elif call == "page":
+        client.page(name=msg.get("name"), properties=msg.get("properties") or {}, **who)
+    elif call == "screen":
+        client.screen(name=msg.get("name"), properties=msg.get("properties") or {}, **who)
+    elif call == "alias":
+        client.alias(previous_id=msg["previousId"], user_id=msg["userId"], timestamp=when,
+                     message_id=msg.get("messageId"))
+    elif call == "group":
+        client.group(group_id=msg.get("groupId"), traits=msg.get("traits") or {}, **who)
+    else:
+        raise ValueError(f"not a Segment call: {call!r}")
+
+
 def _merged(items, pending: list):
     """The population's events with the reaction orders (pushed while feeding), by event time."""
     for item in items:

@@ -69,5 +69,6 @@ def add_commands(sub) -> None:
                    help="megabytes of requests worked on at once beyond which new ones get 429 (default 64)")
     d.add_argument("--no-create-topics", action="store_true",
                    help="do not create missing topics at start (for a principal that may only write)")
-    d.add_argument("--loglevel", help="debug, info (default), warning, error")
+    d.add_argument("--loglevel", help="debug, info (default), warning, error; the Kafka and HTTP libraries "
+                                      "log at info at most (their debug lines would carry the messages)")
     d.set_defaults(func=cmd_intake)

@@ -199,3 +199,27 @@ def deadletter(rec: Record, endpoint: str, index: int, received: int) -> bytes:
     return orjson.dumps(deadletter_record(rec.rejected, rec.detail,
                                           {"endpoint": f"/v1/{endpoint}", "index": index,
                                            "received_at": format_time(received)}, rec.value))
+
+
+def as_segment(rec: dict) -> dict:
+    """A record of a journey log as the Segment message an app's SDK would send for it (``journey demo`` and
+    the tests feed logs through the intake this way): a Segment-shaped record as it is; a canonical one as a
+    ``track`` call named by its Segment event name (an ``identify`` for ``profile.updated``) with the same
+    id, time, ids and properties."""
+    from ..core.catalog import TYPES
+
+    if rec.get("type") in intake.SEGMENT_CALLS and "customer_id" not in rec:
+        return dict(rec)
+    ctype = rec.get("type")
+    msg: dict = {"messageId": rec.get("id"), "timestamp": format_time(parse_time(rec.get("ts")))}
+    if rec.get("customer_id") is not None:
+        msg["userId"] = rec["customer_id"]
+    if rec.get("anonymous_id") is not None:
+        msg["anonymousId"] = rec["anonymous_id"]
+    props = rec.get("props") or {}
+    if ctype == "profile.updated":
+        msg.update(type="identify", traits=rec.get("traits", props.get("traits", props)))
+    else:
+        name = TYPES.get(ctype, (None,))[0] or ctype
+        msg.update(type="track", event=name, properties=props)
+    return msg

@@ -284,6 +284,9 @@ async def _read(request: web.Request, limit: int) -> bytes | None:
 
 
 def run(intake: Intake, loglevel: str = "info") -> int:
-    logging.basicConfig(level=getattr(logging, loglevel.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, loglevel.upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the clients' debug lines carry the records themselves (bodies, customer ids): never below info
+    for name in ("aiokafka", "aiohttp"):
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
     return asyncio.run(intake.run())

@@ -98,3 +98,16 @@ def spawn_worker(broker: str, *, web_port: int, store: str = "memory://", data_d
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                             preexec_fn=die_with_parent)
+
+
+def spawn_intake(broker: str, *, port: int, write_keys: str, log_path: str | None = None, args: tuple = (),
+                 extra_env: dict | None = None) -> subprocess.Popen:
+    """Start ``journey intake`` as a child process (dies with its parent), taking the comma-separated
+    ``write_keys``."""
+    import sys
+
+    cmd = [sys.executable, "-m", "journey", "intake", "--broker", broker, "--port", str(port), *args]
+    env = {**os.environ, **(extra_env or {}), "JOURNEY_WRITE_KEYS": write_keys}
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            preexec_fn=die_with_parent)
