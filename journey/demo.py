@@ -1,10 +1,12 @@
 """``journey demo``: the whole live path on one machine, in accelerated time.
 
 An embedded broker (unless ``--broker``), the topics, one worker (a child
-process running ``journey worker``), and a feeder that publishes a synthetic
-population (visitors who abandon carts, loyal repeat buyers, customers with
-support trouble, promoters, detractors) with event times running
-``--speed`` times faster than the wall clock. Triggers and held-back
+process running ``journey worker``), the HTTP intake (a child process running
+``journey intake``), and a feeder that sends a synthetic population (visitors
+who abandon carts, loyal repeat buyers, customers with support trouble,
+promoters, detractors) through the intake with Segment's own Python SDK, as an
+app would, with event times running ``--speed`` times faster than the wall
+clock. Triggers and held-back
 triggers are printed as they appear on ``journey.triggers`` and
 ``journey.audit``. The example rule file runs experiments (holdouts on two rules),
 and the customers react to them through the reaction model of
@@ -20,13 +22,16 @@ arm by relationship stage. Ctrl-C stops the feeder, the worker and the broker.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import heapq
 import os
 import random
+import secrets
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 
 import orjson
@@ -35,9 +40,10 @@ from .core.timeutil import format_time, parse_time
 from .core.uplift import Tally
 from .examples import JOURNEYS
 from .history.synth import generate
+from .intake.segment import as_segment
 from .io import connection, topics
 from .io.kafka import bootstrap, ensure_topics
-from .live.broker import EmbeddedBroker, free_port, spawn_worker
+from .live.broker import EmbeddedBroker, free_port, spawn_intake, spawn_worker
 
 BOLD, DIM, RED, GREEN, YELLOW, RESET = "\033[1m", "\033[2m", "\033[31m", "\033[32m", "\033[33m", "\033[0m"
 
@@ -52,6 +58,7 @@ def run_demo(a) -> int:
     workdir = tempfile.mkdtemp(prefix="journey-demo-")
     broker = None
     worker = None
+    intake = None
     failed = False
     paint = _paint(sys.stdout.isatty())
     tally = Tally()
@@ -77,7 +84,13 @@ def run_demo(a) -> int:
         worker = spawn_worker(url, web_port=port, store="memory://", rules=a.rules or str(JOURNEYS),
                               data_dir=os.path.join(workdir, "data"), log_path=os.path.join(workdir, "worker.log"),
                               extra_env=env, args=args)
-        print(paint(DIM, f"broker {url} · worker health http://127.0.0.1:{port}/ready · logs in {workdir} "
+        a.write_key = secrets.token_urlsafe(18)
+        a.intake_port = free_port()
+        intake = spawn_intake(url, port=a.intake_port, write_keys=a.write_key, extra_env=env, args=args,
+                              log_path=os.path.join(workdir, "intake.log"))
+        _wait_ready(intake, a.intake_port)
+        print(paint(DIM, f"broker {url} · worker health http://127.0.0.1:{port}/ready · intake "
+                         f"http://127.0.0.1:{a.intake_port}/v1/batch (Segment's SDK) · logs in {workdir} "
                          "(removed at the end unless something failed)"))
         print(paint(DIM, f"feeding {a.customers} customers, {a.speed:,.0f}x real time; Ctrl-C to stop"), flush=True)
         print(paint(DIM, _HEADER), flush=True)
@@ -96,13 +109,14 @@ def run_demo(a) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(20)
-            except Exception:
-                worker.kill()
-                worker.wait(5)
+        for child in (intake, worker):
+            if child is not None and child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(20)
+                except Exception:
+                    child.kill()
+                    child.wait(5)
         if broker is not None:
             broker.stop()
         if failed:
@@ -169,18 +183,22 @@ async def _run(url: str, a, paint, worker, tally: Tally, reacts: Reacting | None
 
 
 async def _feed(url: str, a, counts: dict, stop: asyncio.Event, reacts: Reacting | None) -> None:
-    from aiokafka import AIOKafkaProducer
+    import segment.analytics as sa
 
     # the population's half year ends about now: events stamped ahead of the clock would be
     # dead-lettered as future_time (the worker trusts no clock ahead of its own)
     start = int(time.time() * 1000) - 200 * 86_400_000
     items = sorted(generate(a.customers, a.customers * 30, a.seed, start), key=lambda x: x[0])
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(url), linger_ms=5, **a.conn.client_options())
-    await producer.start()
+
+    def failed(_error, batch):
+        counts["not sent"] = counts.get("not sent", 0) + len(batch)
+    # as an app sends them: Segment's SDK, batches of up to 100 every 0.1 s, retried on 503 and 429
+    client = sa.Client(a.write_key, host=f"http://127.0.0.1:{a.intake_port}", upload_interval=0.1,
+                       on_error=failed)
     t0 = time.monotonic()
     pending = reacts.pending if reacts is not None else []
     try:
-        for ts, stream, rec in _merged(items, pending):
+        for ts, _stream, rec in _merged(items, pending):
             if stop.is_set():
                 break
             due = (ts - start) / 1000.0 / a.speed
@@ -189,12 +207,40 @@ async def _feed(url: str, a, counts: dict, stop: asyncio.Event, reacts: Reacting
                 await asyncio.sleep(wait)
             if reacts is not None:
                 reacts.now = ts
-            key = rec.get("customer_id") or rec.get("userId") or rec.get("anonymousId")
-            await producer.send(stream, orjson.dumps(rec), key=key.encode() if key else None, timestamp_ms=ts)
+            try:
+                sdk_send(client, as_segment(rec))
+            except Exception:  # a record the SDK refuses (the population's deliberately broken ones)
+                counts["not sent"] = counts.get("not sent", 0) + 1
+                continue
             counts["events"] += 1
+        # until the SDK has sent everything (its own thread: a Ctrl-C while it waits must not wait for it)
+        flushing = threading.Thread(target=client.flush, daemon=True)
+        flushing.start()
+        while flushing.is_alive():
+            await asyncio.sleep(0.1)
         counts["fed_at"] = time.monotonic()
     finally:
-        await producer.stop()
+        for consumer in client.consumers or ():
+            consumer.pause()  # its upload threads are daemons: stopping does not wait for their retries
+        atexit.unregister(client.join)  # (the SDK joins them at exit: a retry in backoff would hold the exit)
+
+
+def _wait_ready(proc, port: int, timeout: float = 60.0) -> None:
+    """Until the intake answers /ready (it waits for the broker itself); its exit ends the demo."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the intake stopped (exit code {proc.returncode}); see its log")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the intake was not ready within {timeout:.0f} s; see its log")
 
 
 def sdk_send(client, msg: dict) -> None:
@@ -311,8 +357,9 @@ def _audit_line(a: dict, paint, width: int | None = None) -> str:
 
 def _summary(counts: dict, reacts, paint) -> None:
     orders = f" · {reacts.orders:,} orders placed in reaction to experiments" if reacts is not None else ""
-    print(paint(BOLD, f"\n{counts['events']:,} events fed · {counts['triggers']:,} triggers · "
-                      f"{counts['held back']:,} held back or deferred{orders}"))
+    lost = f" · {counts['not sent']:,} the SDK could not send (see the intake's log)" if counts.get("not sent") else ""
+    print(paint(BOLD, f"\n{counts['events']:,} events sent through the intake · {counts['triggers']:,} triggers · "
+                      f"{counts['held back']:,} held back or deferred{orders}{lost}"))
 
 
 

@@ -54,7 +54,13 @@ def test_demo_shows_triggers_and_ctrl_c_leaves_nothing_behind(tmp_path):
         rest = b"".join(tail).decode()
         assert p.returncode == 0, rest[-2000:]
         # Ctrl-C still ends with the summary and the experiment report (or says why there is none yet)
-        assert "events fed" in rest and ("experiments:" in rest or "no experiment outcomes yet" in rest), rest[-2000:]
+        # the population went through `journey intake`, sent by Segment's SDK, none of it lost on the way
+        assert "(Segment's SDK)" in "".join(lines[:6]), "".join(lines[:6])
+        import re
+
+        sent = re.search(r"([\d,]+) events sent through the intake", rest)
+        assert sent and int(sent.group(1).replace(",", "")) > 0 and "could not send" not in rest, rest[-2000:]
+        assert ("experiments:" in rest or "no experiment outcomes yet" in rest), rest[-2000:]
         assert not (tmp_path / "journey-data").exists()  # the demo keeps nothing in the working directory
     finally:
         if p.poll() is None:
