@@ -19,6 +19,7 @@ import time
 import orjson
 import pytest
 from dispatch_support import Receiver
+from intake_support import Intake
 from kafka_security_proxy import SecuredKafka
 from live_support import multiset, read_topic, ready, stop_process, wait_for
 
@@ -182,6 +183,20 @@ def test_sasl_ssl_from_the_environment_with_each_mechanism(tmp_path, log_and_rep
             assert PASSWORD not in r.stdout + r.stderr
         got = read_topic(sk.bootstrap, topics.PURCHASES, **_security(sk, mechanism))
         assert len(got) > 100
+        # the HTTP intake with the same settings: a batch answered 200 is on the secured topic
+        it = Intake(sk.bootstrap, tmp_path, keys="wk", extra_env={**env, "JOURNEY_BROKER": ""})
+        try:
+            it.wait_ready()
+            batch = [{"type": "track", "userId": f"sec-{i}", "event": "Order Completed", "messageId": f"sec-{i}",
+                      "properties": {"order_id": f"o-{i}", "revenue": 5}} for i in range(20)]
+            assert it.post("/v1/batch", {"batch": batch}, key="wk")[:2] == \
+                (200, {"success": True, "accepted": 20, "rejected": 0})
+            ids = {orjson.loads(v).get("messageId") for _k, v, *_ in
+                   read_topic(sk.bootstrap, topics.PURCHASES, **_security(sk, mechanism))}
+            assert {m["messageId"] for m in batch} <= ids
+        finally:
+            assert it.stop() == 0, it.log.read_text()[-3000:]
+        assert PASSWORD not in it.log.read_text()
 
 
 def _fails_fast(args, env, needle, wait=20):
@@ -207,8 +222,9 @@ def test_failures_a_person_can_act_on(tmp_path):
                           JOURNEY_KAFKA_SSL_CAFILE=str(ca))
         # a wrong password: refused at once (no 20 s of retries)
         for cmd in (("topics", "create"), ("worker", "--web-port", str(free_port())),
-                    ("produce", os.devnull)):
-            _fails_fast((*cmd, "--broker", sk.bootstrap), sasl, "refused the SASL user name or password")
+                    ("produce", os.devnull), ("intake", "--port", str(free_port()))):
+            _fails_fast((*cmd, "--broker", sk.bootstrap), {**sasl, "JOURNEY_WRITE_KEYS": "k"},
+                        "refused the SASL user name or password")
         # a CA that did not sign the broker's certificate
         other = tmp_path / "other-ca.pem"
         plain_tls.ca.cert_pem.write_to_path(str(other))
