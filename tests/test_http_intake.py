@@ -302,3 +302,10 @@ def test_kafka_away_503_then_429_and_nothing_answered_200_is_lost(wire, tmp_path
         wait_for(lambda: request(it.port, "GET", "/ready")[0] == 200, 20, "ready again", every=0.3)
     finally:
         assert it.stop() == 0, it.log.read_text()[-3000:]
+
+
+def test_no_create_topics_on_a_cluster_without_them_says_what_to_do(broker, tmp_path):
+    it = Intake(broker, tmp_path, args=("--no-create-topics",))
+    assert it.proc.wait(60) == 1
+    out = it.log.read_text()
+    assert "journey topics create" in out and topics.CLICKSTREAM in out and "Traceback" not in out, out

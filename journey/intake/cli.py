@@ -11,7 +11,7 @@ DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 def cmd_intake(a) -> int:
     from ..io import connection
     from .keys import ENV, NoKeys, WriteKeys
-    from .service import Intake, run
+    from .service import Intake, MissingTopics, run
 
     path = a.write_keys or os.environ.get("JOURNEY_WRITE_KEYS_FILE")
     try:
@@ -32,7 +32,7 @@ def cmd_intake(a) -> int:
         return run(intake, a.loglevel or os.environ.get("JOURNEY_LOGLEVEL", "info"))
     except KeyboardInterrupt:
         return 0
-    except connection.KafkaConnectFailed as e:
+    except (connection.KafkaConnectFailed, MissingTopics) as e:
         print(f"journey intake: {e}", file=sys.stderr)
         return 1
     except OSError as e:

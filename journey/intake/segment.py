@@ -47,8 +47,9 @@ class BadRequest(Exception):
     """The whole request is refused with 400; the text names the problem, never the body's content."""
 
 
-def decode(body: bytes, encoding: str | None) -> dict:
-    """The request body as a JSON object. ``encoding``: the Content-Encoding header."""
+def decode(body: bytes, encoding: str | None) -> tuple[dict, int]:
+    """The request body as a JSON object, and its size decompressed. ``encoding``: the Content-Encoding
+    header."""
     if len(body) > MAX_COMPRESSED:
         raise BadRequest(f"the request body is over {MAX_REQUEST // 1024} KB")
     enc = (encoding or "identity").strip().lower()
@@ -66,7 +67,7 @@ def decode(body: bytes, encoding: str | None) -> dict:
         raise BadRequest("the body is not JSON") from None
     if not isinstance(d, dict):
         raise BadRequest("the body must be a JSON object")
-    return d
+    return d, len(body)
 
 
 def gunzip(data: bytes, limit: int) -> bytes:

@@ -80,6 +80,11 @@ class Intake:
                                          max_batch_size=1 << 20, max_request_size=8 << 20,
                                          **self.conn.client_options())
         await start_client(self.producer.start, broker_wait(), self.conn, self.broker)
+        missing = [t for t in (*topics.SOURCES, topics.DEADLETTER) if t not in await self._topics()]
+        if missing:
+            await self.producer.stop()
+            raise MissingTopics(f"the topic(s) {', '.join(missing)} do not exist: create them with `journey topics "
+                                f"create` (or start the intake without --no-create-topics)")
         self._up(True)
         self.metrics.write_keys.set(len(self.keys.keys))
         app = web.Application(client_max_size=segment.MAX_COMPRESSED)
@@ -124,6 +129,10 @@ class Intake:
         await self.stop()
         return 0
 
+    async def _topics(self) -> set:
+        md = await self.producer.client.fetch_all_metadata()
+        return set(md.topics())
+
     def _up(self, up: bool) -> None:
         if up != self.kafka_up:
             if up:
@@ -164,7 +173,12 @@ class Intake:
     def _handler(self, endpoint: str):
         async def handle(request: web.Request) -> web.Response:
             started = time.perf_counter()
-            status, body, headers = await self._handle(endpoint, request)
+            try:
+                status, body, headers = await self._handle(endpoint, request)
+            except Exception as e:  # noqa: BLE001 - a request, whatever it holds, is only answered (5xx: retried)
+                log.error("a request to /v1/%s failed inside the intake (%s); answered 500", endpoint,
+                          type(e).__name__)
+                status, body, headers = 500, _error("the intake failed on this request; retry"), {}
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
             return web.Response(status=status, body=orjson.dumps(body), headers={**headers, **CORS},
@@ -196,7 +210,7 @@ class Intake:
             held = len(raw)
             self._hold(held)
             try:
-                doc = segment.decode(raw, request.headers.get("Content-Encoding"))
+                doc, size = segment.decode(raw, request.headers.get("Content-Encoding"))
             except segment.BadRequest as e:
                 return 400, _error(str(e)), {}
             if user is None:
@@ -208,7 +222,7 @@ class Intake:
                 msgs, common = segment.messages(endpoint, doc)
             except segment.BadRequest as e:
                 return 400, _error(str(e)), {}
-            extra = len(raw) * 2    # decompressed JSON and the records made of it, roughly
+            extra = size * 2    # the decompressed JSON as objects, and the records made of them, roughly
             held += extra
             self._hold(extra)
             for i, m in enumerate(msgs):
@@ -260,6 +274,10 @@ class Intake:
                 rejected += 1
                 self.metrics.rejected.labels(r.rejected).inc()
         return 200, {"success": True, "accepted": accepted, "rejected": rejected}, {}
+
+
+class MissingTopics(Exception):
+    pass
 
 
 def _error(text: str) -> dict:
