@@ -12,7 +12,10 @@ within ``ack_timeout`` (or the producer cannot reach Kafka at all), ``503``
 with ``Retry-After``: the SDKs retry, and a message that reached Kafka anyway
 is a duplicate the worker recognises by ``messageId``. More than
 ``max_in_flight`` bytes of requests being worked on: ``429`` with
-``Retry-After``. Nothing of a write key or a body is logged or counted.
+``Retry-After``. Any other answer is ``{"success": false, "code": ..., "message": ...}`` (and
+``error``, the same text): Segment's shape, which the SDKs read (rudder-sdk-python takes an answer
+without ``code`` and ``message`` for a network failure and retries it, a wrong write key for minutes).
+Nothing of a write key or a body is logged or counted.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ RETRY_BUSY = 1        # seconds, Retry-After of a 429
 RETRY_KAFKA = 5       # seconds, Retry-After of a 503
 READ_TIMEOUT = 30.0   # seconds to send a request body
 PROBE_EVERY = 2.0     # seconds between two checks that Kafka answers
+# the ``code`` of an error answer, by status
+CODES = {400: "bad_request", 401: "invalid_write_key", 408: "request_timeout", 429: "too_many_requests",
+         500: "internal_error", 503: "unavailable"}
 CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, OPTIONS",
         "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
         "Access-Control-Max-Age": "86400"}
@@ -179,6 +185,8 @@ class Intake:
                 log.error("a request to /v1/%s failed inside the intake (%s); answered 500", endpoint,
                           type(e).__name__)
                 status, body, headers = 500, _error("the intake failed on this request; retry"), {}
+            if status != 200:
+                body["code"] = CODES.get(status, "error")
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
             return web.Response(status=status, body=orjson.dumps(body), headers={**headers, **CORS},
@@ -281,7 +289,7 @@ class MissingTopics(Exception):
 
 
 def _error(text: str) -> dict:
-    return {"success": False, "error": text}
+    return {"success": False, "error": text, "message": text}
 
 
 def _quiet(fut) -> None:
