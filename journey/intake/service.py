@@ -59,6 +59,7 @@ class Intake:
         self.conn = conn
         self.metrics = IntakeMetrics()
         self.metrics.in_flight_limit.set(max_in_flight)
+        self.metrics.write_keys.set_function(keys.count)   # read at each scrape: a rotation shows
         self.in_flight = 0
         self.kafka_up = False
         self.stopping = False
@@ -81,7 +82,6 @@ class Intake:
                                          **self.conn.client_options())
         await start_client(self.producer.start, broker_wait(), self.conn, self.broker)
         self._up(True)
-        self.metrics.write_keys.set(len(self.keys.keys))
         app = web.Application(client_max_size=segment.MAX_COMPRESSED)
         for name in segment.ENDPOINTS:
             app.router.add_post(f"/v1/{name}", self._handler(name))
