@@ -78,7 +78,7 @@ def _alert_names() -> list[str]:
 def test_alerts_cover_what_operators_need():
     names = set(_alert_names())
     assert {"JourneyWorkerDown", "JourneyConsumerLagGrowing", "JourneyNoEvents", "JourneyDeadLetterRate",
-            "JourneySuppressedShareSpike"} <= names
+            "JourneySuppressedShareSpike", "JourneyIntakeErrors", "JourneyIntakeKafkaDown"} <= names
     for r in _rules():
         if "alert" in r:
             assert r["labels"]["severity"] in ("warning", "critical")
