@@ -160,7 +160,18 @@ def test_grafana_provisioning_points_at_the_compose_services():
     assert grafana_mounts["./deploy/grafana/dashboards"] == prov["providers"][0]["options"]["path"]
     assert (ROOT / "deploy/grafana/provisioning").is_dir() and "./deploy/grafana/provisioning" in grafana_mounts
     assert any(v.startswith("./deploy/prometheus:/etc/prometheus") for v in compose["prometheus"]["volumes"])
-    assert {"kafka", "worker", "prometheus", "grafana", "kafka-ui"} <= set(compose)
+    assert {"kafka", "worker", "intake", "prometheus", "grafana", "kafka-ui"} <= set(compose)
+    # Prometheus finds the intake by its compose service name, on the port the service listens on
+    scrape = {j["job_name"]: j for j in yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())[
+        "scrape_configs"]}
+    sd = scrape["journey-intake"]["dns_sd_configs"][0]
+    intake = compose["intake"]
+    assert sd["names"] == ["intake"]
+    assert sd["port"] == int(intake["environment"]["JOURNEY_INTAKE_PORT"])
+    assert intake["environment"]["JOURNEY_INTAKE_HOST"] == "0.0.0.0"
+    assert f"127.0.0.1:{sd['port']}:{sd['port']}" in intake["ports"]
+    # the write key comes from the environment of `docker compose`, never from this file
+    assert intake["environment"]["JOURNEY_WRITE_KEYS"] == "${JOURNEY_WRITE_KEYS:-}"
     for name, svc in compose.items():
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
