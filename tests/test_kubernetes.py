@@ -26,6 +26,8 @@ MANIFESTS = sorted(p for p in K8S.glob("*.y*ml") if p != KUSTOMIZATION)
 NAME = re.compile(r"\bJOURNEY_[A-Z0-9_]*[A-Z0-9]\b")
 # variables whose value is a secret: only ever from a secretKeyRef (or a file, the *_FILE twins)
 SECRET_VARS = {"JOURNEY_KAFKA_SASL_PASSWORD", "JOURNEY_KAFKA_SSL_KEY_PASSWORD"}
+# the workloads, each checked by the parametrized tests below (a new one must be added here)
+WORKLOADS = [("StatefulSet", "journey-worker"), ("Deployment", "journey-dispatch")]
 
 
 @cache
@@ -221,20 +223,52 @@ def test_probes_and_scraping_point_at_the_port_the_environment_sets(workload, po
             assert {resolve(p.get("targetPort", p["port"])) for p in svc["spec"]["ports"]} == {port}
 
 
-def test_worker_is_a_non_root_statefulset_with_its_state_on_the_volume():
-    w = one("StatefulSet", "journey-worker")
+def test_the_parametrized_tests_cover_every_workload():
+    assert sorted((w["kind"], w["metadata"]["name"]) for w in workloads()) == sorted(WORKLOADS)
+
+
+def command_line(container: dict):
+    """The container's command as journey's own parser reads it (an unknown flag fails here)."""
+    from journey.cli import build_parser
+
+    command = container["command"]
+    assert command[0] == "journey", f"{container['name']}: {command}"
+    try:
+        return build_parser().parse_args([*command[1:], *container.get("args", [])])
+    except SystemExit:
+        pytest.fail(f"{container['name']}: journey does not take {command + container.get('args', [])}")
+
+
+@pytest.mark.parametrize("workload", WORKLOADS, ids=lambda w: w[1])
+def test_workload_runs_journey_as_the_images_non_root_user(workload):
+    w = one(*workload)
     spec = pod_spec(w)
     dockerfile = (ROOT / "Dockerfile").read_text()
     uid = int(re.search(r"useradd [^\n]*--uid (\d+)", dockerfile).group(1))
+    gid = int(re.search(r"groupadd [^\n]*--gid (\d+)", dockerfile).group(1))
     assert re.search(rf"^USER {uid}\b", dockerfile, re.M), "the image's USER is not the numeric UID"
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == uid != 0
-    assert spec["securityContext"]["fsGroup"]  # the volume is writable by the user
     for c in containers(w):
+        command_line(c)
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
         assert sc["capabilities"]["drop"] == ["ALL"]
         assert c["resources"]["requests"] and c["resources"]["limits"]
+    # a Secret's files belong to root; the user reads them through "other" bits, or the group bits
+    # when the pod's fsGroup owns them
+    for v in spec.get("volumes", []):
+        if "secret" in v:
+            mode = v["secret"].get("defaultMode", 0o644)
+            assert mode & 0o004 or (mode & 0o040 and spec["securityContext"].get("fsGroup") == gid), (
+                f"volume {v['name']}: mode {mode:o} without fsGroup {gid}: the user {uid} cannot read it")
+
+
+def test_worker_is_a_statefulset_with_its_state_on_the_volume():
+    w = one("StatefulSet", "journey-worker")
+    spec = pod_spec(w)
+    assert spec["securityContext"]["fsGroup"]  # the volume is writable by the user
     c = containers(w)[0]
     assert value(c, "JOURNEY_STORE").startswith("rocksdb://")
     data_dir = value(c, "JOURNEY_DATA_DIR")
