@@ -8,9 +8,11 @@ missing promtool is a failure, not a skip.
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from live_support import Worker, produce_log, read_topic, stop_process, wait_for
 
 from journey.history.synth import write_log
 from journey.io import topics
-from journey.live.broker import free_port
+from journey.live.broker import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -78,7 +80,7 @@ def _alert_names() -> list[str]:
 def test_alerts_cover_what_operators_need():
     names = set(_alert_names())
     assert {"JourneyWorkerDown", "JourneyConsumerLagGrowing", "JourneyNoEvents", "JourneyDeadLetterRate",
-            "JourneySuppressedShareSpike"} <= names
+            "JourneySuppressedShareSpike", "JourneyIntakeErrors", "JourneyIntakeKafkaDown"} <= names
     for r in _rules():
         if "alert" in r:
             assert r["labels"]["severity"] in ("warning", "critical")
@@ -120,7 +122,8 @@ def test_dashboard_loads_as_a_grafana_model_bound_to_the_pinned_datasource():
     panels = [p for p in model.panels if isinstance(p, Panel)]
     assert [r.title for r in rows] == ["Overview", "Latency and lag", "Event time: watermarks and timers",
                                        "Errors and dead letters", "Relationships (aggregates)", "Experiments",
-                                       "Webhook delivery (journey dispatch)", "Last replay or backfill"]
+                                       "HTTP intake", "Webhook delivery (journey dispatch)",
+                                       "Last replay or backfill"]
     ids = [p.id_val for p in model.panels]
     assert len(ids) == len(set(ids)) and None not in ids, "panel ids are unique"
     titles = [p.title for p in panels]
@@ -157,7 +160,18 @@ def test_grafana_provisioning_points_at_the_compose_services():
     assert grafana_mounts["./deploy/grafana/dashboards"] == prov["providers"][0]["options"]["path"]
     assert (ROOT / "deploy/grafana/provisioning").is_dir() and "./deploy/grafana/provisioning" in grafana_mounts
     assert any(v.startswith("./deploy/prometheus:/etc/prometheus") for v in compose["prometheus"]["volumes"])
-    assert {"kafka", "worker", "prometheus", "grafana", "kafka-ui"} <= set(compose)
+    assert {"kafka", "worker", "intake", "prometheus", "grafana", "kafka-ui"} <= set(compose)
+    # Prometheus finds the intake by its compose service name, on the port the service listens on
+    scrape = {j["job_name"]: j for j in yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())[
+        "scrape_configs"]}
+    sd = scrape["journey-intake"]["dns_sd_configs"][0]
+    intake = compose["intake"]
+    assert sd["names"] == ["intake"]
+    assert sd["port"] == int(intake["environment"]["JOURNEY_INTAKE_PORT"])
+    assert intake["environment"]["JOURNEY_INTAKE_HOST"] == "0.0.0.0"
+    assert f"127.0.0.1:{sd['port']}:{sd['port']}" in intake["ports"]
+    # the write key comes from the environment of `docker compose`, never from this file
+    assert intake["environment"]["JOURNEY_WRITE_KEYS"] == "${JOURNEY_WRITE_KEYS:-}"
     for name, svc in compose.items():
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
@@ -235,6 +249,48 @@ def _serve_dir(path: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
     return srv, srv.server_address[1]
 
 
+class _Intake:
+    """A ``journey intake`` child process on its own topic prefix, so what it writes stays away from the
+    worker's topics (and the worker's numbers checked below stay the worker's)."""
+
+    KEY = "test-write-key"
+    PREFIX = "intake-test."
+
+    def __init__(self, broker: str, tmp_path: Path):
+        self.port = free_port()
+        self.log = tmp_path / "intake.log"
+        env = {**os.environ, "JOURNEY_WRITE_KEYS": self.KEY, "JOURNEY_TOPIC_PREFIX": self.PREFIX}
+        self.proc = subprocess.Popen([sys.executable, "-m", "journey", "intake", "--broker", broker,
+                                      "--port", str(self.port)], env=env, stdout=open(self.log, "wb"),
+                                     stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ok():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"intake exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ready", timeout=2) as r:
+                    return json.loads(r.read()).get("ready")
+            except OSError:
+                return None
+        wait_for(ok, timeout, "the intake to be ready", every=0.3)
+
+    def post(self, endpoint: str, body: dict, key: str | None = KEY) -> tuple[int, dict]:
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/{endpoint}", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stop(self) -> int:
+        return stop_process(self.proc)
+
+
 # panels that may be empty here: the log has no quiet hours, and no dispatcher runs in this test
 # (tests/test_dispatch.py checks the dispatcher's own metrics)
 MAY_BE_EMPTY = {"Deferrals/s by reason", "Deliveries/s by endpoint and outcome", "Delivery latency",
@@ -253,9 +309,11 @@ def test_real_prometheus_scrapes_the_worker_and_evaluates_every_query(broker, tm
     srv, file_port = _serve_dir(textfiles)
 
     w = Worker(broker, tmp_path, idle="2s", rules=str(DEPLOY / "journeys.example.toml"))  # journeys on: their series too
+    intake = _Intake(broker, tmp_path)
     prom = None
     try:
         w.wait_ready()
+        intake.wait_ready()
         prom = _Prometheus(tmp_path, {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ALERTS)],
@@ -263,8 +321,22 @@ def test_real_prometheus_scrapes_the_worker_and_evaluates_every_query(broker, tm
                 {"job_name": "journey", "static_configs": [{"targets": [f"127.0.0.1:{w.port}"]}]},
                 {"job_name": "journey-replay", "metrics_path": "/journey_replay.prom",
                  "static_configs": [{"targets": [f"127.0.0.1:{file_port}"]}]},
+                {"job_name": "journey-intake", "static_configs": [{"targets": [f"127.0.0.1:{intake.port}"]}]},
             ],
         })
+        # the HTTP intake: a batch as the SDKs send it (one message no worker would take), a single call
+        # with the key in the body, and one with a key that is not valid
+        status, answer = intake.post("batch", {"batch": [
+            {"type": "track", "event": "Order Completed", "userId": "http-1", "messageId": "h-1",
+             "properties": {"order_id": "o-h1", "revenue": 12.5}},
+            {"type": "identify", "userId": "http-1", "messageId": "h-2", "traits": {"timezone": "UTC"}},
+            {"type": "page", "anonymousId": "visitor-h", "messageId": "h-3", "name": "Pricing"},
+            {"type": "track", "event": "Order Completed", "messageId": "h-4"}]})   # no user: dead-lettered
+        assert (status, answer) == (200, {"success": True, "accepted": 3, "rejected": 1}), answer
+        status, answer = intake.post("track", {"writeKey": _Intake.KEY, "userId": "http-2", "event": "Signed Up"},
+                                     key=None)
+        assert (status, answer["accepted"]) == (200, 1), answer
+        assert intake.post("track", {"userId": "http-3", "event": "Signed Up"}, key="not-a-key")[0] == 401
         produce_log(broker, log)
         triggers = wait_for(lambda: (n := len(read_topic(broker, topics.TRIGGERS, idle_ms=500))) > 0 and n, 90,
                             "triggers")
@@ -272,6 +344,9 @@ def test_real_prometheus_scrapes_the_worker_and_evaluates_every_query(broker, tm
         with urllib.request.urlopen(f"http://127.0.0.1:{w.port}/metrics", timeout=5) as r:
             exposition = r.read()
         lint = promtool("check", "metrics", stdin=exposition)
+        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), (lint.stdout + lint.stderr).decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{intake.port}/metrics", timeout=5) as r:  # and the intake's
+            lint = promtool("check", "metrics", stdin=r.read())
         assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), (lint.stdout + lint.stderr).decode()
 
         # enough scrapes for rates over 30 s, with the worker settled
@@ -300,6 +375,16 @@ def test_real_prometheus_scrapes_the_worker_and_evaluates_every_query(broker, tm
         assert scalar("sum(journey_replay_triggers)") == len((tmp_path / "r.jsonl").read_bytes().splitlines())
         assert scalar("sum(journey_deadletters_total)") == len(read_topic(broker, topics.DEADLETTER, idle_ms=300)) > 0
         assert scalar('sum(up{job="journey"})') == 1
+        # ... and the intake's are what it answered and wrote
+        assert scalar('sum(up{job="journey-intake"})') == 1 == scalar("min(journey_intake_kafka_up)")
+        assert scalar("sum(journey_intake_messages_accepted_total)") == 4
+        assert scalar('sum(journey_intake_messages_accepted_total{topic="intake-test.journey.purchases"})') == 1
+        assert scalar("sum(journey_intake_messages_rejected_total)") == 1 == len(
+            read_topic(broker, _Intake.PREFIX + topics.DEADLETTER, idle_ms=300))
+        assert scalar('sum(journey_intake_requests_total{status="401"})') == 1
+        assert scalar('sum(journey_intake_requests_total{status=~"2.."})') == 2
+        assert scalar("max(journey_intake_bytes_in_flight_limit)") == 64 << 20
+        assert scalar("max(journey_intake_write_keys)") == 1
 
         # every alert and recording rule evaluates without error in Prometheus itself
         for r in _rules():
@@ -315,9 +400,12 @@ def test_real_prometheus_scrapes_the_worker_and_evaluates_every_query(broker, tm
         for r in rules:
             assert r["health"] == "ok", (r["name"], r.get("lastError"))
         firing = {r["name"] for r in rules if r.get("type") == "alerting" and r["state"] != "inactive"}
-        assert not firing & {"JourneyWorkerDown", "JourneyNoWorkers"}, firing
+        assert not firing & {"JourneyWorkerDown", "JourneyNoWorkers", "JourneyIntakeErrors",
+                             "JourneyIntakeKafkaDown"}, firing
     finally:
         if prom:
             prom.stop()
         srv.shutdown()
-        assert w.stop() == 0, w.log.read_text()[-3000:]
+        stopped = intake.stop(), w.stop()
+        assert stopped[0] == 0, intake.log.read_text()[-3000:]
+        assert stopped[1] == 0, w.log.read_text()[-3000:]

@@ -25,7 +25,9 @@ KUSTOMIZATION = K8S / "kustomization.yaml"
 MANIFESTS = sorted(p for p in K8S.glob("*.y*ml") if p != KUSTOMIZATION)
 NAME = re.compile(r"\bJOURNEY_[A-Z0-9_]*[A-Z0-9]\b")
 # variables whose value is a secret: only ever from a secretKeyRef (or a file, the *_FILE twins)
-SECRET_VARS = {"JOURNEY_KAFKA_SASL_PASSWORD", "JOURNEY_KAFKA_SSL_KEY_PASSWORD"}
+SECRET_VARS = {"JOURNEY_KAFKA_SASL_PASSWORD", "JOURNEY_KAFKA_SSL_KEY_PASSWORD", "JOURNEY_WRITE_KEYS"}
+# the workloads, each checked by the parametrized tests below (a new one must be added here)
+WORKLOADS = [("StatefulSet", "journey-worker"), ("Deployment", "journey-dispatch"), ("Deployment", "journey-intake")]
 
 
 @cache
@@ -159,7 +161,7 @@ def test_paths_in_the_environment_are_mounted():
         for c in containers(w):
             env = environment(c)
             for name in ("JOURNEY_RULES", "JOURNEY_DISPATCH_CONFIG", "JOURNEY_KAFKA_SASL_PASSWORD_FILE",
-                         "JOURNEY_KAFKA_SSL_CAFILE", "JOURNEY_KAFKA_CONFIG"):
+                         "JOURNEY_KAFKA_SSL_CAFILE", "JOURNEY_KAFKA_CONFIG", "JOURNEY_WRITE_KEYS_FILE"):
                 if name in env:
                     volume, key = mounted_file(w, c, value(c, name))
                     source = volume.get("configMap") or volume.get("secret")
@@ -194,6 +196,7 @@ def test_the_rule_file_and_the_dispatch_config_are_ones_journey_accepts(tmp_path
 @pytest.mark.parametrize("workload, port_var, host_var", [
     (("StatefulSet", "journey-worker"), "JOURNEY_WEB_PORT", "JOURNEY_WEB_HOST"),
     (("Deployment", "journey-dispatch"), "JOURNEY_DISPATCH_WEB_PORT", "JOURNEY_DISPATCH_WEB_HOST"),
+    (("Deployment", "journey-intake"), "JOURNEY_INTAKE_PORT", "JOURNEY_INTAKE_HOST"),
 ])
 def test_probes_and_scraping_point_at_the_port_the_environment_sets(workload, port_var, host_var):
     w = one(*workload)
@@ -221,20 +224,52 @@ def test_probes_and_scraping_point_at_the_port_the_environment_sets(workload, po
             assert {resolve(p.get("targetPort", p["port"])) for p in svc["spec"]["ports"]} == {port}
 
 
-def test_worker_is_a_non_root_statefulset_with_its_state_on_the_volume():
-    w = one("StatefulSet", "journey-worker")
+def test_the_parametrized_tests_cover_every_workload():
+    assert sorted((w["kind"], w["metadata"]["name"]) for w in workloads()) == sorted(WORKLOADS)
+
+
+def command_line(container: dict):
+    """The container's command as journey's own parser reads it (an unknown flag fails here)."""
+    from journey.cli import build_parser
+
+    command = container["command"]
+    assert command[0] == "journey", f"{container['name']}: {command}"
+    try:
+        return build_parser().parse_args([*command[1:], *container.get("args", [])])
+    except SystemExit:
+        pytest.fail(f"{container['name']}: journey does not take {command + container.get('args', [])}")
+
+
+@pytest.mark.parametrize("workload", WORKLOADS, ids=lambda w: w[1])
+def test_workload_runs_journey_as_the_images_non_root_user(workload):
+    w = one(*workload)
     spec = pod_spec(w)
     dockerfile = (ROOT / "Dockerfile").read_text()
     uid = int(re.search(r"useradd [^\n]*--uid (\d+)", dockerfile).group(1))
+    gid = int(re.search(r"groupadd [^\n]*--gid (\d+)", dockerfile).group(1))
     assert re.search(rf"^USER {uid}\b", dockerfile, re.M), "the image's USER is not the numeric UID"
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == uid != 0
-    assert spec["securityContext"]["fsGroup"]  # the volume is writable by the user
     for c in containers(w):
+        command_line(c)
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
         assert sc["capabilities"]["drop"] == ["ALL"]
         assert c["resources"]["requests"] and c["resources"]["limits"]
+    # a Secret's files belong to root; the user reads them through "other" bits, or the group bits
+    # when the pod's fsGroup owns them
+    for v in spec.get("volumes", []):
+        if "secret" in v:
+            mode = v["secret"].get("defaultMode", 0o644)
+            assert mode & 0o004 or (mode & 0o040 and spec["securityContext"].get("fsGroup") == gid), (
+                f"volume {v['name']}: mode {mode:o} without fsGroup {gid}: the user {uid} cannot read it")
+
+
+def test_worker_is_a_statefulset_with_its_state_on_the_volume():
+    w = one("StatefulSet", "journey-worker")
+    spec = pod_spec(w)
+    assert spec["securityContext"]["fsGroup"]  # the volume is writable by the user
     c = containers(w)[0]
     assert value(c, "JOURNEY_STORE").startswith("rocksdb://")
     data_dir = value(c, "JOURNEY_DATA_DIR")
@@ -259,6 +294,38 @@ def test_worker_scaling_stopping_and_disruptions():
     pdbs = [d for d in docs() if d["kind"] == "PodDisruptionBudget"
             and d["spec"]["selector"]["matchLabels"].items() <= labels.items()]
     assert len(pdbs) == 1 and pdbs[0]["spec"]["maxUnavailable"] == 1
+
+
+def test_intake_rotates_write_keys_stops_in_time_and_leaves_topics_to_the_worker():
+    w = one("Deployment", "journey-intake")
+    spec = pod_spec(w)
+    c = containers(w)[0]
+    a = command_line(c)
+    # the keys: a file from a Secret, mounted whole (a subPath mount never sees the Secret change, so a
+    # rotated key would wait for a restart); never a value in the manifests
+    path = value(c, "JOURNEY_WRITE_KEYS_FILE")
+    volume, key = mounted_file(w, c, path)
+    assert "secret" in volume and key in {i["path"] for i in volume["secret"].get("items", [{"path": key}])}
+    mount = next(m for m in c["volumeMounts"] if m["name"] == volume["name"])
+    assert "subPath" not in mount and "subPathExpr" not in mount and mount.get("readOnly") is True
+    assert "JOURNEY_WRITE_KEYS" not in environment(c)
+    # SIGTERM: the requests being worked on wait up to the ack timeout for Kafka, after the preStop pause
+    pause = 0
+    if "lifecycle" in c:
+        command = c["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and len(command) == 2
+        pause = float(command[1])
+    assert spec["terminationGracePeriodSeconds"] > pause + a.ack_timeout
+    # topics: created by the worker with its partitions and replication, not by the intake (one replica)
+    assert a.no_create_topics, "the intake would create missing topics with a replication factor of 1"
+    # two replicas, one of them kept through a drain, and a Service in front of them
+    assert w["spec"]["replicas"] == 2
+    labels = w["spec"]["template"]["metadata"]["labels"]
+    pdbs = [d for d in docs() if d["kind"] == "PodDisruptionBudget"
+            and d["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+    assert len(pdbs) == 1 and pdbs[0]["spec"]["maxUnavailable"] == 1
+    services = [d for d in docs() if d["kind"] == "Service" and d["spec"]["selector"].items() <= labels.items()]
+    assert [s["metadata"]["name"] for s in services] == ["journey-intake"]
 
 
 def test_no_secret_value_is_inline():

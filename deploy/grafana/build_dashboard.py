@@ -93,7 +93,8 @@ class Board:
             "uid": UID,
             "title": "journey",
             "description": "Live journey workers: intake, triggers and the contact policy, latency and lag, "
-                           "event-time watermarks, errors, relationship aggregates, and the last replay.",
+                           "event-time watermarks, errors, relationship aggregates, the HTTP intake, webhook "
+                           "delivery, and the last replay.",
             "tags": ["journey", "kafka", "triggers"],
             "timezone": "utc",
             "editable": True,
@@ -236,6 +237,39 @@ def dashboard() -> dict:
     b.series("Converted value/s by rule and arm",
              [q(rate("journey_experiment_converted_value_total", "rule, arm"), "{{rule}} {{arm}}")], "short",
              "Revenue of converting goal events per second, by arm")
+
+    b.row("HTTP intake")
+    requests = "journey_intake_requests_total"
+    # the status class as a label: "2", "4", "5" (the legend adds "xx")
+    by_class = f'label_replace(rate({requests}[{RATE}]), "class", "$1", "status", "([0-9])..")'
+    b.series("Intake requests/s by endpoint and status class",
+             [q(f"sum by (endpoint, class) ({by_class})", "{{endpoint}} {{class}}xx")], "reqps",
+             "HTTP requests to `journey intake` by endpoint (track, identify, page, screen, group, alias, batch, "
+             "import) and answer class: 2xx only once Kafka acknowledged every message; 4xx a bad body (400), "
+             "no valid write key (401), a body not sent in time (408) or too many bytes in flight (429); 5xx "
+             "Kafka did not acknowledge in time (503, the SDKs retry)", stack=True)
+    b.series("Intake messages accepted/s by topic",
+             [q(rate("journey_intake_messages_accepted_total", "topic"), "{{topic}}")], "ops",
+             "Messages written to a source topic and acknowledged by Kafka", stack=True)
+    b.series("Intake messages rejected/s by reason",
+             [q(rate("journey_intake_messages_rejected_total", "reason"), "{{reason}}"),
+              q(rate("journey_intake_messages_unacknowledged_total"), "unacknowledged (503, retried)")], "ops",
+             "Messages the worker would reject, written to journey.deadletter with their reason; and messages of "
+             "requests answered 503, which the senders send again")
+    lat = "journey_intake_request_seconds"
+    b.series("Intake request latency", [q(quantile(0.5, lat), "p50"), q(quantile(0.99, lat), "p99")], "s",
+             "A request's arrival to its answer, Kafka's acknowledgement (acks=all) included; a p99 near the "
+             "ack timeout (--ack-timeout, 5 s) means 503s")
+    b.series("Intake bytes in flight",
+             [q("max by (instance) (journey_intake_bytes_in_flight)", "{{instance}}"),
+              q("max(journey_intake_bytes_in_flight_limit)", "limit (429 beyond)")], "bytes",
+             "Bytes of requests read and not yet answered, per intake, against the limit beyond which new "
+             "requests get 429 with Retry-After (--max-in-flight)")
+    b.series("Intake up and Kafka reachable",
+             [q("max by (instance) (journey_intake_kafka_up)", "Kafka up: {{instance}}"),
+              q('max by (instance) (up{job="journey-intake"})', "scraped: {{instance}}")], "short",
+             "1 while Kafka answers the intake's producer; 0: every request gets 503 and /ready is 503. "
+             "'scraped' is Prometheus reaching the intake's /metrics (job journey-intake)")
 
     b.row("Webhook delivery (journey dispatch)")
     b.series("Deliveries/s by endpoint and outcome",

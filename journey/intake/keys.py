@@ -56,6 +56,11 @@ class WriteKeys:
         except OSError:
             pass  # a file being replaced: keep the keys read last
 
+    def count(self) -> int:
+        """How many keys are valid now (the file read again if it changed): for the metric, never the keys."""
+        self._refresh()
+        return len(self.keys)
+
     def valid(self, key) -> bool:
         if not isinstance(key, str) or not key:
             return False

@@ -65,6 +65,7 @@ class Intake:
         self.conn = conn
         self.metrics = IntakeMetrics()
         self.metrics.in_flight_limit.set(max_in_flight)
+        self.metrics.write_keys.set_function(keys.count)   # read at each scrape: a rotation shows
         self.in_flight = 0
         self.kafka_up = False
         self.stopping = False
@@ -92,7 +93,6 @@ class Intake:
             raise MissingTopics(f"the topic(s) {', '.join(missing)} do not exist: create them with `journey topics "
                                 f"create` (or start the intake without --no-create-topics)")
         self._up(True)
-        self.metrics.write_keys.set(len(self.keys.keys))
         app = web.Application(client_max_size=segment.MAX_COMPRESSED)
         for name in segment.ENDPOINTS:
             app.router.add_post(f"/v1/{name}", self._handler(name))
