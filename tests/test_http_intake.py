@@ -210,6 +210,30 @@ def test_a_gzip_bomb_costs_no_memory(site):
     assert site.proc.poll() is None
 
 
+def test_requests_shaped_as_the_browser_sdk_sends_them(site):
+    """analytics.js (@segment/analytics-next), as its source reads: one call to <apiHost>/<first letter of
+    the type>, batches to <apiHost>/b, the write key in the body, text/plain (no CORS preflight)."""
+    plain = {"Content-Type": "text/plain"}
+    call = {"type": "track", "event": "Product Viewed", "anonymousId": "br-anon-1", "messageId": "br-t",
+            "timestamp": "2026-03-01T10:00:00.000Z", "properties": {"product_id": "p-7"},
+            "context": {"page": {"path": "/p/7"}, "userAgent": "Mozilla/5.0"}, "writeKey": SECRET_KEYS[0],
+            "sentAt": "2026-03-01T10:00:00.100Z", "_metadata": {"bundled": ["Segment.io"]}}
+    assert site.post("/v1/t", call, key=None, headers=plain)[:2] == (200, {"success": True, "accepted": 1,
+                                                                          "rejected": 0})
+    page = {**call, "type": "page", "messageId": "br-p", "name": "Product"}
+    del page["event"]
+    ident = {"type": "identify", "userId": "br-user-1", "anonymousId": "br-anon-1", "messageId": "br-i",
+             "traits": {"timezone": "Europe/Paris"}, "timestamp": "2026-03-01T10:01:00.000Z"}
+    body = {"writeKey": SECRET_KEYS[0], "sentAt": "2026-03-01T10:01:00.500Z", "batch": [page, ident]}
+    assert site.post("/v1/b", body, key=None, headers=plain)[:2] == (200, {"success": True, "accepted": 2,
+                                                                          "rejected": 0})
+    got = _records(site.broker, topics.CLICKSTREAM)
+    assert got["br-t"][1] == b"br-anon-1" and got["br-i"][1] == b"br-user-1" and got["br-p"][2]["type"] == "page"
+    assert "writeKey" not in got["br-t"][2]
+    status, _b, hdrs = request(site.port, "OPTIONS", "/v1/t")
+    assert status == 204 and hdrs["access-control-allow-origin"] == "*"
+
+
 def test_health_ready_metrics_and_cors(site):
     assert request(site.port, "GET", "/health")[:2] == (200, {"status": "ok"})
     status, body, _h = request(site.port, "GET", "/ready")
@@ -282,7 +306,7 @@ def test_kafka_away_503_then_429_and_nothing_answered_200_is_lost(wire, tmp_path
         time.sleep(0.3)
         status, answer, hdrs = post(it.port, "/v1/batch", {"batch": [{"type": "track", "userId": "away-busy",
                                                                       "event": "x", "messageId": "away-busy"}]})
-        assert (status, hdrs.get("retry-after")) == (429, "1"), (status, answer)
+        assert (status, hdrs.get("retry-after"), hdrs.get("x-ratelimit-reset")) == (429, "1", "1"), (status, answer)
         waiting.join(20)
         assert slow["r"][0] == 503 and slow["r"][2]["retry-after"] == "5"
         wire.wait_over(20)

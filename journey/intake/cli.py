@@ -46,8 +46,8 @@ def add_commands(sub) -> None:
     d = sub.add_parser(
         "intake", help="take events over HTTP from Segment and RudderStack SDKs (Segment's Tracking API)",
         description="Serve Segment's HTTP Tracking API (POST /v1/track, /v1/identify, /v1/page, /v1/screen, "
-                    "/v1/group, /v1/alias, /v1/batch, /v1/import) so any Segment or RudderStack SDK can point at "
-                    "it. A request authenticates with a write key (HTTP Basic user name, or 'writeKey' in the "
+                    "/v1/group, /v1/alias, /v1/batch, /v1/import, and analytics.js's /v1/t, /p, /i, /s, /g, /a, /b) "
+                    "so Segment's and RudderStack's SDKs can point at it. A request authenticates with a write key (HTTP Basic user name, or 'writeKey' in the "
                     "body); bodies may be gzip; over 32 KB a message, over 500 KB a request: 400. Each message is "
                     "checked as the worker checks it: valid ones go to the source topic of their type keyed by "
                     "userId (else anonymousId), invalid ones to journey.deadletter. The answer is 200 only once "

@@ -41,6 +41,9 @@ MAX_COMPRESSED = MAX_REQUEST + 16 * 1024   # bytes of a body as sent (gzip of in
 CALLS = ("track", "identify", "page", "screen", "group", "alias")
 BATCHES = ("batch", "import")
 ENDPOINTS = CALLS + BATCHES
+# Segment's browser SDK (analytics.js, @segment/analytics-next) posts to <apiHost>/<the type's first letter>,
+# and its batching delivery to <apiHost>/b: the same endpoints under those names
+BROWSER = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias", "b": "batch"}
 
 
 class BadRequest(Exception):

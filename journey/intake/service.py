@@ -94,9 +94,9 @@ class Intake:
                                 f"create` (or start the intake without --no-create-topics)")
         self._up(True)
         app = web.Application(client_max_size=segment.MAX_COMPRESSED)
-        for name in segment.ENDPOINTS:
-            app.router.add_post(f"/v1/{name}", self._handler(name))
-            app.router.add_route("OPTIONS", f"/v1/{name}", self._preflight)
+        for path, name in [*((n, n) for n in segment.ENDPOINTS), *segment.BROWSER.items()]:
+            app.router.add_post(f"/v1/{path}", self._handler(name))
+            app.router.add_route("OPTIONS", f"/v1/{path}", self._preflight)
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
@@ -205,7 +205,9 @@ class Intake:
         if length is not None and length > segment.MAX_COMPRESSED:
             return 400, _error(f"the request body is over {segment.MAX_REQUEST // 1024} KB"), {"Connection": "close"}
         if self.in_flight + (length or 0) > self.max_in_flight and self.in_flight > 0:
-            return 429, _error("too many bytes in flight; retry later"), {"Retry-After": str(RETRY_BUSY)}
+            # (analytics.js waits X-RateLimit-Reset seconds, the other SDKs Retry-After)
+            return 429, _error("too many bytes in flight; retry later"), {"Retry-After": str(RETRY_BUSY),
+                                                                           "X-RateLimit-Reset": str(RETRY_BUSY)}
         held = 0
         try:
             try:
