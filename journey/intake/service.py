@@ -266,7 +266,7 @@ class Intake:
                 if not f.done():
                     f.add_done_callback(_quiet)
             self.metrics.unacknowledged.inc(len(records))
-            log.warning("a request of %d message(s) was answered 503: Kafka did not acknowledge it within %.1f s "
+            log.warning("a request of %d message(s) was answered 503: Kafka did not acknowledge it within %g s "
                         "(%s)", len(records), self.ack_timeout, type(e).__name__)
             return 503, _error("Kafka did not acknowledge the messages in time; retry"), \
                 {"Retry-After": str(RETRY_KAFKA)}
