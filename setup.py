@@ -23,7 +23,7 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-CORE = ["journey/core/*.py", "journey/core/rules/*.py"]
+CORE = ["journey/core/*.py", "journey/core/rules/*.py", "journey/core/journeys/*.py"]
 
 
 def _say(message: str) -> None:

@@ -20,6 +20,7 @@ from importlib.machinery import EXTENSION_SUFFIXES as _EXT
 from importlib.util import spec_from_file_location as _spec_at
 
 _CORE = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "core")
+_SUBPACKAGES = ("rules", "journeys")   # the core's packages (setup.py compiles their modules too)
 
 
 def _compiled_beside(source: str) -> str | None:
@@ -37,7 +38,7 @@ def _why_pure() -> str | None:
     if not _os.path.exists(_os.path.join(_os.path.dirname(_os.path.dirname(_CORE)), "setup.py")):
         return None  # an installed package: its files are what was built
     # a source checkout: a module edited after the build would run stale compiled code; run all of it pure
-    for folder in (_CORE, _os.path.join(_CORE, "rules")):
+    for folder in (_CORE, *(_os.path.join(_CORE, sub) for sub in _SUBPACKAGES)):
         for name in _os.listdir(folder):
             if name.endswith(".py") and name != "__init__.py":
                 source = _os.path.join(folder, name)
@@ -72,7 +73,8 @@ def core_mode() -> str:
     import importlib
 
     modules = []
-    for folder, package in ((_CORE, "journey.core"), (_os.path.join(_CORE, "rules"), "journey.core.rules")):
+    for folder, package in ((_CORE, "journey.core"),
+                            *((_os.path.join(_CORE, sub), f"journey.core.{sub}") for sub in _SUBPACKAGES)):
         modules += [f"{package}.{n[:-3]}" for n in sorted(_os.listdir(folder))
                     if n.endswith(".py") and n != "__init__.py"]
     compiled = [m for m in modules if not importlib.import_module(m).__file__.endswith(".py")]

@@ -27,7 +27,7 @@ from journey.history.synth import write_log
 ROOT = Path(journey.__file__).resolve().parent.parent
 EXAMPLE = ROOT / "journey" / "examples" / "journeys.example.toml"
 COMPILED = journey.core_mode().startswith("compiled")
-MODULES = sum(1 for d in ("core", "core/rules") for f in (ROOT / "journey" / d).glob("*.py") if f.name != "__init__.py")
+MODULES = sum(1 for d in ("core", "core/rules", "core/journeys") for f in (ROOT / "journey" / d).glob("*.py") if f.name != "__init__.py")
 needs_build = pytest.mark.skipif(not COMPILED, reason=f"core: {journey.core_mode()}")
 
 

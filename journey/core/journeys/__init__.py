@@ -23,12 +23,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from . import health, policy
-from .catalog import TYPES
-from .celfast import Fallback, compile_fast
-from .params import Param, section, suggest
-from .rules.base import PRIORITIES, RECOGNITION, RECOVERY, Rule
-from .timeutil import format_time
+from .. import health, policy
+from ..catalog import TYPES
+from ..celfast import Fallback, compile_fast
+from ..params import Param, section, suggest
+from ..rules.base import PRIORITIES, RECOGNITION, RECOVERY, Rule
+from ..timeutil import format_time
 
 MAX_OPEN = 20        # open instances per customer and journey
 MAX_KEYS = 200       # starts remembered per customer and journey (for reenter / enter once)
