@@ -1,0 +1,254 @@
+"""A journey of one shape (domain.md section 6): immediate, absence, sequence or count, compiled
+from its table, listening only to its own event types, firing through the engine's contact
+policy."""
+
+from __future__ import annotations
+
+from ..catalog import TYPES
+from ..params import section, suggest
+from ..rules.base import RECOVERY, Rule
+from .conditions import _PROP_REF, Compiled, _show, _template, customer_snapshot
+from .instances import MAX_KEYS, Instances
+from .settings import _STRS, SETTINGS
+
+
+class Journey(Instances, Rule):
+    """One ``[journeys.NAME]`` table, compiled."""
+
+    def __init__(self, name: str, spec: dict, problems: list, warnings: list):
+        self.name = name
+        where = f"journeys.{name}"
+        given = dict(spec) if isinstance(spec, dict) else spec
+        if isinstance(given, dict):
+            for k in _STRS:  # a type or a list of types
+                if isinstance(given.get(k), str):
+                    given[k] = [given[k]]
+        before = len(problems)
+        p = section(SETTINGS, given, where, problems)
+        self.p = p
+        if isinstance(given, dict):
+            if "kind" not in given:
+                problems.append(f"{where}.kind: missing (recovery or recognition)")
+            if not given.get("entry"):
+                problems.append(f"{where}.entry: missing (the event type, or types, that start it)")
+        self.kind = p.kind or RECOVERY
+        # reenter: None when not written (each customer and key enters once); a written duration,
+        # 0s included, lets a new instance start that long after the previous one started
+        self.reenter = p.reenter if isinstance(given, dict) and "reenter" in given else None
+        self.transactional = p.transactional
+        self.default_priority = p.priority
+        self.default_offer = p.offer
+        shape = self._shape_of(given if isinstance(given, dict) else {})
+        self.summary = f"user journey ({shape})"
+        self.shape = shape
+        if shape == "several":
+            problems.append(f"{where}: more than one shape: use wait/exit (absence), then/within (sequence) "
+                            "or count/within (count), or none of them (immediate)")
+        if shape == "within":
+            problems.append(f"{where}.within: a window needs then (a sequence) or count (a count)")
+        if shape == "absence" and p.wait <= 0:
+            problems.append(f"{where}.wait: must be longer than 0s")
+        if shape == "absence" and not p.exit:
+            problems.append(f"{where}.exit: an absence journey needs the event type(s) that end it")
+        if shape in ("sequence", "count") and p.within <= 0:
+            problems.append(f"{where}.within: a {shape} journey needs a window longer than 0s")
+        if shape == "count" and p.count < 2:
+            problems.append(f"{where}.count: must be at least 2, got {p.count}")
+        if shape != "absence" and (given.get("exit_if") if isinstance(given, dict) else None):
+            problems.append(f"{where}.exit_if: only for an absence journey (wait/exit)")
+        if shape != "sequence" and (given.get("then_if") if isinstance(given, dict) else None):
+            problems.append(f"{where}.then_if: only for a sequence journey (then/within)")
+        for setting in _STRS:
+            for t in getattr(p, setting):
+                if t not in TYPES:
+                    warnings.append(f"{where}.{setting}: {t!r} is not a known event type{suggest(t, TYPES)} "
+                                    "(unknown types are legal input, so this is only a warning)")
+        cond_if = getattr(p, "if")
+        self.cond_if = Compiled(cond_if, f"{where}.if", problems) if cond_if else None
+        self.cond_exit = Compiled(p.exit_if, f"{where}.exit_if", problems) if p.exit_if else None
+        self.cond_then = Compiled(p.then_if, f"{where}.then_if", problems) if p.then_if else None
+        self.cond_when = Compiled(p.when, f"{where}.when", problems) if p.when else None
+        reason = p.reason or self._default_reason()
+        self.reason_t = _template(reason, f"{where}.reason", problems)
+        self.offer_t = {}
+        for k, v in p.offer.items():
+            if isinstance(v, str):
+                self.offer_t[k] = _template(v, f"{where}.offer.{k}", problems)
+        # the props an instance keeps of its entry (and then) event: only those the expressions name
+        texts = [cond_if, p.when, reason] + [v for v in p.offer.values() if isinstance(v, str)]
+        self.keep = sorted({a or b for t in texts for a, b in _PROP_REF.findall(t or "")})
+        self.wants_customer = (self.cond_when is not None and self.cond_when.customer) or any(
+            isinstance(part, tuple) and part[0] == "cel" and part[1].customer
+            for parts in [self.reason_t or [], *[t or [] for t in self.offer_t.values()]] for part in parts)
+        self.raw_wait = spec.get("wait") if isinstance(spec, dict) else None
+        self.raw_within = spec.get("within") if isinstance(spec, dict) else None
+        self.events = tuple(dict.fromkeys([*p.entry, *p.exit, *p.then]))
+        self.entry_types = frozenset(p.entry)
+        self.exit_types = frozenset(p.exit)
+        self.then_types = frozenset(p.then)
+        self.ok = len(problems) == before
+
+    @staticmethod
+    def _shape_of(given: dict) -> str:
+        shapes = [s for s, keys in (("absence", ("wait", "exit")), ("sequence", ("then",)), ("count", ("count",)))
+                  if any(k in given for k in keys)]
+        if len(shapes) > 1:
+            return "several"
+        if not shapes and "within" in given:
+            return "within"  # within alone names no shape
+        return shapes[0] if shapes else "immediate"
+
+    def _default_reason(self) -> str:
+        return {"immediate": "{event.type} at {event.time}",
+                "absence": "{event.type} at {event.time}, then nothing within {wait}",
+                "sequence": "{event.type}, then {then.type} within {within}",
+                "count": "{event.type} reached the count within {within}"}.get(self.shape, "journey")
+
+    def all_params(self):  # journeys are configured by their own table, not [rules]
+        return {}
+
+    # -- CEL context --------------------------------------------------------------------
+    def _ctx(self, eng, st, ev, cond: Compiled) -> dict:
+        """The sources of a condition on the event being applied (the customer only if named)."""
+        props = (ev.props if ev.props is not None else ev.f) or {}
+        return {"event": (ev.type, ev.ts, props),
+                "customer": self._customer(eng, st, ev.ts) if cond.customer else None}
+
+    def _kept(self, ev) -> dict:
+        props = ev.props if ev.props is not None else ev.f
+        if not props:
+            return {}
+        return {k: props[k] for k in self.keep if k in props}
+
+    def _customer(self, eng, st, now: int) -> dict:
+        return customer_snapshot(eng, st, now)
+
+    def _true(self, eng, cond: Compiled, sources: dict) -> bool:
+        try:
+            return cond.evaluate(sources) is True
+        except Exception:  # a missing prop, a type error: false, and counted
+            eng.stats.condition_errors[self.name] += 1
+            return False
+
+    def _render(self, eng, parts, sources: dict) -> str:
+        out = []
+        for part in parts:
+            if isinstance(part, str):
+                out.append(part)
+            elif part[0] == "lit":
+                raw = self.raw_wait if part[1] == "wait" else self.raw_within
+                out.append(str(raw) if raw is not None else "")
+            else:
+                try:
+                    out.append(_show(part[1].evaluate(sources)))
+                except Exception:
+                    eng.stats.condition_errors[self.name] += 1
+                    out.append("?")
+        return "".join(out)
+
+    def on_event(self, eng, st, ev, p):
+        t = ev.type
+        if t in self.exit_types:
+            self._exit(eng, st, ev)
+        if t in self.then_types:
+            self._then(eng, st, ev)
+        if t in self.entry_types:
+            self._entry(eng, st, ev)
+
+    def _entry(self, eng, st, ev) -> None:
+        key = self._key(ev)
+        if key is None:
+            return  # an entry without the key prop names no instance
+        if self.cond_if is not None:
+            ctx = self._ctx(eng, st, ev, self.cond_if)
+            if not self._true(eng, self.cond_if, ctx):
+                return
+        shape = self.shape
+        if shape == "count":
+            self._count(eng, st, ev, key)
+            return
+        if not self._may_start(st, key, ev.ts):
+            return
+        self._started(eng, st, key, ev.ts)
+        entry = [ev.type, ev.ts, self._kept(ev)]
+        if shape == "immediate":
+            self._fire(eng, st, key, ev.id, ev.ts, entry, None, [ev.id])
+        elif shape == "absence":
+            self._open(eng, st, key, ev.ts + self.p.wait, {"s": ev.ts, "e": ev.id, "k": key, "n": entry})
+        else:  # sequence: ends unfired at entry + within
+            self._open(eng, st, key, ev.ts + self.p.within, {"s": ev.ts, "e": ev.id, "k": key, "n": entry})
+
+    def _count(self, eng, st, ev, key: str) -> None:
+        b = self._book(st)
+        last = b["s"].get(key)
+        if last is not None and (self.reenter is None or ev.ts - last < self.reenter):
+            return
+        counts = b.setdefault("c", {})
+        seen = [x for x in counts.get(key, []) if x[0] >= ev.ts - self.p.within]
+        seen.append([ev.ts, ev.id])
+        seen = seen[-(self.p.count - 1):] if len(seen) < self.p.count else seen
+        if len(seen) >= self.p.count:
+            counts.pop(key, None)  # entries up to it are used up
+            self._started(eng, st, key, ev.ts)
+            self._fire(eng, st, key, ev.id, ev.ts, [ev.type, ev.ts, self._kept(ev)], None, [x[1] for x in seen])
+            return
+        counts[key] = seen
+        if len(counts) > MAX_KEYS:
+            del counts[next(iter(counts))]
+
+    def _matching(self, st, ev):
+        """Open instances an exit or then event counts for (by its key prop, else all)."""
+        prefix = self.name + "|"
+        key = self._key(ev) if self.p.key else ""
+        if self.p.key and key is not None:
+            tk = prefix + key
+            return [tk] if tk in st.timers else []
+        return [k for k in st.timers if k.startswith(prefix)]
+
+    def _exit(self, eng, st, ev) -> None:
+        if self.shape != "absence":
+            return
+        for tk in self._matching(st, ev):
+            due, data = st.timers[tk]
+            if not data["s"] <= ev.ts <= due:
+                continue
+            if self.cond_exit is not None:
+                ctx = self._ctx(eng, st, ev, self.cond_exit)
+                if not self._true(eng, self.cond_exit, ctx):
+                    continue
+            eng.cancel_timer(st, self, tk[len(self.name) + 1:])
+
+    def _then(self, eng, st, ev) -> None:
+        if self.shape != "sequence":
+            return
+        for tk in self._matching(st, ev):
+            due, data = st.timers[tk]
+            if not data["s"] < ev.ts <= due:
+                continue
+            if self.cond_then is not None:
+                ctx = self._ctx(eng, st, ev, self.cond_then)
+                if not self._true(eng, self.cond_then, ctx):
+                    continue
+            eng.cancel_timer(st, self, tk[len(self.name) + 1:])
+            self._fire(eng, st, data["k"], data["e"], ev.ts, data["n"], [ev.type, ev.ts, self._kept(ev)],
+                       [data["e"], ev.id])
+
+    def on_timer(self, eng, st, key, data, due, p):
+        if self.shape == "absence":
+            self._fire(eng, st, data["k"], data["e"], due, data["n"], None, [data["e"]])
+        # a sequence instance whose window ended: it ends unfired
+
+    def _fire(self, eng, st, key: str, eid: str, now: int, entry, then, evidence) -> None:
+        occasion = f"{key}:{eid}" if self.p.key else eid
+        sources = {"event": entry, "entry": entry, "then": then}
+        if self.wants_customer:
+            sources["customer"] = self._customer(eng, st, now)
+        reason = self._render(eng, self.reason_t, sources)
+        if self.cond_when is not None and not self._true(eng, self.cond_when, sources):
+            eng.audit_occasion(st, self, occasion, now, "condition_not_met",
+                               f"when ({self.cond_when.source}) was false", evidence, why=reason)
+            return
+        offer = dict(self.p.offer)
+        for k, parts in self.offer_t.items():
+            offer[k] = self._render(eng, parts, sources)
+        eng.fire(st, self, occasion, now, reason, evidence, offer=offer)
