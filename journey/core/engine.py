@@ -33,6 +33,8 @@ from .triggers import audit_record, cloudevent, transition_record, trigger_id
 
 DEFERRED = "_deferred"
 STAGE = "_stage"
+# what became of an occasion handed to the contact policy (Engine.fire)
+SENT, HELD_OUT, POSTPONED, HELD = "sent", "held_out", "postponed", "held"
 
 
 class Stats:
@@ -52,6 +54,8 @@ class Stats:
         self.condition_errors = Counter()  # journey -> CEL conditions or templates that failed (as false)
         self.outcomes: dict[tuple, list] = {}  # (rule, arm, stage) -> [exposures, conversions, value cents] closed
         self.exposures_untracked = 0     # exposures past the per-customer cap of open ones (not measured)
+        self.instances = Counter()       # multi-step journeys: (journey, entered|exited|finished|step_limit)
+        self.steps = Counter()           # multi-step journeys: (journey, step, reached|exited)
 
     def merge(self, other: Stats) -> None:
         """Add another engine's counters to these (the live worker sums its partitions)."""
@@ -74,6 +78,8 @@ class Stats:
                 for i in range(3):
                     row[i] += v[i]
         self.exposures_untracked += other.exposures_untracked
+        self.instances.update(other.instances)
+        self.steps.update(other.steps)
 
     def suppressed_by_reason(self) -> Counter:
         c = Counter()
@@ -95,7 +101,24 @@ class Stats:
             "timer_errors": self.timer_errors,
             "condition_errors": dict(sorted(self.condition_errors.items())),
             "outcomes": sum(v[0] for v in self.outcomes.values()),
+            **self.journey_counts(),
         }
+
+    def journey_counts(self) -> dict:
+        """Multi-step journeys: ``instances`` {journey: {entered, exited, finished, step_limit: n}} and
+        ``steps`` {journey: {step: {reached, exited: n}}}; empty without them."""
+        out: dict = {}
+        if self.instances:
+            inst: dict = {}
+            for (j, what), n in sorted(self.instances.items()):
+                inst.setdefault(j, {})[what] = n
+            out["instances"] = inst
+        if self.steps:
+            steps: dict = {}
+            for (j, step, what), n in sorted(self.steps.items()):
+                steps.setdefault(j, {}).setdefault(step, {})[what] = n
+            out["steps"] = steps
+        return out
 
 
 class ListSink:
@@ -160,6 +183,9 @@ class Engine:
         # on_timer_error(due, exception): a timer whose rule failed (the shells count and log
         # it; no customer id is passed on); without it, the error propagates
         self.on_timer_error = None
+        # on_step(journey, instance occasion, step, what, time): a multi-step instance reached or exited a
+        # step (journey explain shows the path; the customer is self.key)
+        self.on_step = None
 
     # -- the timeline --------------------------------------------------------------
     def fire_due(self, upto: int) -> None:
@@ -601,49 +627,66 @@ class Engine:
         return st.timers.get(f"{name}|{key}")
 
     def fire(self, st: CustomerState, rule, occasion, time: int, reason: str, evidence: list,
-             extra: dict | None = None, offer: dict | None = None) -> None:
+             extra: dict | None = None, offer: dict | None = None, step: dict | None = None) -> str:
         """A rule's occasion is due at ``time``: apply the contact policy and emit. ``offer``
-        replaces the configured one (a journey's rendered templates)."""
+        replaces the configured one (a journey's rendered templates). ``step``: a multi-step
+        journey's send (``st`` step name, ``ch``/``pr`` channel and priority, ``j`` instance key,
+        ``nx`` set once the instance was exposed to its experiment). Returns the verdict:
+        SENT, HELD_OUT (an experiment's holdout), POSTPONED (deferred) or HELD (held back for good)."""
         pending = {"r": rule.name, "o": str(occasion), "t": time, "why": reason, "ev": list(evidence)}
         if extra:
             pending["x"] = extra
         if offer is not None:
             pending["of"] = offer
-        self._decide(st, pending, time)
+        if step is not None:
+            pending.update(step)
+        return self._decide(st, pending, time)
 
     def audit_occasion(self, st: CustomerState, rule, occasion, time: int, reason: str, detail: str,
-                       evidence: list, why: str | None = None) -> None:
+                       evidence: list, why: str | None = None, step: str | None = None) -> None:
         """An occasion that does not fire, for a reason of the rule's own (a journey's
-        ``condition_not_met``, ``instance_limit``): audited like a suppression."""
+        ``condition_not_met``, ``instance_limit``, ``exited``): audited like a suppression.
+        ``step``: the multi-step journey's step it concerns."""
         pd = {"r": rule.name, "o": str(occasion), "t": time, "why": why or rule.name, "ev": list(evidence)}
+        if step is not None:
+            pd["st"] = step
         self._audit(st, pd, reason, time, detail)
 
-    def _decide(self, st: CustomerState, pd: dict, now: int) -> None:
+    def _decide(self, st: CustomerState, pd: dict, now: int) -> str:
         rule, p = self.rules[pd["r"]]
         exp = self.experiments.get(rule.name) if self.experiments else None
         arm = exp.assign(self.key) if exp is not None and not st.anon else None
-        d = policy.decide(st, rule, p, now, self.cfg, arm.channel if arm is not None else None)
+        channel = arm.channel if arm is not None and arm.channel is not None else pd.get("ch")
+        d = policy.decide(st, rule, p, now, self.cfg, channel)
         if d.verdict == policy.SEND:
             # the holdouts are decided here: both groups are customers who would have been contacted
             share, salt = self._global
+            # a multi-step instance is exposed once, at its first send the policy lets out
+            expose = not pd.get("nx")
             if share and not rule.transactional and experiments.unit(salt, experiments.GLOBAL, self.key) < share:
                 self._audit(st, pd, "global_holdout", now, f"in the global holdout ({share:.0%} of customers)")
-            elif exp is None:
+                return HELD
+            if exp is None:
                 self._emit(st, rule, p, pd, now)
-            elif arm is None:
+                return SENT
+            if arm is None:
                 tag = exp.tag(None)
                 self._audit(st, pd, experiments.HOLDOUT, now,
                             f"held out by experiment {exp.name} ({exp.holdout:.0%} of customers)", experiment=tag)
-                self._expose(st, exp, experiments.HOLDOUT, pd, now)
-            else:
-                self._emit(st, rule, p, pd, now, exp, arm)
+                if expose:
+                    self._expose(st, exp, experiments.HOLDOUT, pd, now)
+                return HELD_OUT
+            self._emit(st, rule, p, pd, now, exp, arm)
+            if expose:
                 self._expose(st, exp, arm.name, pd, now)
-        elif d.verdict == policy.DEFER:
+            return SENT
+        if d.verdict == policy.DEFER:
             self.stats.deferred[rule.name] += 1
             self._audit(st, pd, d.reason, now, d.detail, d.until)
             self.set_timer(st, DEFERRED, f"{rule.name}|{pd['o']}", d.until, pd)
-        else:
-            self._audit(st, pd, d.reason, now, d.detail)
+            return POSTPONED
+        self._audit(st, pd, d.reason, now, d.detail)
+        return HELD
 
     def _deliver_deferred(self, st: CustomerState, pd: dict, due: int) -> None:
         entry = self.rules.get(pd["r"])
@@ -653,8 +696,10 @@ class Engine:
         why = rule.still_valid(self, st, pd, due, p)
         if why:
             self._audit(st, pd, why, due, "no longer applies at delivery time")
-        else:
-            self._decide(st, pd, due)
+            return
+        verdict = self._decide(st, pd, due)
+        if "j" in pd:  # a multi-step journey's send: its instance goes on once it is out (or held back)
+            rule.resolved(self, st, pd, verdict, due)
 
     def _audit(self, st, pd: dict, reason: str, now: int, detail: str, until: int | None = None,
                experiment: dict | None = None) -> None:
@@ -667,6 +712,8 @@ class Engine:
         if experiment is not None:
             rec["experiment"] = experiment
             rec["stage"] = st.stage  # the arm's stage at the decision, as the outcome will have it
+        if "st" in pd:
+            rec["step"] = pd["st"]
         self.sink.audit(rec)
 
     # -- experiments -----------------------------------------------------------------------
@@ -740,8 +787,8 @@ class Engine:
             "occasion": pd["o"],
             "reason": pd["why"],
             "evidence": pd["ev"],
-            "channel": p.channel,
-            "priority": p.priority,
+            "channel": pd.get("ch") or p.channel,
+            "priority": pd.get("pr") or p.priority,
             "offer": pd.get("of", p.offer),
             "relationship": self.relationship(st, now),
         }
@@ -753,6 +800,8 @@ class Engine:
             if arm.priority is not None:
                 data["priority"] = arm.priority
             data["experiment"] = exp.tag(arm)
+        if "st" in pd:
+            data["step"] = pd["st"]
         if pd.get("x"):
             data["details"] = pd["x"]
         if pd["t"] != now:

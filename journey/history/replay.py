@@ -194,6 +194,7 @@ def _summary(s: dict, lines: int, valid: int, rejected, triggers: int, customers
         "timer_errors": s["timer_errors"],
         "condition_errors": s["condition_errors"],
         "outcomes": s["outcomes"],
+        **{k: s[k] for k in ("instances", "steps") if k in s},   # multi-step journeys
         "customers": customers,
         "watermark": watermark,
         "sort_runs": runs,

@@ -19,7 +19,7 @@ timestamps. A condition that fails at run time counts as false and is counted
 
 The package, by concern: ``conditions`` (CEL and templates), ``settings`` (the table's
 settings), ``instances`` (entry, keys, reenter, the open-instance bound), ``shapes`` (the
-four shapes of section 6).
+four shapes of section 6), ``steps`` (multi-step journeys, section 8).
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from .conditions import Compiled, customer_snapshot
 from .instances import MAX_KEYS, MAX_OPEN
 from .settings import _NAME, SETTINGS
 from .shapes import Journey
+from .steps import MAX_STEPS, StepJourney
 
-__all__ = ["Compiled", "Journey", "MAX_KEYS", "MAX_OPEN", "SETTINGS", "customer_snapshot", "parse_journeys"]
+__all__ = ["Compiled", "Journey", "MAX_KEYS", "MAX_OPEN", "MAX_STEPS", "SETTINGS", "StepJourney", "customer_snapshot",
+           "parse_journeys"]
 
 
 def parse_journeys(given, rule_names, problems: list, warnings: list) -> dict[str, Journey]:
@@ -50,5 +52,5 @@ def parse_journeys(given, rule_names, problems: list, warnings: list) -> dict[st
         if not isinstance(spec, dict):
             problems.append(f"journeys.{name}: expected a table")
             continue
-        out[name] = Journey(name, spec, problems, warnings)
+        out[name] = (StepJourney if "steps" in spec else Journey)(name, spec, problems, warnings)
     return out

@@ -30,5 +30,7 @@ SETTINGS = {
     "priority": Param("str", "normal", "priority carried by the trigger", choices=PRIORITIES),
     "offer": Param("table", {}, "offer carried by the trigger (string values are templates)"),
     "reason": Param("text", "", "the trigger's reason (a template)"),
+    "steps": Param("tables", [], "multi-step: the steps an instance walks (name, wait, wait_for/within/where/"
+                                 "timeout, if/else, send, next)"),
 }
 _STRS = ("entry", "exit", "then")  # a type or a list of types

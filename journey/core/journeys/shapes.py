@@ -41,7 +41,18 @@ class Journey(Instances, Rule):
         shape = self._shape_of(given if isinstance(given, dict) else {})
         self.summary = f"user journey ({shape})"
         self.shape = shape
-        if shape == "several":
+        steps = self.multi = isinstance(given, dict) and "steps" in given
+        if steps:  # section 8: the steps replace the shape; count/within may describe the entry
+            shape = self.shape = "count" if "count" in given else "immediate"
+            for k in ("wait", "then", "then_if"):
+                if k in given:
+                    problems.append(f"{where}.{k}: a shape setting beside steps: a multi-step journey waits in "
+                                    "its steps (wait, wait_for)")
+            if "within" in given and "count" not in given:
+                problems.append(f"{where}.within: beside steps, only with count (the entry's window)")
+            if given.get("exit_if") and not p.exit:
+                problems.append(f"{where}.exit_if: needs exit (the event types that end an instance)")
+        elif shape == "several":
             problems.append(f"{where}: more than one shape: use wait/exit (absence), then/within (sequence) "
                             "or count/within (count), or none of them (immediate)")
         if shape == "within":
@@ -54,7 +65,7 @@ class Journey(Instances, Rule):
             problems.append(f"{where}.within: a {shape} journey needs a window longer than 0s")
         if shape == "count" and p.count < 2:
             problems.append(f"{where}.count: must be at least 2, got {p.count}")
-        if shape != "absence" and (given.get("exit_if") if isinstance(given, dict) else None):
+        if not steps and shape != "absence" and (given.get("exit_if") if isinstance(given, dict) else None):
             problems.append(f"{where}.exit_if: only for an absence journey (wait/exit)")
         if shape != "sequence" and (given.get("then_if") if isinstance(given, dict) else None):
             problems.append(f"{where}.then_if: only for a sequence journey (then/within)")
@@ -76,17 +87,28 @@ class Journey(Instances, Rule):
                 self.offer_t[k] = _template(v, f"{where}.offer.{k}", problems)
         # the props an instance keeps of its entry (and then) event: only those the expressions name
         texts = [cond_if, p.when, reason] + [v for v in p.offer.values() if isinstance(v, str)]
+        if steps:
+            texts += self._compile_steps(p.steps, where, problems, warnings)
         self.keep = sorted({a or b for t in texts for a, b in _PROP_REF.findall(t or "")})
         self.wants_customer = (self.cond_when is not None and self.cond_when.customer) or any(
             isinstance(part, tuple) and part[0] == "cel" and part[1].customer
             for parts in [self.reason_t or [], *[t or [] for t in self.offer_t.values()]] for part in parts)
         self.raw_wait = spec.get("wait") if isinstance(spec, dict) else None
         self.raw_within = spec.get("within") if isinstance(spec, dict) else None
-        self.events = tuple(dict.fromkeys([*p.entry, *p.exit, *p.then]))
+        self.events = tuple(dict.fromkeys([*p.entry, *p.exit, *p.then, *self._awaited()]))
         self.entry_types = frozenset(p.entry)
         self.exit_types = frozenset(p.exit)
         self.then_types = frozenset(p.then)
         self.ok = len(problems) == before
+
+    def _compile_steps(self, steps: list, where: str, problems: list, warnings: list) -> list:
+        """A multi-step journey's steps (``steps.StepJourney``); returns the texts of their expressions."""
+        problems.append(f"{where}.steps: not expected here")
+        return []
+
+    def _awaited(self) -> tuple:
+        """The event types the steps wait for (none without steps)."""
+        return ()
 
     @staticmethod
     def _shape_of(given: dict) -> str:
@@ -130,13 +152,14 @@ class Journey(Instances, Rule):
             eng.stats.condition_errors[self.name] += 1
             return False
 
-    def _render(self, eng, parts, sources: dict) -> str:
+    def _render(self, eng, parts, sources: dict, wait=None) -> str:
+        """A template's text; ``wait``: what ``{wait}`` shows (a step's own wait), else the journey's."""
         out = []
         for part in parts:
             if isinstance(part, str):
                 out.append(part)
             elif part[0] == "lit":
-                raw = self.raw_wait if part[1] == "wait" else self.raw_within
+                raw = (wait if wait is not None else self.raw_wait) if part[1] == "wait" else self.raw_within
                 out.append(str(raw) if raw is not None else "")
             else:
                 try:
@@ -179,6 +202,8 @@ class Journey(Instances, Rule):
             self._open(eng, st, key, ev.ts + self.p.within, {"s": ev.ts, "e": ev.id, "k": key, "n": entry})
 
     def _count(self, eng, st, ev, key: str) -> None:
+        if st.timers.get(f"{self.name}|{key}") is not None:
+            return  # an instance of this key is open (a multi-step journey with a count entry)
         b = self._book(st)
         last = b["s"].get(key)
         if last is not None and (self.reenter is None or ev.ts - last < self.reenter):
