@@ -256,7 +256,7 @@ def example(tmp_path):
 def test_the_example_file_passes_rules_check():
     p = subprocess.run([sys.executable, "-m", "journey", "rules", "check", str(EXAMPLE)], capture_output=True,
                        text=True, timeout=60)
-    assert p.returncode == 0 and "4 journey(s)" in p.stdout and "warning" not in p.stderr, p.stderr
+    assert p.returncode == 0 and "7 journey(s)" in p.stdout and "warning" not in p.stderr, p.stderr
 
 
 def test_example_browse_abandoned(run, example):

@@ -1,4 +1,4 @@
-"""Journeys and experiments live = replay: a generated log (which exercises every example
+"""Journeys (multi-step ones too) and experiments live = replay: a generated log (which exercises every example
 journey) produced with ``journey produce --until T`` gives, through the real worker with the
 example rule file on (journeys, and experiments with holdouts), the same trigger ids and the
 same outcome records on journey.outcomes as ``journey replay --until T --outcomes``."""
@@ -25,6 +25,10 @@ def test_journeys_live_equal_replay(broker, tmp_path):
     want = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     rules = {t["data"]["rule"] for t in want}
     assert {"browse_abandoned", "review_thanks"} <= rules, rules   # journeys are in the comparison
+    # and multi-step ones, several steps of each
+    steps = {(t["data"]["rule"], t["data"].get("step")) for t in want}
+    assert {("cart_rescue", "reminder"), ("cart_rescue", "discount"), ("post_purchase", "thanks"),
+            ("post_purchase", "review"), ("winback_series", "miss_you"), ("winback_series", "offer")} <= steps, steps
     want_oc = sorted(oc.read_bytes().splitlines())
     arms = {(o["rule"], o["variant"]) for o in map(orjson.loads, want_oc)}
     assert {("cart_abandoned", "holdout"), ("cart_abandoned", "discount"), ("browse_abandoned", "holdout"),

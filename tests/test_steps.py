@@ -228,3 +228,54 @@ def test_a_shape_setting_beside_steps_is_refused(extra, needle):
 def test_a_loop_broken_by_a_wait_is_accepted():
     config_from({"journeys": {"j": {**BASE, "steps": [{"name": "a", "wait": "1d", "send": {}, "next": "b"},
                                                       {"name": "b", "if": "true", "next": "a"}]}}})
+
+
+# -- the example file's multi-step journeys: each path a marketer wrote, taken and not ------------
+
+@pytest.fixture
+def example():
+    from test_journeys import EXAMPLE
+
+    from journey.io.rulefile import read_table
+
+    t = read_table(EXAMPLE)
+    t["policy"] = QUIET_OFF
+    return t
+
+
+def test_example_cart_rescue(run, example):
+    paths = {
+        "opened": [checkout(), opened(ts="2026-03-01T15:00:00Z")],
+        "returning": [order(), checkout()],
+        "new": [checkout()],
+        "ordered": [order(), checkout(), order(ts="2026-03-01T10:30:00Z", oid="o1", checkout_id="k1")],
+    }
+    got = {k: [s for s, _t in steps_of(run(v, rules=example, until="2026-03-05T00:00:00Z"), "cart_rescue")]
+           for k, v in paths.items()}
+    assert got == {"opened": ["reminder", "tips"], "returning": ["reminder", "discount"], "new": ["reminder"],
+                   "ordered": []}
+
+
+def test_example_post_purchase(run, example):
+    o = ev("order.completed", "c1", "2026-03-01T10:00:00Z", id="o1", order_id="A", revenue=40)
+    delivered = ev("order.delivered", "c1", "2026-03-04T10:00:00Z", order_id="A")
+    r = run([o, delivered], rules=example, until="2026-04-01T00:00:00Z")
+    assert steps_of(r, "post_purchase") == [("thanks", "2026-03-01T10:00:00Z"), ("review", "2026-03-11T10:00:00Z")]
+    ticket = ev("ticket.opened", "c1", "2026-03-06T10:00:00Z", ticket_id="t1", priority="normal")
+    r2 = run([o, delivered, ticket], rules=example, until="2026-04-01T00:00:00Z")
+    assert [s for s, _t in steps_of(r2, "post_purchase")] == ["thanks"]   # a ticket open: no review request
+    refund = ev("order.refunded", "c1", "2026-03-05T10:00:00Z", order_id="A", revenue=40)
+    r3 = run([o, delivered, refund], rules=example, until="2026-04-01T00:00:00Z")
+    assert [s for s, _t in steps_of(r3, "post_purchase")] == ["thanks"]
+    assert [a["step"] for a in r3.audit_of("post_purchase", "exited")] == ["settle"]
+
+
+def test_example_winback_series(run, example):
+    first = ev("order.completed", "c1", "2026-01-01T10:00:00Z", id="o1", order_id="A", revenue=40)
+    r = run([first], rules=example, until="2026-06-01T00:00:00Z")
+    assert steps_of(r, "winback_series") == [("miss_you", "2026-03-02T10:00:00Z"), ("offer", "2026-04-01T10:00:00Z")]
+    again = ev("order.completed", "c1", "2026-02-15T10:00:00Z", id="o2", order_id="B", revenue=40)
+    r2 = run([first, again], rules=example, until="2026-06-01T00:00:00Z")
+    # the second order ended the first series and started another: 60 and 90 days after it
+    assert [(t["data"]["occasion"], t["time"]) for t in r2.of("winback_series")] == [
+        ("o2:miss_you", "2026-04-16T10:00:00Z"), ("o2:offer", "2026-05-16T10:00:00Z")]

@@ -33,6 +33,13 @@ TYPES: dict[str, tuple[str | None, str, dict[str, str]]] = {
     "referral.sent": ("Referral Sent", HUMAN, {}),
     "profile.updated": (None, SYSTEM, {}),
     "customer.erased": ("Customer Erased", SYSTEM, {}),
+    # engagement with the messages journey triggered (section 2; the messaging system reports them)
+    "message.delivered": ("Email Delivered", SYSTEM, {"trigger_id": ID, "channel": STR}),
+    "message.opened": ("Email Opened", SYSTEM, {"trigger_id": ID, "channel": STR}),
+    "message.clicked": ("Email Link Clicked", SYSTEM, {"trigger_id": ID, "channel": STR}),
+    "message.bounced": ("Email Bounced", SYSTEM, {"trigger_id": ID, "channel": STR}),
+    "message.complained": ("Email Marked as Spam", SYSTEM, {"trigger_id": ID, "channel": STR}),
+    "message.unsubscribed": ("Unsubscribed", SYSTEM, {"channel": STR}),
 }
 
 # Score ranges for SCORE fields.
@@ -63,6 +70,8 @@ for _alias, _canon in {
     "Ticket Closed": "ticket.resolved",
     "Order Placed": "order.completed",
     "Screen Viewed": "page.viewed",
+    "Push Notification Received": "message.delivered",
+    "Push Notification Tapped": "message.opened",
 }.items():
     SEGMENT_NAMES[_key(_alias)] = _canon
 
