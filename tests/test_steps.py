@@ -32,8 +32,8 @@ RESCUE = {
 }
 
 
-def checkout(cid="c1", ts="2026-03-01T10:00:00Z", chk="k1", id="s1"):
-    return ev("checkout.started", cid, ts, id=id, checkout_id=chk, value=40)
+def checkout(cid="c1", ts="2026-03-01T10:00:00Z", chk="k1", id="s1", value=80):
+    return ev("checkout.started", cid, ts, id=id, checkout_id=chk, value=value)
 
 
 def order(cid="c1", ts="2026-02-01T10:00:00Z", oid="o0", id=None, **kw):
@@ -249,11 +249,12 @@ def test_example_cart_rescue(run, example):
         "returning": [order(), checkout()],
         "new": [checkout()],
         "ordered": [order(), checkout(), order(ts="2026-03-01T10:30:00Z", oid="o1", checkout_id="k1")],
+        "small cart": [order(), checkout(value=40)],
     }
     got = {k: [s for s, _t in steps_of(run(v, rules=example, until="2026-03-05T00:00:00Z"), "cart_rescue")]
            for k, v in paths.items()}
     assert got == {"opened": ["reminder", "tips"], "returning": ["reminder", "discount"], "new": ["reminder"],
-                   "ordered": []}
+                   "ordered": [], "small cart": []}
 
 
 def test_example_post_purchase(run, example):
@@ -271,11 +272,15 @@ def test_example_post_purchase(run, example):
 
 
 def test_example_winback_series(run, example):
+    earlier = ev("order.completed", "c1", "2025-12-01T10:00:00Z", id="o0", order_id="Z", revenue=40)
     first = ev("order.completed", "c1", "2026-01-01T10:00:00Z", id="o1", order_id="A", revenue=40)
-    r = run([first], rules=example, until="2026-06-01T00:00:00Z")
+    # a first-time buyer is not in it (if: customer.orders >= 2)
+    assert run([first], rules=example, until="2026-06-01T00:00:00Z").of("winback_series") == []
+    r = run([earlier, first], rules=example, until="2026-06-01T00:00:00Z")
     assert steps_of(r, "winback_series") == [("miss_you", "2026-03-02T10:00:00Z"), ("offer", "2026-04-01T10:00:00Z")]
+    first = [earlier, first]
     again = ev("order.completed", "c1", "2026-02-15T10:00:00Z", id="o2", order_id="B", revenue=40)
-    r2 = run([first, again], rules=example, until="2026-06-01T00:00:00Z")
+    r2 = run([*first, again], rules=example, until="2026-06-01T00:00:00Z")
     # the second order ended the first series and started another: 60 and 90 days after it
     assert [(t["data"]["occasion"], t["time"]) for t in r2.of("winback_series")] == [
         ("o2:miss_you", "2026-04-16T10:00:00Z"), ("o2:offer", "2026-05-16T10:00:00Z")]

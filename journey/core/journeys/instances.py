@@ -48,7 +48,8 @@ class Instances:
 
     def _open(self, eng, st, key: str, due: int, data) -> None:
         prefix = self.name + "|"
-        open_ = [(v[1]["s"], k) for k, v in st.timers.items() if k.startswith(prefix)]
+        # without a key, one instance per customer: nothing to count
+        open_ = [(v[1]["s"], k) for k, v in st.timers.items() if k.startswith(prefix)] if self.p.key else ()
         if len(open_) >= MAX_OPEN:
             _s, oldest = min(open_)
             t = st.timers.pop(oldest)

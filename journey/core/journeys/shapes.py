@@ -99,6 +99,8 @@ class Journey(Instances, Rule):
         self.entry_types = frozenset(p.entry)
         self.exit_types = frozenset(p.exit)
         self.then_types = frozenset(p.then)
+        if steps:
+            self._finish_compile()
         self.ok = len(problems) == before
 
     def _compile_steps(self, steps: list, where: str, problems: list, warnings: list) -> list:

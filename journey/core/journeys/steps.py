@@ -61,7 +61,7 @@ class Step:
     """One compiled step."""
 
     __slots__ = ("name", "wait", "raw_wait", "wait_for", "within", "where", "timeout", "cond", "else_",
-                 "send", "next", "channel", "priority", "offer", "offer_t", "reason_t")
+                 "send", "next", "channel", "priority", "offer", "offer_t", "reason_t", "wants")
 
     def __init__(self):
         self.wait = 0
@@ -75,6 +75,7 @@ class Step:
         self.offer = None
         self.offer_t = {}
         self.reason_t = None
+        self.wants = False
 
 
 class StepJourney(Journey):
@@ -185,12 +186,17 @@ class StepJourney(Journey):
                 problems.append(f"{where}.steps: {' -> '.join(loop)} is a loop with no wait or wait_for: an "
                                 "instance would go round it at one instant")
         self.summary = f"user journey ({len(self.steps)} steps)"
-        self._step_customer = any(
-            (s.cond is not None and s.cond.customer) or (s.where is not None and s.where.customer)
-            or any(isinstance(part, tuple) and part[0] == "cel" and part[1].customer
-                   for parts in [s.reason_t or [], *[t or [] for t in s.offer_t.values()]] for part in parts)
-            for s in self.steps)
         return texts
+
+    def _finish_compile(self) -> None:
+        """After the journey's own settings are compiled: which sends need the customer snapshot."""
+        def named(parts) -> bool:
+            return any(isinstance(part, tuple) and part[0] == "cel" and part[1].customer for part in parts or [])
+        for s in self.steps:
+            reason = s.reason_t if s.reason_t is not None else self.reason_t
+            offers = s.offer_t if s.offer is not None else self.offer_t
+            s.wants = s.send and ((self.cond_when is not None and self.cond_when.customer) or named(reason)
+                                  or any(named(t) for t in offers.values()))
 
     def _awaited(self) -> tuple:
         return tuple(dict.fromkeys(t for s in self.steps for t in sorted(s.wait_for)))
@@ -375,16 +381,17 @@ class StepJourney(Journey):
         return f"{data['k']}:{data['e']}" if self.p.key else data["e"]
 
     def _occasion(self, data: dict, step: Step) -> str:
-        v = data["v"][self.steps.index(step)]
+        v = data["v"][data["i"]]
         return f"{self._base(data)}:{step.name}" + (f"#{v}" if v > 1 else "")
 
     def _wants(self, step: Step) -> bool:
-        return self.wants_customer or self._step_customer
+        """Whether a send of this step evaluates anything that names the customer (when, templates)."""
+        return step.wants
 
     def _sources(self, eng, st, data: dict, now: int, customer: bool) -> dict:
         entry = data["n"]
         sources = {"event": entry, "entry": entry, "then": None}
-        if customer or self.wants_customer or self._step_customer:
+        if customer:
             sources["customer"] = self._customer(eng, st, now)
         return sources
 
