@@ -24,9 +24,10 @@ from journey.live.produce import produce
 UNTIL = "2027-01-01T00:00:00Z"   # after every synthetic event
 
 
-def replayed(tmp_path, log, until=UNTIL, keep=None):
+def replayed(tmp_path, log, until=UNTIL, keep=None, config=None):
     out, audit, dl = tmp_path / "r.jsonl", tmp_path / "ra.jsonl", tmp_path / "rd.jsonl"
-    replay([log], str(out), str(audit), str(dl), until=parse_time(until), config=Config(), keep_engine=keep)
+    replay([log], str(out), str(audit), str(dl), until=parse_time(until), config=config or Config(),
+           keep_engine=keep)
     rd = lambda p: [orjson.loads(x) for x in p.read_bytes().splitlines()]
     return rd(out), rd(audit), rd(dl)
 

@@ -26,6 +26,23 @@ from live_support import (
 )
 
 from journey.io import topics
+from journey.io.rulefile import load_config
+
+# a multi-step journey (domain.md section 8) beside the built-in rules, for its metrics
+RESCUE = """
+[journeys.checkout_rescue]
+kind = "recovery"
+entry = "checkout.started"
+key = "checkout_id"
+exit = "order.completed"
+reenter = "7d"
+steps = [
+  { name = "reminder", wait = "1h", send = { offer = { type = "reminder" } } },
+  { name = "back", wait_for = "product.viewed", within = "1d", timeout = "discount" },
+  { name = "tips", send = { offer = { type = "tips" } }, next = "end" },
+  { name = "discount", send = { offer = { type = "discount", pct = 10 } } },
+]
+"""
 
 
 def test_end_to_end_triggers_audit_and_deadletters(broker, tmp_path):
@@ -33,18 +50,25 @@ def test_end_to_end_triggers_audit_and_deadletters(broker, tmp_path):
     lines = [
         orjson.dumps(identify("alice", ts="2026-03-01T09:00:00Z", consent={"marketing": False})),
         orjson.dumps(ev("checkout.started", "bob", "2026-03-01T10:00:00Z", checkout_id="chk-1", revenue=5000)),
+        # checkout_rescue: carol's order ends her instance at its first step (exited)
+        orjson.dumps(ev("checkout.started", "carol", "2026-03-01T10:30:00Z", checkout_id="chk-2", value=25)),
         # a first order (recognition), and marketing refused for alice: an audit record
         orjson.dumps(ev("order.completed", "carol", "2026-03-01T11:00:00Z", order_id="o-1", revenue=2500)),
         orjson.dumps(ev("order.completed", "alice", "2026-03-01T11:30:00Z", order_id="o-2", revenue=2500)),
+        # bob comes back: chk-1 goes on to tips and ends (finished); chk-3 still waits at back at the end
+        orjson.dumps(ev("product.viewed", "bob", "2026-03-01T12:00:00Z", product_id="p-1", price=20.0)),
+        orjson.dumps(ev("checkout.started", "bob", "2026-03-01T12:30:00Z", checkout_id="chk-3", value=20)),
         b'{"type":"track","event":"Order Completed","userId":"dave"',       # truncated JSON
         b'{"type":"track","event":"Checkout Started","userId":"erin"}',      # no timestamp
     ]
     log.write_bytes(b"\n".join(lines) + b"\n")
-    want_t, want_a, want_d = replayed(tmp_path, log, until="2026-03-02T00:00:00Z")
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RESCUE)
+    want_t, want_a, want_d = replayed(tmp_path, log, until="2026-03-02T00:00:00Z", config=load_config(str(rules)))
     assert {t["data"]["rule"] for t in want_t} >= {"cart_abandoned", "first_purchase"}
     assert any(a["reason"] == "no_consent" for a in want_a) and len(want_d) == 2
 
-    w = Worker(broker, tmp_path)
+    w = Worker(broker, tmp_path, rules=str(rules))
     try:
         w.wait_ready()
         produce_log(broker, log, until=T("2026-03-02T00:00:00Z"))
@@ -148,6 +172,17 @@ def _check_metrics(w, want_t, want_d):
     assert value(fams, "journey_customers") == value(fams, "journey_customers_by_stage") == 3, (
         fams["journey_customers_by_stage"].samples, fams["journey_customers"].samples)
     assert value(fams, "journey_build_info") == 1
+    # the multi-step journey: 3 instances entered (bob chk-1 and chk-3, carol chk-2); carol's exited at
+    # reminder, bob's chk-1 finished after tips, chk-3 still waits at back; discount never reached (0,
+    # exported all the same); no step limit
+    j = "checkout_rescue"
+    assert {(s.labels["outcome"], s.value) for s in fams["journey_journey_instances"].samples
+            if s.labels["journey"] == j} == {("entered", 3), ("finished", 1), ("exited", 1), ("step_limit", 0)}
+    assert {(s.labels["step"], s.labels["outcome"]): s.value for s in fams["journey_journey_steps"].samples
+            if s.labels["journey"] == j} == {
+        ("reminder", "reached"): 3, ("reminder", "exited"): 1, ("back", "reached"): 2, ("back", "exited"): 0,
+        ("tips", "reached"): 1, ("tips", "exited"): 0, ("discount", "reached"): 0, ("discount", "exited"): 0}
+    assert fams["journey_journey_steps"].type == "counter"
 
 
 # rocksdb:// is killed mid-stream (twice, sharing its data directory) in tests/test_faults.py

@@ -35,6 +35,9 @@ DEFERRED = "_deferred"
 STAGE = "_stage"
 # what became of an occasion handed to the contact policy (Engine.fire)
 SENT, HELD_OUT, POSTPONED, HELD = "sent", "held_out", "postponed", "held"
+# what Stats.instances and Stats.steps count of a multi-step journey (the metrics' outcome label)
+INSTANCE_OUTCOMES = ("entered", "finished", "exited", "step_limit")
+STEP_OUTCOMES = ("reached", "exited")
 
 
 class Stats:
@@ -835,6 +838,12 @@ class Engine:
         """rule -> kind of every record this engine may write to the triggers output (the
         erasure record counts as rule ``erased``, kind ``privacy``)."""
         return {**{name: rule.kind for name, (rule, _p) in self.rules.items()}, privacy.RULE: privacy.KIND}
+
+    def journey_steps(self) -> dict[str, list[str]]:
+        """multi-step journey -> its step names in the order written (the label values of the step
+        metrics: bounded by the rule file, from 0 before anything happened)."""
+        return {name: [s.name for s in rule.steps] for name, (rule, _p) in self.rules.items()
+                if getattr(rule, "multi", False)}
 
     def customers(self) -> int:
         return sum(1 for s in self.states.values() if s.erased is None and not s.anon)

@@ -8,7 +8,8 @@ scrapes (a custom collector), so metrics cost nothing between scrapes.
 Names follow Prometheus conventions: ``journey_`` prefix, base units
 (``_seconds``), ``_total`` for counters. Labels are bounded sets: topic,
 partition, canonical event type (unknown types count as ``other``), touch
-point, rule, kind, reason, stage. Never a customer id or anything personal.
+point, rule, kind, reason, stage, and a multi-step journey's name and step names
+(the rule file's). Never a customer id or anything personal.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .. import __version__
 from ..core import catalog, health
+from ..core.engine import INSTANCE_OUTCOMES, STEP_OUTCOMES
 
 # processing latency: record received -> its effects handed to the producer (target: p99 < 250 ms)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0,
@@ -203,6 +205,8 @@ class WorkerCollector:
             dfr.add_metric([rule, "quiet_hours"], n)
         yield dfr
 
+        yield from journey_step_families(stats, getattr(rt, "journey_steps", {}))
+
         trans = CounterMetricFamily("journey_stage_transitions_total",
                                     "Relationship stage changes, by stage left and stage entered",
                                     labels=["from_stage", "to_stage"])
@@ -305,6 +309,35 @@ class WorkerCollector:
                 stages[stage] += 1
                 buckets.observe(health.score(st.hdev, st.hts, now if now is not None else (st.hts or 0), hl))
         return stages, buckets
+
+
+def journey_step_families(stats, journey_steps: dict[str, list[str]]):
+    """Multi-step journeys (domain.md section 8): instances by journey and outcome, and steps by
+    journey, step and outcome. The rule file's journeys and steps are exported from 0, so a rate
+    sees an instance's first step and a funnel shows the steps no instance reached."""
+    inst = CounterMetricFamily("journey_journey_instances_total",
+                               "Instances of multi-step journeys, by journey and outcome: entered (started), "
+                               "finished (reached the end), exited (ended by an exit event), step_limit (ended "
+                               "after the most steps an instance may take)", labels=["journey", "outcome"])
+    counts = Counter(stats.instances)
+    for name in journey_steps:
+        for what in INSTANCE_OUTCOMES:
+            counts[(name, what)] += 0
+    for (name, what), n in sorted(counts.items()):
+        inst.add_metric([name, what], n)
+    yield inst
+    steps = CounterMetricFamily("journey_journey_steps_total",
+                                "Steps of multi-step journeys, by journey, step and outcome: reached (an instance "
+                                "came to the step; the funnel), exited (an exit event ended an instance there)",
+                                labels=["journey", "step", "outcome"])
+    counts = Counter(stats.steps)
+    for name, names in journey_steps.items():
+        for step in names:
+            for what in STEP_OUTCOMES:
+                counts[(name, step, what)] += 0
+    for (name, step, what), n in sorted(counts.items()):
+        steps.add_metric([name, step, what], n)
+    yield steps
 
 
 def registry_for(rt) -> CollectorRegistry:

@@ -92,7 +92,9 @@ class Runtime(Outputs):
         self.rebalances = 0
         self.latency = Buckets(LATENCY_BUCKETS)
         self.event_lag = Buckets(LAG_BUCKETS)
-        self.rule_kinds = Engine(config).rule_kinds()
+        probe = Engine(config)
+        self.rule_kinds = probe.rule_kinds()
+        self.journey_steps = probe.journey_steps()     # multi-step journey -> step names (metric labels)
         self.faust_version = faust.__version__
         self.acks: list = []           # tokens of records whose only effect is output, for the next checkpoint
         self.building: dict = {}       # (topic, partition) -> open producer batch
