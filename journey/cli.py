@@ -92,8 +92,9 @@ def cmd_replay(a) -> int:
         from .core.engine import Engine
         from .history.replay_metrics import write_replay_metrics
 
-        kinds = Engine(cfg).rule_kinds()
-        write_replay_metrics(a.metrics_file, s, kinds, run=a.metrics_run)
+        probe = Engine(cfg)
+        write_replay_metrics(a.metrics_file, s, probe.rule_kinds(), run=a.metrics_run,
+                             journey_steps=probe.journey_steps())
     if not a.quiet:
         print(format_summary(s), file=sys.stderr)
     return 0

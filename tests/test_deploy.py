@@ -37,6 +37,30 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "journey.json"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 RATE_INTERVAL = "30s"  # what Grafana puts for $__rate_interval at a 1 s scrape interval and a short range
 
+# a multi-step journey (domain.md section 8) the synthetic log walks through, beside the example rule
+# file's journeys: its metrics, in the replay's file and the worker's, and the dashboard's Journeys row
+STEPS_JOURNEY = """
+[journeys.checkout_steps]
+kind = "recovery"
+entry = "checkout.started"
+key = "checkout_id"
+exit = "order.completed"
+reenter = "7d"
+steps = [
+  { name = "settle", wait = "30m" },
+  { name = "reminder", send = { offer = { type = "checkout_reminder" } } },
+  { name = "back", wait_for = "product.viewed", within = "3d" },
+  { name = "nudge", if = "customer.orders >= 1", send = { offer = { type = "checkout_nudge" } } },
+]
+"""
+STEP_NAMES = ["settle", "reminder", "back", "nudge"]
+
+
+def _rules_with_steps(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.toml"
+    path.write_text((DEPLOY / "journeys.example.toml").read_text() + STEPS_JOURNEY)
+    return path
+
 
 _tool = need_tool
 
@@ -182,6 +206,7 @@ def test_replay_metrics_file(tmp_path):
     write_log(str(log), customers=200, events=4000, seed=3)
     prom, summary = tmp_path / "journey_replay.prom", tmp_path / "summary.json"
     subprocess.run([sys.executable, "-m", "journey", "replay", str(log), "--out", str(tmp_path / "t.jsonl"),
+                    "--rules", str(_rules_with_steps(tmp_path)),
                     "--summary-json", str(summary), "--metrics-file", str(prom), "--metrics-run", "backfill",
                     "-q"], check=True, timeout=120)
     text = prom.read_bytes()
@@ -205,6 +230,22 @@ def test_replay_metrics_file(tmp_path):
     assert total("journey_replay_customers") == s["customers"]
     assert total("journey_replay_watermark_seconds") == s["watermark"] / 1000
     assert {x.labels["kind"] for x in samples if x.name == "journey_replay_triggers"} <= {"recovery", "recognition"}
+    # the multi-step journey: its instances and steps as the summary counts them, every step and outcome
+    # of the rule file exported (0 for what did not happen), and nothing else in the labels
+    inst = s["instances"]["checkout_steps"]
+    assert inst["entered"] > inst.get("exited", 0) > 0 and inst.get("finished", 0) > 0, inst
+    assert inst["entered"] == s["steps"]["checkout_steps"]["settle"]["reached"]
+    assert {x.labels["outcome"]: x.value for x in samples if x.name == "journey_replay_journey_instances" and
+            x.labels["journey"] == "checkout_steps"} == {
+        outcome: inst.get(outcome, 0) for outcome in ("entered", "finished", "exited", "step_limit")}
+    steps = {(x.labels["step"], x.labels["outcome"]): x.value for x in samples
+             if x.name == "journey_replay_journey_steps" and x.labels["journey"] == "checkout_steps"}
+    assert steps == {(step, outcome): s["steps"]["checkout_steps"].get(step, {}).get(outcome, 0)
+                     for step in STEP_NAMES for outcome in ("reached", "exited")}
+    assert steps[("settle", "reached")] > steps[("reminder", "reached")] >= steps[("back", "reached")] > steps[
+        ("nudge", "reached")] > 0
+    assert {frozenset(x.labels) for x in samples if x.name.startswith("journey_replay_journey_")} == {
+        frozenset({"run", "journey", "outcome"}), frozenset({"run", "journey", "step", "outcome"})}
     # last: promtool's linter (a machine without promtool skips only this, after the checks above)
     r = promtool("check", "metrics", stdin=text)
     assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), (r.stdout + r.stderr).decode()

@@ -4,7 +4,8 @@ A backfill or backtest is a batch job, so its figures are gauges of the last
 run (``journey_replay_*``, labelled with the run's name), written atomically
 for node-exporter's textfile collector or any scrape of the file. The Grafana
 dashboard's "Last replay or backfill" row shows them beside the live numbers.
-Labels are bounded sets (rule, kind, reason, event type); never a customer id.
+Labels are bounded sets (rule, kind, reason, event type, a multi-step journey's name and
+step names); never a customer id.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import time
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from ..core import catalog
+from ..core.engine import INSTANCE_OUTCOMES, STEP_OUTCOMES
 
 
 def write_replay_metrics(path: str, summary: dict, rule_kinds: dict[str, str], run: str = "replay",
-                         finished: float | None = None) -> None:
+                         finished: float | None = None, journey_steps: dict[str, list[str]] | None = None) -> None:
+    """``journey_steps``: multi-step journey -> its step names (``Engine.journey_steps``), exported
+    from 0 so that a step no instance reached shows in the funnel."""
     reg = CollectorRegistry()
 
     def gauge(name, doc, labels=()):
@@ -49,6 +53,26 @@ def write_replay_metrics(path: str, summary: dict, rule_kinds: dict[str, str], r
     dfr = gauge("journey_replay_deferrals", "Triggers deferred (quiet hours) in the last replay, by rule", ["rule"])
     for rule, n in summary["deferred_by_rule"].items():
         dfr.labels(run, rule).set(n)
+    journey_steps = journey_steps or {}
+    inst = gauge("journey_replay_journey_instances",
+                 "Instances of multi-step journeys in the last replay, by journey and outcome (entered, finished, "
+                 "exited, step_limit)", ["journey", "outcome"])
+    counts = {(j, what): 0 for j in journey_steps for what in INSTANCE_OUTCOMES}
+    for j, by in summary.get("instances", {}).items():
+        for what, n in by.items():
+            counts[(j, what)] = n
+    for (j, what), n in sorted(counts.items()):
+        inst.labels(run, j, what).set(n)
+    steps = gauge("journey_replay_journey_steps",
+                  "Steps of multi-step journeys in the last replay, by journey, step and outcome (reached, exited)",
+                  ["journey", "step", "outcome"])
+    counts = {(j, step, what): 0 for j, names in journey_steps.items() for step in names for what in STEP_OUTCOMES}
+    for j, by_step in summary.get("steps", {}).items():
+        for step, by in by_step.items():
+            for what, n in by.items():
+                counts[(j, step, what)] = n
+    for (j, step, what), n in sorted(counts.items()):
+        steps.labels(run, j, step, what).set(n)
     gauge("journey_replay_customers", "Customers in state at the end of the last replay").labels(run).set(
         summary["customers"])
     if summary.get("watermark") is not None:
