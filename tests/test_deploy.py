@@ -36,6 +36,7 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "journey.json"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 RATE_INTERVAL = "30s"  # what Grafana puts for $__rate_interval at a 1 s scrape interval and a short range
+RANGE = "10m"          # for $__range (the dashboard's time range): longer than the test runs
 
 # a multi-step journey (domain.md section 8) the synthetic log walks through, beside the example rule
 # file's journeys: its metrics, in the replay's file and the worker's, and the dashboard's Journeys row
@@ -145,7 +146,8 @@ def test_dashboard_loads_as_a_grafana_model_bound_to_the_pinned_datasource():
     rows = [p for p in model.panels if isinstance(p, RowPanel)]
     panels = [p for p in model.panels if isinstance(p, Panel)]
     assert [r.title for r in rows] == ["Overview", "Latency and lag", "Event time: watermarks and timers",
-                                       "Errors and dead letters", "Relationships (aggregates)", "Experiments",
+                                       "Errors and dead letters", "Relationships (aggregates)", "Journeys",
+                                       "Experiments",
                                        "HTTP intake", "Webhook delivery (journey dispatch)",
                                        "Last replay or backfill"]
     ids = [p.id_val for p in model.panels]
@@ -345,11 +347,13 @@ def test_real_prometheus_scrapes_the_worker_and_evaluates_every_query(broker, tm
     write_log(str(log), customers=300, events=6000, seed=7)   # includes a few malformed lines
     textfiles = tmp_path / "textfile"
     textfiles.mkdir()
+    rules = _rules_with_steps(tmp_path)   # journeys on, a multi-step one among them: their series too
     subprocess.run([sys.executable, "-m", "journey", "replay", str(log), "--out", str(tmp_path / "r.jsonl"),
-                    "--metrics-file", str(textfiles / "journey_replay.prom"), "-q"], check=True, timeout=120)
+                    "--rules", str(rules), "--metrics-file", str(textfiles / "journey_replay.prom"), "-q"],
+                   check=True, timeout=120)
     srv, file_port = _serve_dir(textfiles)
 
-    w = Worker(broker, tmp_path, idle="2s", rules=str(DEPLOY / "journeys.example.toml"))  # journeys on: their series too
+    w = Worker(broker, tmp_path, idle="2s", rules=str(rules))
     intake = _Intake(broker, tmp_path)
     prom = None
     try:
@@ -403,7 +407,7 @@ def test_real_prometheus_scrapes_the_worker_and_evaluates_every_query(broker, tm
         # every dashboard query is valid PromQL, and the panels return data
         empty = []
         for title, expr in _queries(_dashboard()):
-            res = prom.query(expr.replace("$__rate_interval", RATE_INTERVAL))
+            res = prom.query(expr.replace("$__rate_interval", RATE_INTERVAL).replace("$__range", RANGE))
             assert res["status"] == "success", (title, expr, res)
             if not res["data"]["result"]:
                 empty.append(title)
@@ -416,6 +420,21 @@ def test_real_prometheus_scrapes_the_worker_and_evaluates_every_query(broker, tm
         assert scalar("sum(journey_replay_triggers)") == len((tmp_path / "r.jsonl").read_bytes().splitlines())
         assert scalar("sum(journey_deadletters_total)") == len(read_topic(broker, topics.DEADLETTER, idle_ms=300)) > 0
         assert scalar('sum(up{job="journey"})') == 1
+        # the Journeys row: instances of the multi-step journey entered, each at its first step; the funnel
+        # has a bar for every step of it, and the replay's funnel too
+        entered = scalar('sum(journey_journey_instances_total{journey="checkout_steps", outcome="entered"})')
+        assert entered > 0 and scalar('sum(journey_journey_steps_total{journey="checkout_steps", step="settle", '
+                                      'outcome="reached"})') == entered
+        assert scalar('sum(journey_journey_steps_total{journey="checkout_steps", step="reminder", '
+                      'outcome="reached"})') > 0
+        funnels = {title: expr for title, expr in _queries(_dashboard()) if "funnel" in title}
+        for title, expr in funnels.items():
+            res = prom.query(expr.replace("$__range", RANGE))["data"]["result"]
+            bars = {r["metric"]["step"]: float(r["value"][1]) for r in res if r["metric"]["journey"] == "checkout_steps"}
+            assert set(bars) == set(STEP_NAMES) and bars["settle"] > 0, (title, bars)
+            assert [float(r["value"][1]) for r in res] == sorted((float(r["value"][1]) for r in res), reverse=True)
+        assert len(funnels) == 2
+        assert scalar('sum(journey_replay_journey_instances{journey="checkout_steps", outcome="entered"})') > 0
         # ... and the intake's are what it answered and wrote
         assert scalar('sum(up{job="journey-intake"})') == 1 == scalar("min(journey_intake_kafka_up)")
         assert scalar("sum(journey_intake_messages_accepted_total)") == 4

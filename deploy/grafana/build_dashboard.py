@@ -19,6 +19,7 @@ from pathlib import Path
 DATASOURCE = {"type": "prometheus", "uid": "journey-prometheus"}  # pinned in provisioning/datasources
 UID = "journey-overview"
 RATE = "$__rate_interval"
+RANGE = "$__range"  # the dashboard's time range (instant queries: what happened in it)
 OUT = Path(__file__).parent / "dashboards" / "journey.json"
 WIDTH = 24
 
@@ -86,6 +87,13 @@ class Board:
                    options={"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
                             "tooltip": {"mode": "multi", "sort": "desc"}})
 
+    def bars(self, title, targets, description, unit="short", w=12, h=8):
+        """A horizontal bar gauge of instant values, one bar a series, in the order the query returns."""
+        self.panel("bargauge", title, targets, w=w, h=h, unit=unit, description=description,
+                   options={"orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True,
+                            "valueMode": "color", "namePlacement": "auto", "minVizHeight": 16,
+                            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}})
+
     def build(self) -> dict:
         for i, p in enumerate(self.panels, start=1):
             p["id"] = i
@@ -93,8 +101,8 @@ class Board:
             "uid": UID,
             "title": "journey",
             "description": "Live journey workers: intake, triggers and the contact policy, latency and lag, "
-                           "event-time watermarks, errors, relationship aggregates, the HTTP intake, webhook "
-                           "delivery, and the last replay.",
+                           "event-time watermarks, errors, relationship aggregates, multi-step journeys, "
+                           "experiments, the HTTP intake, webhook delivery, and the last replay.",
             "tags": ["journey", "kafka", "triggers"],
             "timezone": "utc",
             "editable": True,
@@ -217,6 +225,27 @@ def dashboard() -> dict:
     b.series("State writes/s", [q(rate("journey_state_writes_total"), "writes")], "ops",
              "Customer states written to the changelog (one per changed customer per checkpoint)", w=24, h=6)
 
+    b.row("Journeys")
+    steps, instances = "journey_journey_steps_total", "journey_journey_instances_total"
+    b.bars("Journey funnel: steps reached",
+           [q(f'sort_desc(sum by (journey, step) (increase({steps}{{outcome="reached"}}[{RANGE}])))',
+              "{{journey}} · {{step}}", instant=True)],
+           "Instances of multi-step journeys that reached each step in the time range, by journey and step "
+           "(largest first: along a journey without branches, that is the order of its steps). A step that "
+           "keeps few of the step before it is where instances exit, time out or take an else", h=10)
+    b.series("Journey instances/s by journey and outcome",
+             [q(rate(instances, "journey, outcome"), "{{journey}} {{outcome}}")], "ops",
+             "Instances entered (started by an entry event) and ended: finished (reached the end), exited "
+             "(an exit event), step_limit (took the most steps an instance may, 50: a loop to look at)",
+             w=12, h=10)
+    b.series("Journey steps reached/s by journey and step",
+             [q(rate(steps, "journey, step", 'outcome="reached"'), "{{journey}} · {{step}}")], "ops",
+             "Instances coming to each step per second (the funnel over time)", w=12)
+    b.series("Journey exits/s by journey and step",
+             [q(rate(steps, "journey, step", 'outcome="exited"'), "{{journey}} · {{step}}")], "ops",
+             "Instances an exit event ended, by the step they were at (each one is in journey.audit as exited)",
+             w=12)
+
     b.row("Experiments")
     closed = "journey_experiment_exposures_total"
     conv = "journey_experiment_conversions_total"
@@ -303,6 +332,16 @@ def dashboard() -> dict:
              "Triggers of the last replay, by rule: compare with the live rates above", w=12)
     b.series("Replay suppressions by reason", [q("sum by (reason) (journey_replay_suppressions)", "{{reason}}")],
              "short", "Suppressions of the last replay, by reason", w=12)
+    b.bars("Replay journey funnel: steps reached",
+           [q('sort_desc(sum by (journey, step) (journey_replay_journey_steps{outcome="reached"}))',
+              "{{journey}} · {{step}}", instant=True)],
+           "Instances of multi-step journeys that reached each step in the last replay (largest first): compare "
+           "a backtest's funnel with the live one above")
+    b.bars("Replay journey instances by outcome",
+           [q("sum by (journey, outcome) (journey_replay_journey_instances)", "{{journey}} {{outcome}}",
+              instant=True)],
+           "Instances of multi-step journeys in the last replay: entered, and ended finished (reached the end), "
+           "exited (an exit event) or step_limit")
     return b.build()
 
 
