@@ -239,7 +239,7 @@ def test_replay_metrics_file(tmp_path):
     assert inst["entered"] == s["steps"]["checkout_steps"]["settle"]["reached"]
     assert {x.labels["outcome"]: x.value for x in samples if x.name == "journey_replay_journey_instances" and
             x.labels["journey"] == "checkout_steps"} == {
-        outcome: inst.get(outcome, 0) for outcome in ("entered", "finished", "exited", "step_limit")}
+        outcome: inst.get(outcome, 0) for outcome in ("entered", "finished", "exited", "step_limit", "dropped")}
     steps = {(x.labels["step"], x.labels["outcome"]): x.value for x in samples
              if x.name == "journey_replay_journey_steps" and x.labels["journey"] == "checkout_steps"}
     assert steps == {(step, outcome): s["steps"]["checkout_steps"].get(step, {}).get(outcome, 0)

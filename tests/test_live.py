@@ -177,7 +177,8 @@ def _check_metrics(w, want_t, want_d):
     # exported all the same); no step limit
     j = "checkout_rescue"
     assert {(s.labels["outcome"], s.value) for s in fams["journey_journey_instances"].samples
-            if s.labels["journey"] == j} == {("entered", 3), ("finished", 1), ("exited", 1), ("step_limit", 0)}
+            if s.labels["journey"] == j} == {("entered", 3), ("finished", 1), ("exited", 1), ("step_limit", 0),
+                                                            ("dropped", 0)}
     assert {(s.labels["step"], s.labels["outcome"]): s.value for s in fams["journey_journey_steps"].samples
             if s.labels["journey"] == j} == {
         ("reminder", "reached"): 3, ("reminder", "exited"): 1, ("back", "reached"): 2, ("back", "exited"): 0,

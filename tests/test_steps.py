@@ -284,3 +284,12 @@ def test_example_winback_series(run, example):
     # the second order ended the first series and started another: 60 and 90 days after it
     assert [(t["data"]["occasion"], t["time"]) for t in r2.of("winback_series")] == [
         ("o2:miss_you", "2026-04-16T10:00:00Z"), ("o2:offer", "2026-05-16T10:00:00Z")]
+
+
+def test_more_than_20_open_instances_drop_the_oldest_counted_and_audited(run):
+    j = {"kind": "recovery", "entry": "checkout.started", "key": "checkout_id",
+         "steps": [{"name": "later", "wait": "30d", "send": {}}]}
+    evs = [checkout(ts=f"2026-03-01T10:{m:02d}:00Z", chk=f"k{m}", id=f"s{m}") for m in range(21)]
+    r = run(evs, rules=rules(j=j), until="2026-03-05T00:00:00Z")
+    assert [a["occasion"] for a in r.audit_of("j", "instance_limit")] == ["k0:s0"]
+    assert r.summary["instances"]["j"] == {"entered": 21, "dropped": 1}

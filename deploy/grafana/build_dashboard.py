@@ -236,7 +236,8 @@ def dashboard() -> dict:
     b.series("Journey instances/s by journey and outcome",
              [q(rate(instances, "journey, outcome"), "{{journey}} {{outcome}}")], "ops",
              "Instances entered (started by an entry event) and ended: finished (reached the end), exited "
-             "(an exit event), step_limit (took the most steps an instance may, 50: a loop to look at)",
+             "(an exit event), step_limit (took the most steps an instance may, 50: a loop to look at), "
+             "dropped (the oldest of more than 20 open for one customer)",
              w=12, h=10)
     b.series("Journey steps reached/s by journey and step",
              [q(rate(steps, "journey, step", 'outcome="reached"'), "{{journey}} · {{step}}")], "ops",
@@ -341,7 +342,7 @@ def dashboard() -> dict:
            [q("sum by (journey, outcome) (journey_replay_journey_instances)", "{{journey}} {{outcome}}",
               instant=True)],
            "Instances of multi-step journeys in the last replay: entered, and ended finished (reached the end), "
-           "exited (an exit event) or step_limit")
+           "exited (an exit event), step_limit or dropped")
     return b.build()
 
 

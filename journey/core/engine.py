@@ -36,7 +36,7 @@ STAGE = "_stage"
 # what became of an occasion handed to the contact policy (Engine.fire)
 SENT, HELD_OUT, POSTPONED, HELD = "sent", "held_out", "postponed", "held"
 # what Stats.instances and Stats.steps count of a multi-step journey (the metrics' outcome label)
-INSTANCE_OUTCOMES = ("entered", "finished", "exited", "step_limit")
+INSTANCE_OUTCOMES = ("entered", "finished", "exited", "step_limit", "dropped")   # dropped: past 20 open
 STEP_OUTCOMES = ("reached", "exited")
 
 
@@ -57,7 +57,7 @@ class Stats:
         self.condition_errors = Counter()  # journey -> CEL conditions or templates that failed (as false)
         self.outcomes: dict[tuple, list] = {}  # (rule, arm, stage) -> [exposures, conversions, value cents] closed
         self.exposures_untracked = 0     # exposures past the per-customer cap of open ones (not measured)
-        self.instances = Counter()       # multi-step journeys: (journey, entered|exited|finished|step_limit)
+        self.instances = Counter()       # multi-step journeys: (journey, entered|exited|finished|step_limit|dropped)
         self.steps = Counter()           # multi-step journeys: (journey, step, reached|exited)
 
     def merge(self, other: Stats) -> None:

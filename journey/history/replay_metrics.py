@@ -56,7 +56,7 @@ def write_replay_metrics(path: str, summary: dict, rule_kinds: dict[str, str], r
     journey_steps = journey_steps or {}
     inst = gauge("journey_replay_journey_instances",
                  "Instances of multi-step journeys in the last replay, by journey and outcome (entered, finished, "
-                 "exited, step_limit)", ["journey", "outcome"])
+                 "exited, step_limit, dropped)", ["journey", "outcome"])
     counts = {(j, what): 0 for j in journey_steps for what in INSTANCE_OUTCOMES}
     for j, by in summary.get("instances", {}).items():
         for what, n in by.items():

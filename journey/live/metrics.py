@@ -318,7 +318,8 @@ def journey_step_families(stats, journey_steps: dict[str, list[str]]):
     inst = CounterMetricFamily("journey_journey_instances_total",
                                "Instances of multi-step journeys, by journey and outcome: entered (started), "
                                "finished (reached the end), exited (ended by an exit event), step_limit (ended "
-                               "after the most steps an instance may take)", labels=["journey", "outcome"])
+                               "after the most steps an instance may take), dropped (the oldest of more than 20 "
+                               "open for one customer)", labels=["journey", "outcome"])
     counts = Counter(stats.instances)
     for name in journey_steps:
         for what in INSTANCE_OUTCOMES:

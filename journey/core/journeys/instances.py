@@ -56,4 +56,6 @@ class Instances:
             d = t[1]
             eng.audit_occasion(st, self, f"{d['k']}:{d['e']}", d["s"], "instance_limit",
                                f"more than {MAX_OPEN} open instances: the oldest is dropped", [d["e"]])
+            if "i" in d:  # a multi-step instance: counted with the others' ends
+                eng.stats.instances[(self.name, "dropped")] += 1
         eng.set_timer(st, self, key, due, data)
