@@ -72,6 +72,9 @@ class Tracer(Engine):
         self.trace: list = []
         self.who = who
         super().__init__(config, _Sink(who, self.trace))
+        # a multi-step journey's instance is a timer that parks at a due time that never comes (nor
+        # formats as a time) and moves inside the journey: no timer rows for it
+        self.hidden = set(_HIDDEN) | {n for n, j in getattr(config, "journeys", {}).items() if j.multi}
 
     def _note(self, ts: int, what: str, text: str, extra: dict | None = None) -> None:
         self.trace.append((format_time(ts), what, text, extra or {}))
@@ -102,7 +105,7 @@ class Tracer(Engine):
 
     def set_timer(self, st, rule, key, due, data) -> None:
         name = _timer_name(rule)
-        if self.key in self.who and name not in _HIDDEN:
+        if self.key in self.who and name not in self.hidden:
             new = f"{name}|{key}" not in st.timers
             self._note(self._now(st), "timer", f"{name} {'set' if new else 'moved'}: due {format_time(due)}"
                        + (f" (instance {key})" if key else ""), {"rule": name, "key": key, "due": format_time(due)})
@@ -111,7 +114,7 @@ class Tracer(Engine):
     def cancel_timer(self, st, rule, key):
         t = super().cancel_timer(st, rule, key)
         name = _timer_name(rule)
-        if t is not None and self.key in self.who and name not in _HIDDEN:
+        if t is not None and self.key in self.who and name not in self.hidden:
             self._note(self._now(st), "timer", f"{name} cancelled (due {format_time(t[0])})"
                        + (f", instance {key}" if key else ""), {"rule": name, "key": key})
         return t
@@ -120,7 +123,7 @@ class Tracer(Engine):
         if self.key in self.who:
             for tk, (due, _d) in sorted(st.timers.items(), key=lambda kv: kv[1][0]):
                 name = tk.split("|", 1)[0]
-                if due <= upto and name not in _HIDDEN:
+                if due <= upto and name not in self.hidden:
                     self._note(due, "timer", f"{name} due ({tk.split('|', 1)[1] or 'customer'})", {"rule": name})
         super()._run_timers(st, upto)
 
