@@ -83,3 +83,12 @@ def test_explain_keeps_the_events_that_start_a_multi_step_instance(tmp_path):
     lines = out.splitlines()
     assert any(x.startswith("2026-03-01T10:00:00Z") and "event      checkout.started" in x for x in lines), out
     assert any(x.startswith("2026-03-01T11:00:00Z") and "trigger    cart_rescue sent" in x for x in lines), out
+
+
+def test_explain_orders_rows_by_event_time_to_the_millisecond(tmp_path):
+    # the reminder at 11:00:00Z comes before an event a millisecond later (as text, "…00.001Z" < "…00Z")
+    out = explain(tmp_path, [checkout("c1", "2026-03-01T10:00:00Z", "k1", "s1"),
+                             ev("page.viewed", "c1", "2026-03-01T11:00:00.001Z", id="pv")])
+    times = [x.split()[0] for x in out.splitlines()]
+    assert "2026-03-01T11:00:00.001Z" in times
+    assert times.index("2026-03-01T11:00:00Z") < times.index("2026-03-01T11:00:00.001Z"), out

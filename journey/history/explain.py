@@ -17,7 +17,7 @@ import orjson
 from ..core.engine import DEFERRED, STAGE, Engine
 from ..core.experiments import OUTCOME
 from ..core.timeline import drive
-from ..core.timeutil import format_time
+from ..core.timeutil import format_time, parse_time
 from ..io.logs import Reader
 from .replay import no_cyclic_gc
 
@@ -140,7 +140,9 @@ def explain(customer: str, paths, config, until: int | None = None) -> list[dict
     with no_cyclic_gc():
         drive(eng, reader.events(), until, on_error=lambda *_: None)
     rows = [{"time": t, "what": w, "text": x, **extra} for t, w, x, extra in eng.trace]
-    rows.sort(key=lambda r: r["time"])  # stable: within a time, in the order the engine acted
+    # by event time (not by the text: 11:00:00.001Z sorts before 11:00:00Z); stable: within a time, in the
+    # order the engine acted
+    rows.sort(key=lambda r: parse_time(r["time"]))
     return rows
 
 
