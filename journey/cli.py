@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Replay the log and print, for one customer, everything the engine did, in "
                                     "event-time order: events applied (type, touch point, health), timers and journey "
                                     "instances set, due and cancelled, triggers sent, deferred and held back with their "
-                                    "reasons, and stage changes.")
+                                    "reasons, and stage changes; then the path of each multi-step journey instance: "
+                                    "every step it reached, when, and what happened there.")
     ex.add_argument("customer", metavar="CUSTOMER", help="the customer id")
     ex.add_argument("paths", nargs="+", metavar="PATH", help="log files (.jsonl or .jsonl.gz)")
     ex.add_argument("--rules", metavar="FILE", help="rule configuration (TOML or YAML); defaults otherwise")

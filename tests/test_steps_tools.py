@@ -89,6 +89,132 @@ def test_explain_orders_rows_by_event_time_to_the_millisecond(tmp_path):
     # the reminder at 11:00:00Z comes before an event a millisecond later (as text, "…00.001Z" < "…00Z")
     out = explain(tmp_path, [checkout("c1", "2026-03-01T10:00:00Z", "k1", "s1"),
                              ev("page.viewed", "c1", "2026-03-01T11:00:00.001Z", id="pv")])
-    times = [x.split()[0] for x in out.splitlines()]
+    times = [x.split()[0] for x in out.split("\n\n")[0].splitlines()]  # the timeline (the paths follow)
     assert "2026-03-01T11:00:00.001Z" in times
     assert times.index("2026-03-01T11:00:00Z") < times.index("2026-03-01T11:00:00.001Z"), out
+
+
+def path_block(out: str, instance: str) -> list[str]:
+    """The lines of one instance's path (without the header), spaces collapsed."""
+    lines = out.splitlines()
+    at = lines.index(f"path of cart_rescue instance {instance}:")
+    block = []
+    for x in lines[at + 1:]:
+        if not x.startswith("  "):
+            break
+        block.append(" ".join(x.split()))
+    return block
+
+
+def test_explain_shows_each_instance_path(tmp_path):
+    from journey.core.triggers import trigger_id
+
+    def tid(cid, occasion):
+        return trigger_id(cid, "cart_rescue", occasion)
+
+    evs = [
+        # c1 ordered before and gave no email consent: both sends held back; no open, so the discount
+        ev("profile.updated", "c1", "2026-02-01T00:00:00Z", id="p1", traits={"consent": {"email": False}}),
+        order("c1", "2026-02-01T10:00:00Z", "o1"),
+        checkout("c1", "2026-03-01T10:00:00Z", "k1", "s1"),
+        # c2: the reminder goes out, then the order ends the instance while it waits for the open
+        checkout("c2", "2026-03-01T10:00:00Z", "k2", "s2"),
+        order("c2", "2026-03-01T15:00:00Z", "o2", checkout_id="k2"),
+        # c3: opens the reminder: tips (next = end)
+        checkout("c3", "2026-03-01T10:00:00Z", "k3", "s3"),
+        ev("message.opened", "c3", "2026-03-01T12:00:00Z", id="m3"),
+        # c4: no order before: no open, the discount's if is false, else = end
+        checkout("c4", "2026-03-01T10:00:00Z", "k4", "s4"),
+    ]
+    c1 = explain(tmp_path, evs, "c1")
+    assert path_block(c1, "k1:s1") == [
+        "2026-03-01T10:00:00Z reminder reached: waits 1h, until 2026-03-01T11:00:00Z",
+        f"2026-03-01T11:00:00Z reminder held back (no_consent): trigger {tid('c1', 'k1:s1:reminder')}",
+        "2026-03-01T11:00:00Z opened reached: waits for message.opened within 1d, until 2026-03-02T11:00:00Z",
+        "2026-03-02T11:00:00Z opened timed out: no message.opened within 1d -> discount",
+        "2026-03-02T11:00:00Z discount reached",
+        "2026-03-02T11:00:00Z discount if customer.orders >= 1: true",
+        f"2026-03-02T11:00:00Z discount held back (no_consent): trigger {tid('c1', 'k1:s1:discount')}",
+        "2026-03-02T11:00:00Z discount ended",
+    ], c1
+    # the same rows in the timeline, among the events
+    assert ("2026-03-02T11:00:00Z step cart_rescue instance k1:s1 step opened: timed out: no message.opened "
+            "within 1d -> discount") in [" ".join(x.split()) for x in c1.splitlines()]
+    c2 = explain(tmp_path, evs, "c2")
+    assert path_block(c2, "k2:s2") == [
+        "2026-03-01T10:00:00Z reminder reached: waits 1h, until 2026-03-01T11:00:00Z",
+        f"2026-03-01T11:00:00Z reminder sent (email): trigger {tid('c2', 'k2:s2:reminder')}",
+        "2026-03-01T11:00:00Z opened reached: waits for message.opened within 1d, until 2026-03-02T11:00:00Z",
+        "2026-03-01T15:00:00Z opened exited: order.completed (id o2) ended the instance",
+    ], c2
+    c3 = explain(tmp_path, evs, "c3")
+    assert path_block(c3, "k3:s3")[3:] == [
+        "2026-03-01T12:00:00Z opened message.opened arrived (id m3) -> tips",
+        "2026-03-01T12:00:00Z tips reached",
+        f"2026-03-01T12:00:00Z tips sent (email): trigger {tid('c3', 'k3:s3:tips')}",
+        "2026-03-01T12:00:00Z tips ended",
+    ], c3
+    c4 = explain(tmp_path, evs, "c4")
+    assert path_block(c4, "k4:s4")[3:] == [
+        "2026-03-02T11:00:00Z opened timed out: no message.opened within 1d -> discount",
+        "2026-03-02T11:00:00Z discount reached",
+        "2026-03-02T11:00:00Z discount if customer.orders >= 1: false -> end",
+        "2026-03-02T11:00:00Z discount ended",
+    ], c4
+    # a customer without a multi-step instance: no paths
+    c5 = explain(tmp_path, evs + [ev("page.viewed", "c5", "2026-03-01T10:00:00Z", id="v5")], "c5")
+    assert "path of" not in c5 and "step " not in c5
+
+
+NUDGE = '''[policy]
+quiet_start = "22:00"
+quiet_end = "08:00"
+default_timezone = "UTC"
+max_per_window = 1000
+min_gap = "0s"
+
+[journeys.nudge]
+kind = "recovery"
+entry = "checkout.started"
+exit = "order.completed"
+steps = [ { name = "nudge", wait = "1h", send = {}, next = "nudge" } ]
+'''
+
+
+def test_explain_json_path_of_a_deferred_send_and_the_step_limit(tmp_path):
+    from journey.core.triggers import trigger_id
+
+    rules = tmp_path / "nudge.toml"
+    rules.write_text(NUDGE)
+    log = log_file(tmp_path, [checkout("c1", "2026-03-01T20:00:00Z", "k1", "s1"),
+                              checkout("c2", "2026-03-01T20:00:00Z", "k2", "s2"),
+                              order("c2", "2026-03-02T03:00:00Z", "o2")])
+    p = cli("explain", "c1", log, "--rules", rules, "--until", "2026-03-10T00:00:00Z", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = [r for r in orjson.loads(p.stdout) if r.get("instance") == "s1"]
+    assert {r["rule"] for r in rows} == {"nudge"} and {r["step"] for r in rows} == {"nudge"}
+    # 21:00 sent; 22:00 (the second visit) deferred by the quiet hours to 08:00, and sent then
+    texts = [(r["time"], r["step_text"]) for r in rows]
+    assert texts[:6] == [
+        ("2026-03-01T20:00:00Z", "reached: waits 1h, until 2026-03-01T21:00:00Z"),
+        ("2026-03-01T21:00:00Z", f"sent (email): trigger {trigger_id('c1', 'nudge', 's1:nudge')}"),
+        ("2026-03-01T21:00:00Z", "reached: waits 1h, until 2026-03-01T22:00:00Z"),
+        ("2026-03-01T22:00:00Z", "deferred (quiet_hours) until 2026-03-02T08:00:00Z: trigger "
+                                 f"{trigger_id('c1', 'nudge', 's1:nudge#2')}"),
+        ("2026-03-02T08:00:00Z", "sent (email, deferred from 2026-03-01T22:00:00Z): trigger "
+                                 f"{trigger_id('c1', 'nudge', 's1:nudge#2')}"),
+        ("2026-03-02T08:00:00Z", "reached: waits 1h, until 2026-03-02T09:00:00Z"),
+    ], texts[:6]
+    assert [r["happened"] for r in rows if r["what"] == "step"][:2] == ["reached", "reached"]
+    # the 50th step's send, then the end at the limit
+    assert sum(1 for r in rows if r.get("happened") == "reached") == 50
+    assert rows[-1]["step_text"] == "ended: the instance took 50 steps, the most one may take: it ends"
+    assert rows[-1]["what"] == "held back" and rows[-1]["reason"] == "instance_limit"
+    # c2's order ends its instance while the second send waits for the quiet hours to end
+    p2 = cli("explain", "c2", log, "--rules", rules, "--until", "2026-03-10T00:00:00Z", "--json")
+    rows2 = [r for r in orjson.loads(p2.stdout) if r.get("instance") == "s2"]
+    assert [r["step_text"].split(":")[0] for r in rows2] == ["reached", "sent (email)", "reached",
+                                                               "deferred (quiet_hours) until 2026-03-02T08",
+                                                               "exited"]
+    assert rows2[-1]["time"] == "2026-03-02T03:00:00Z"
+    assert rows2[-1]["step_text"] == "exited: order.completed (id o2) ended the instance"

@@ -187,7 +187,9 @@ class Engine:
         # it; no customer id is passed on); without it, the error propagates
         self.on_timer_error = None
         # on_step(journey, instance occasion, step, what, time): a multi-step instance reached or exited a
-        # step (journey explain shows the path; the customer is self.key)
+        # step, its awaited event arrived or timed out, its if was true or false, or it ended after the step
+        # (what: reached, exited, arrived, timed_out, if_true, if_false, ended; journey explain shows the
+        # path; the customer is self.key)
         self.on_step = None
 
     # -- the timeline --------------------------------------------------------------

@@ -6,35 +6,119 @@ type, touch point), timers set, fired and cancelled (a journey instance
 starting, exiting, expiring), triggers sent, deferred and held back with their
 reasons, and stage changes, as one timeline in event-time order. Events of the
 customer's anonymous visits are included once they are linked.
+
+A multi-step journey's instance (domain.md section 8) also has its path: each
+step it reached, with the time and what happened there (the wait, the awaited
+event that arrived or the timeout, the ``if`` and where it led, the send that
+went out, was deferred or held back, the exit, the end, the step limit). The
+rows of an instance carry ``instance`` (its occasion), ``step`` and
+``step_text`` (the row as its path says it); ``instance_paths(rows)`` groups
+them.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 
 import orjson
 
 from ..core.engine import DEFERRED, STAGE, Engine
 from ..core.experiments import OUTCOME
+from ..core.journeys.steps import END
 from ..core.timeline import drive
-from ..core.timeutil import format_time, parse_time
+from ..core.timeutil import format_duration, format_time, parse_time
 from ..io.logs import Reader
 from .replay import no_cyclic_gc
+
+
+class _Paths:
+    """What the steps of the customer's multi-step journey instances did, in words."""
+
+    def __init__(self, config):
+        journeys = getattr(config, "journeys", {})
+        self.order = {n: j.steps for n, j in journeys.items() if j.multi}  # each journey's steps, in order
+        self.steps = {n: {s.name: s for s in steps} for n, steps in self.order.items()}  # by name
+        self.event = None  # the event being applied (None while timers fire)
+        self.at: dict = {}  # (journey, instance) -> the step it is at (for a row that names none)
+
+    def target(self, journey: str, i: int) -> str:
+        return "end" if i == END else self.order[journey][i].name
+
+    def hook(self, journey: str, instance: str, step: str, what: str, now: int) -> str:
+        """An ``Engine.on_step`` call, in words."""
+        self.at[(journey, instance)] = step
+        s = self.steps[journey][step]
+        if what == "reached":
+            if s.wait_for:
+                where = f" where {s.where.source}" if s.where is not None else ""
+                return (f"reached: waits for {' or '.join(sorted(s.wait_for))}{where} within "
+                        f"{format_duration(s.within)}, until {format_time(now + s.within)}")
+            if s.wait:
+                return f"reached: waits {format_duration(s.wait)}, until {format_time(now + s.wait)}"
+            return "reached"
+        if what == "arrived":
+            ev = self.event
+            return f"{ev.type} arrived (id {ev.id}) -> {self.target(journey, s.next)}"
+        if what == "timed_out":
+            return (f"timed out: no {' or '.join(sorted(s.wait_for))} within {format_duration(s.within)} -> "
+                    f"{self.target(journey, s.timeout)}")
+        if what == "if_true":
+            return f"if {s.cond.source}: true"
+        if what == "if_false":
+            return f"if {s.cond.source}: false -> {self.target(journey, s.else_)}"
+        if what == "ended":
+            return "ended"
+        return what
+
+    def trigger(self, rec: dict, extra: dict) -> None:
+        d = rec["data"]
+        if "step" not in d or d["rule"] not in self.steps:
+            return
+        late = f", deferred from {d['deferred_from']}" if "deferred_from" in d else ""
+        arm = f", experiment {d['experiment']['name']} arm {d['experiment']['variant']}" if "experiment" in d else ""
+        extra.update(instance=_instance_of(d["occasion"], d["step"]), step=d["step"],
+                     step_text=f"sent ({d['channel']}{arm}{late}): trigger {rec['id']}")
+
+    def audit(self, rec: dict, extra: dict) -> None:
+        step, reason = rec.get("step"), rec["reason"]
+        if rec["rule"] not in self.steps or (step is None and reason != "instance_limit"):
+            return
+        instance = _instance_of(rec["occasion"], step) if step else rec["occasion"]
+        if step is None:  # the instance ended: the step limit, or more instances open than allowed
+            step = self.at.get((rec["rule"], instance), "")
+            text = "ended: " + rec["detail"].split("; ", 1)[-1]
+        elif reason == "exited" and self.event is not None:
+            text = f"exited: {self.event.type} (id {self.event.id}) ended the instance"
+        elif reason == "exited":
+            text = f"its send dropped (exited: the instance had ended): trigger {rec['trigger_id']}"
+        elif rec.get("deferred_until"):
+            text = f"deferred ({reason}) until {rec['deferred_until']}: trigger {rec['trigger_id']}"
+        else:
+            text = f"held back ({reason}): trigger {rec['trigger_id']}"
+        extra.update(instance=instance, step=step, step_text=text)
+
+
+def _instance_of(occasion: str, step: str) -> str:
+    """A send's occasion is its instance's, ':', the step's name and, from the second visit, '#visit'."""
+    base = re.sub(r"#\d+$", "", occasion)
+    return base[:-len(step) - 1] if base.endswith(":" + step) else occasion
 
 
 class _Sink:
     wants_transitions = True
 
-    def __init__(self, who: set, out: list):
-        self.who, self.out = who, out
+    def __init__(self, who: set, out: list, paths: _Paths):
+        self.who, self.out, self.paths = who, out, paths
 
     def trigger(self, rec: dict) -> None:
         if rec["subject"] in self.who:
             d = rec["data"]
             arm = f", experiment {d['experiment']['name']} arm {d['experiment']['variant']}" if "experiment" in d else ""
+            extra = {"trigger_id": rec["id"], "rule": d["rule"], "reason": d["reason"]}
+            self.paths.trigger(rec, extra)
             self.out.append((rec["time"], "trigger",
-                             f"{d['rule']} sent ({d['kind']}, {d['channel']}{arm}): {d['reason']}",
-                             {"trigger_id": rec["id"], "rule": d["rule"], "reason": d["reason"]}))
+                             f"{d['rule']} sent ({d['kind']}, {d['channel']}{arm}): {d['reason']}", extra))
 
     def outcome(self, rec: dict) -> None:
         if rec["customer_id"] in self.who:
@@ -49,8 +133,10 @@ class _Sink:
         if rec["customer_id"] in self.who:
             what = "deferred" if rec.get("deferred_until") else "held back"
             until = f" until {rec['deferred_until']}" if rec.get("deferred_until") else ""
+            extra = {"trigger_id": rec["trigger_id"], "rule": rec["rule"], "reason": rec["reason"]}
+            self.paths.audit(rec, extra)
             self.out.append((rec["time"], what, f"{rec['rule']} {what} ({rec['reason']}){until}: {rec['detail']}",
-                             {"trigger_id": rec["trigger_id"], "rule": rec["rule"], "reason": rec["reason"]}))
+                             extra))
 
     def transition(self, rec: dict) -> None:
         if rec["customer_id"] in self.who:
@@ -71,7 +157,10 @@ class Tracer(Engine):
     def __init__(self, config, who: set):
         self.trace: list = []
         self.who = who
-        super().__init__(config, _Sink(who, self.trace))
+        self.paths = _Paths(config)
+        super().__init__(config, _Sink(who, self.trace, self.paths))
+        if self.paths.steps:
+            self.on_step = self._on_step
         # a multi-step journey's instance is a timer that parks at a due time that never comes (nor
         # formats as a time) and moves inside the journey: no timer rows for it
         self.hidden = set(_HIDDEN) | {n for n, j in getattr(config, "journeys", {}).items() if j.multi}
@@ -84,11 +173,14 @@ class Tracer(Engine):
         before = self.stats.duplicates
         at = len(self.trace)
         self.trace.append(None)  # the event's row comes before what it caused
+        self.paths.event = ev
         try:
             super().apply(ev)
         except Exception:
             del self.trace[at]
             raise
+        finally:
+            self.paths.event = None
         mine = key in self.who or (ev.anon is not None and self.aliases.get(ev.anon) in self.who)
         if not mine:
             del self.trace[at]
@@ -127,6 +219,13 @@ class Tracer(Engine):
                     self._note(due, "timer", f"{name} due ({tk.split('|', 1)[1] or 'customer'})", {"rule": name})
         super()._run_timers(st, upto)
 
+    def _on_step(self, journey: str, instance: str, step: str, what: str, now: int) -> None:
+        if self.key not in self.who or what == "exited":  # exited: its audit row says it, with the event
+            return
+        text = self.paths.hook(journey, instance, step, what, now)
+        self._note(now, "step", f"{journey} instance {instance} step {step}: {text}",
+                   {"rule": journey, "instance": instance, "step": step, "happened": what, "step_text": text})
+
     @staticmethod
     def _now(st) -> int:
         return st.last_ts or 0
@@ -144,6 +243,26 @@ def explain(customer: str, paths, config, until: int | None = None) -> list[dict
     # order the engine acted
     rows.sort(key=lambda r: parse_time(r["time"]))
     return rows
+
+
+def instance_paths(rows: list[dict]) -> list[dict]:
+    """The multi-step instances' paths from the timeline: ``{rule, instance, rows}`` in the order they
+    started, each with its rows in event-time order."""
+    out: dict = {}
+    for r in rows:
+        if "instance" in r:
+            out.setdefault((r["rule"], r["instance"]), {"rule": r["rule"], "instance": r["instance"],
+                                                        "rows": []})["rows"].append(r)
+    return list(out.values())
+
+
+def format_paths(rows: list[dict]) -> list[str]:
+    lines = []
+    for p in instance_paths(rows):
+        width = max(10, *(len(r["step"]) for r in p["rows"]))
+        lines += ["", f"path of {p['rule']} instance {p['instance']}:"]
+        lines += [f"  {r['time']:<25} {r['step']:<{width}} {r['step_text']}" for r in p["rows"]]
+    return lines
 
 
 def cmd_explain(a, config) -> int:
@@ -164,6 +283,8 @@ def cmd_explain(a, config) -> int:
     try:
         for r in rows:
             print(f"{r['time']:<25} {r['what']:<10} {r['text']}")
+        for line in format_paths(rows):
+            print(line)
     except BrokenPipeError:  # piped to head
         sys.stderr.close()
     return 0

@@ -262,6 +262,7 @@ class StepJourney(Journey):
                 continue
             if step.where is not None and not self._true(eng, step.where, self._ctx(eng, st, ev, step.where)):
                 continue
+            self._tell(eng, data, step, "arrived", ev.ts)
             self._go(eng, st, data, step.next, ev.ts)
 
     def on_timer(self, eng, st, key, data, due, p):
@@ -272,6 +273,7 @@ class StepJourney(Journey):
         if ph == "w":
             self._act(eng, st, data, step, due)
         elif ph == "f":
+            self._tell(eng, data, step, "timed_out", due)
             self._go(eng, st, data, step.timeout, due)
 
     # -- the machine -------------------------------------------------------------------------
@@ -279,6 +281,7 @@ class StepJourney(Journey):
         """The previous step is done at ``now``: go to step ``target``."""
         tk = f"{self.name}|{data['k']}"
         if target == END:
+            self._tell(eng, data, self.steps[data["i"]], "ended", now)
             st.timers.pop(tk, None)
             eng.timers_changed = True
             eng.stats.instances[(self.name, "finished")] += 1
@@ -315,8 +318,10 @@ class StepJourney(Journey):
         if step.cond is not None:
             sources = self._sources(eng, st, data, now, step.cond.customer)
             if not self._true(eng, step.cond, sources):
+                self._tell(eng, data, step, "if_false", now)
                 self._go(eng, st, data, step.else_, now)
                 return
+            self._tell(eng, data, step, "if_true", now)
         if step.send:
             verdict = self._send(eng, st, data, step, now, sources)
             if verdict == "postponed":
@@ -397,6 +402,13 @@ class StepJourney(Journey):
 
     def _stat(self, eng, data: dict, step: Step, what: str, now: int) -> None:
         eng.stats.steps[(self.name, step.name, what)] += 1
+        if eng.on_step is not None:
+            eng.on_step(self.name, self._base(data), step.name, what, now)
+
+    def _tell(self, eng, data: dict, step: Step, what: str, now: int) -> None:
+        """Only ``eng.on_step`` (journey explain) hears of it, nothing is counted: ``arrived`` (the
+        awaited event, the one being applied), ``timed_out``, ``if_true``, ``if_false``, and ``ended``
+        (the instance ended after this step: its next, else or timeout is end)."""
         if eng.on_step is not None:
             eng.on_step(self.name, self._base(data), step.name, what, now)
 
