@@ -134,6 +134,10 @@ def cmd_backtest(a) -> int:
         with open(a.outcomes, "wb") as f:
             for rec in r["outcomes"]:
                 f.write(orjson.dumps(rec) + b"\n")
+    if a.summary_json:
+        with open(a.summary_json, "wb") as f:
+            f.write(orjson.dumps({k: v for k, v in r.items() if k not in ("added", "removed", "outcomes")},
+                                 option=orjson.OPT_INDENT_2) + b"\n")
     print(format_backtest(r, a.examples))
     return 0
 
@@ -280,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_replay)
 
     b = sub.add_parser("backtest", help="compare the triggers of two rule configurations on one log",
-                       description="Run two rule configurations over the same log and print, per rule, the "
-                                   "triggers that the new rules would add and remove.")
+                       description="Run two rule configurations over the same log and print, per rule (and per "
+                                   "step of a multi-step journey), the triggers that the new rules would add and "
+                                   "remove.")
     b.add_argument("paths", nargs="+", metavar="PATH", help="log files (.jsonl or .jsonl.gz)")
     b.add_argument("--rules", required=True, metavar="NEW", help="the proposed rule file")
     b.add_argument("--baseline", metavar="OLD", help="the current rule file (defaults if omitted)")
@@ -291,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--diff", metavar="FILE", help="write every added and removed trigger (JSON lines)")
     b.add_argument("--outcomes", metavar="FILE",
                    help="write the proposed rules' experiment outcomes (JSON lines)")
+    b.add_argument("--summary-json", metavar="FILE",
+                   help="also write the comparison as JSON: lines, rejected, unprocessable, rules and steps "
+                        "(baseline, new, added, removed each), suppressed by reason")
     b.add_argument("--workers", type=_workers, default=_default_workers(), metavar="N",
                    help="processes, one shard of the customers each; the result is the same as with "
                         f"--workers 1 (default: the machine's cores, {_default_workers()})")

@@ -218,3 +218,56 @@ def test_explain_json_path_of_a_deferred_send_and_the_step_limit(tmp_path):
                                                                "exited"]
     assert rows2[-1]["time"] == "2026-03-02T03:00:00Z"
     assert rows2[-1]["step_text"] == "exited: order.completed (id o2) ended the instance"
+
+
+# -- journey backtest ---------------------------------------------------------------------------
+
+def test_backtest_compares_a_multi_step_journey_per_step(tmp_path):
+    """The proposed file waits 3h before the reminder instead of 1h."""
+    log = log_file(tmp_path, [
+        # c1 orders at 12:00: with 1h the reminder went out at 11:00; with 3h the order ends the instance first
+        checkout("c1", "2026-03-01T10:00:00Z", "k1", "s1"),
+        order("c1", "2026-03-01T12:00:00Z", "o1", checkout_id="k1"),
+        # c2 (an order before) opens at 12:00: with 1h, after the reminder: tips; with 3h, before it: the
+        # open does not count, the wait for it times out, the discount goes out instead
+        order("c2", "2026-02-01T10:00:00Z", "o2"),
+        checkout("c2", "2026-03-01T10:00:00Z", "k2", "s2"),
+        ev("message.opened", "c2", "2026-03-01T12:00:00Z", id="m2"),
+    ])
+    base, new = rules_file(tmp_path, "1h", "base.toml"), rules_file(tmp_path, "3h", "new.toml")
+    summary = tmp_path / "summary.json"
+    p = cli("backtest", log, "--rules", new, "--baseline", base, "--until", "2026-03-05T00:00:00Z",
+            "--workers", "1", "--summary-json", summary)
+    assert p.returncode == 0, p.stderr
+    want = {"reminder": {"baseline": 2, "new": 1, "added": 0, "removed": 1},
+            "tips": {"baseline": 1, "new": 0, "added": 0, "removed": 1},
+            "discount": {"baseline": 0, "new": 1, "added": 1, "removed": 0}}
+    s = orjson.loads(summary.read_bytes())
+    assert s["steps"] == {"cart_rescue": want}
+    assert list(s["steps"]["cart_rescue"]) == ["reminder", "tips", "discount"]  # in the order written
+    assert s["rules"]["cart_rescue"] == {"baseline": 3, "new": 2, "added": 1, "removed": 2}
+    assert "added" not in s and "removed" not in s  # the triggers themselves: --diff
+    # the text report: the steps under their journey, below the rules
+    text = p.stdout.split("\n\n")
+    (section,) = [x for x in text if x.startswith("by step")]
+    assert section.splitlines()[1:] == [
+        "cart_rescue",
+        f"{'  reminder':<22}{2:>10}{1:>10}{'+0':>10}{'-1':>10}",
+        f"{'  tips':<22}{1:>10}{0:>10}{'+0':>10}{'-1':>10}",
+        f"{'  discount':<22}{0:>10}{1:>10}{'+1':>10}{'-0':>10}",
+    ], p.stdout
+    # the same comparison from the worker processes
+    p3 = cli("backtest", log, "--rules", new, "--baseline", base, "--until", "2026-03-05T00:00:00Z",
+             "--workers", "2", "--summary-json", tmp_path / "s3.json")
+    assert p3.returncode == 0, p3.stderr
+    assert orjson.loads((tmp_path / "s3.json").read_bytes())["steps"] == s["steps"]
+
+
+def test_backtest_without_multi_step_journeys_has_no_step_section(tmp_path):
+    log = log_file(tmp_path, [checkout("c1", "2026-03-01T10:00:00Z", "k1", "s1")])
+    f = tmp_path / "plain.toml"
+    f.write_text(POLICY)
+    p = cli("backtest", log, "--rules", f, "--until", "2026-03-05T00:00:00Z", "--workers", "1",
+            "--summary-json", tmp_path / "s.json")
+    assert p.returncode == 0, p.stderr
+    assert "by step" not in p.stdout and orjson.loads((tmp_path / "s.json").read_bytes())["steps"] == {}

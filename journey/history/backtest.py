@@ -3,7 +3,8 @@
 The log is read and sorted once; both engines see the same events in the
 same order. Trigger ids do not depend on the configuration, so a trigger
 present in both runs has the same id: the difference is a set difference
-per rule.
+per rule, and for a multi-step journey also per step (the trigger's
+``data.step``).
 """
 
 from __future__ import annotations
@@ -113,12 +114,34 @@ def _compare(new, base, new_cfg, base_cfg, lines, rejected, failed, new_stats, b
     # so the rows add up to the totals
     builtin = set(new_cfg.rules) | set(base_cfg.rules)
     result["rules"] = {r: per[r] for r in sorted(per, key=lambda r: (r not in builtin, r))}
+    result["steps"] = _by_step(result["rules"], base.sink.triggers, new.sink.triggers, by_base, by_new,
+                               new_cfg, base_cfg)
     result["outcomes"] = new.sink.outcomes  # the proposed rules' closed exposures (experiments)
     sup_new = new_stats.suppressed_by_reason()
     sup_base = base_stats.suppressed_by_reason()
     result["suppressed"] = {r: {"baseline": sup_base.get(r, 0), "new": sup_new.get(r, 0)}
                             for r in sorted(set(sup_new) | set(sup_base))}
     return result
+
+
+def _by_step(rules, base, new, by_base, by_new, new_cfg, base_cfg) -> dict:
+    """Multi-step journeys: ``{journey: {step: {baseline, new, added, removed}}}``, the journeys in the
+    rules' order, each one's steps in the order written (the proposed file's, then the baseline's)."""
+    per: dict = defaultdict(lambda: defaultdict(lambda: {"baseline": 0, "new": 0, "added": 0, "removed": 0}))
+    for triggers, col, other, change in ((base, "baseline", by_new, "removed"), (new, "new", by_base, "added")):
+        for t in triggers:
+            d = t["data"]
+            if "step" in d:
+                c = per[d["rule"]][d["step"]]
+                c[col] += 1
+                if t["id"] not in other:
+                    c[change] += 1
+    out = {}
+    for j in (r for r in rules if r in per):
+        written = [s.name for cfg in (new_cfg, base_cfg) if j in cfg.journeys for s in cfg.journeys[j].steps]
+        place = {name: i for i, name in reversed(list(enumerate(written)))}
+        out[j] = {s: dict(per[j][s]) for s in sorted(per[j], key=lambda s: (place.get(s, len(place)), s))}
+    return out
 
 
 def format_backtest(r: dict, examples: int = 3) -> str:
@@ -133,6 +156,15 @@ def format_backtest(r: dict, examples: int = 3) -> str:
     if any(r.get("unprocessable", ())):
         lines.append(f"unprocessable events (applying them failed; left out): baseline {r['unprocessable'][1]:,}, "
                      f"new {r['unprocessable'][0]:,}")
+    if r.get("steps"):
+        w = max(22, *(len(s) + 4 for j in r["steps"].values() for s in j))
+        lines.append("")
+        lines.append(f"{'by step':<{w}}{'baseline':>10}{'new':>10}{'added':>10}{'removed':>10}")
+        for journey, steps in r["steps"].items():
+            lines.append(journey)
+            for step, c in steps.items():
+                lines.append(f"{'  ' + step:<{w}}{c['baseline']:>10,}{c['new']:>10,}"
+                             f"{'+' + format(c['added'], ','):>10}{'-' + format(c['removed'], ','):>10}")
     if r["suppressed"]:
         lines.append("")
         lines.append(f"{'suppressed by reason':<22}{'baseline':>10}{'new':>10}")
