@@ -271,3 +271,88 @@ def test_backtest_without_multi_step_journeys_has_no_step_section(tmp_path):
             "--summary-json", tmp_path / "s.json")
     assert p.returncode == 0, p.stderr
     assert "by step" not in p.stdout and orjson.loads((tmp_path / "s.json").read_bytes())["steps"] == {}
+
+
+# -- journey rules show -------------------------------------------------------------------------
+
+VIEWS = '''
+[journeys.views]
+kind = "recovery"
+entry = "product.viewed"
+count = 2
+within = "2d"
+channel = "sms"
+offer = { type = "browse", product = "{entry.props.product_id}" }
+reason = "viewed twice"
+steps = [
+  { name = "look", wait_for = ["product.viewed", "cart.product_added"], within = "6h", where = "event.props.price > 10.0" },
+  { name = "nudge", wait = "30m", send = { channel = "push" } },
+]
+'''
+
+
+def test_rules_show_lists_the_entry_then_the_steps_in_order_with_their_settings(tmp_path):
+    f = rules_file(tmp_path)
+    f.write_text(f.read_text() + VIEWS)
+    p = cli("rules", "show", f)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert [x for x in lines if x.startswith("journeys.cart_rescue")] == [
+        "journeys.cart_rescue  (multi-step, 4 steps)",
+        # the entry (and the journey's defaults for its sends)
+        "journeys.cart_rescue.kind = 'recovery'",
+        "journeys.cart_rescue.transactional = False",
+        "journeys.cart_rescue.entry = ['checkout.started']",
+        "journeys.cart_rescue.key = 'checkout_id'",
+        "journeys.cart_rescue.exit = ['order.completed']",
+        "journeys.cart_rescue.reenter = 7d",
+        "journeys.cart_rescue.channel = 'email'",
+        "journeys.cart_rescue.priority = 'normal'",
+        # the steps, in the order written; next, else and timeout named (end when they end the instance)
+        "journeys.cart_rescue.steps[0].name = 'reminder'",
+        "journeys.cart_rescue.steps[0].wait = 1h",
+        "journeys.cart_rescue.steps[0].send.channel = 'email'",
+        "journeys.cart_rescue.steps[0].send.priority = 'normal'",
+        "journeys.cart_rescue.steps[0].send.offer = {'type': 'reminder'}",
+        "journeys.cart_rescue.steps[0].send.reason = '{event.type} at {event.time}, step reminder'",
+        "journeys.cart_rescue.steps[0].next = 'opened'",
+        "journeys.cart_rescue.steps[1].name = 'opened'",
+        "journeys.cart_rescue.steps[1].wait_for = ['message.opened']",
+        "journeys.cart_rescue.steps[1].within = 1d",
+        "journeys.cart_rescue.steps[1].timeout = 'discount'",
+        "journeys.cart_rescue.steps[1].next = 'tips'",
+        "journeys.cart_rescue.steps[2].name = 'tips'",
+        "journeys.cart_rescue.steps[2].send.channel = 'email'",
+        "journeys.cart_rescue.steps[2].send.priority = 'normal'",
+        "journeys.cart_rescue.steps[2].send.offer = {'type': 'tips'}",
+        "journeys.cart_rescue.steps[2].send.reason = '{event.type} at {event.time}, step tips'",
+        "journeys.cart_rescue.steps[2].next = 'end'",
+        "journeys.cart_rescue.steps[3].name = 'discount'",
+        "journeys.cart_rescue.steps[3].if = 'customer.orders >= 1'",
+        "journeys.cart_rescue.steps[3].else = 'end'",
+        "journeys.cart_rescue.steps[3].send.channel = 'email'",
+        "journeys.cart_rescue.steps[3].send.priority = 'high'",
+        "journeys.cart_rescue.steps[3].send.offer = {'type': 'discount', 'pct': 10}",
+        "journeys.cart_rescue.steps[3].send.reason = '{event.type} at {event.time}, step discount'",
+        "journeys.cart_rescue.steps[3].next = 'end'",
+    ], p.stdout
+    views = [x for x in lines if x.startswith("journeys.views")]
+    assert views[0] == "journeys.views  (multi-step, 2 steps, entry by count)"
+    assert "journeys.views.count = 2" in views and "journeys.views.within = 2d" in views
+    assert views[views.index("journeys.views.steps[0].name = 'look'"):] == [
+        "journeys.views.steps[0].name = 'look'",
+        "journeys.views.steps[0].wait_for = ['cart.product_added', 'product.viewed']",
+        "journeys.views.steps[0].within = 6h",
+        "journeys.views.steps[0].where = 'event.props.price > 10.0'",
+        "journeys.views.steps[0].timeout = 'end'",
+        "journeys.views.steps[0].next = 'nudge'",
+        "journeys.views.steps[1].name = 'nudge'",
+        "journeys.views.steps[1].wait = 30m",
+        # the step's own channel; the journey's priority, offer and reason
+        "journeys.views.steps[1].send.channel = 'push'",
+        "journeys.views.steps[1].send.priority = 'normal'",
+        "journeys.views.steps[1].send.offer = {'type': 'browse', 'product': '{entry.props.product_id}'}",
+        "journeys.views.steps[1].send.reason = 'viewed twice'",
+        "journeys.views.steps[1].next = 'end'",
+    ], p.stdout
+    assert not any(".steps = " in x for x in lines)  # not the raw list

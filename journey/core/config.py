@@ -164,12 +164,19 @@ class Config:
             sec = "journeys" if name in self.journeys else "rules"
             lines.extend(exp.describe(f"{sec}.{name}.experiment"))
         for jname, j in self.journeys.items():
-            lines.append(f"journeys.{jname}  ({j.shape})")
+            if j.multi:  # the entry's settings, then the steps in order (each with its own)
+                entry = ", entry by count" if j.shape == "count" else ""
+                n = len(j.steps)
+                lines.append(f"journeys.{jname}  (multi-step, {n} step{'s' if n != 1 else ''}{entry})")
+            else:
+                lines.append(f"journeys.{jname}  ({j.shape})")
             for name, p in SETTINGS.items():
                 v = getattr(j.p, name)
-                if v in ("", [], {}, 0) and name not in ("kind", "transactional"):
+                if (v in ("", [], {}, 0) and name not in ("kind", "transactional")) or name == "steps":
                     continue
                 lines.append(f"journeys.{jname}.{name} = {p.show(v)}")
+            if j.multi:
+                lines.extend(j.describe_steps(f"journeys.{jname}"))
         return lines
 
 

@@ -61,7 +61,7 @@ class Step:
     """One compiled step."""
 
     __slots__ = ("name", "wait", "raw_wait", "wait_for", "within", "where", "timeout", "cond", "else_",
-                 "send", "next", "channel", "priority", "offer", "offer_t", "reason_t", "wants")
+                 "send", "next", "channel", "priority", "offer", "offer_t", "reason", "reason_t", "wants")
 
     def __init__(self):
         self.wait = 0
@@ -74,6 +74,7 @@ class Step:
         self.channel = self.priority = None
         self.offer = None
         self.offer_t = {}
+        self.reason = ""  # the send's reason as written (its own, else the journey's, else the default)
         self.reason_t = None
         self.wants = False
 
@@ -175,10 +176,14 @@ class StepJourney(Journey):
                         s.offer_t[k] = _template(v, f"{at}.send.offer.{k}", problems)
                         texts.append(v)
                 if sp.reason:
+                    s.reason = sp.reason
                     s.reason_t = _template(sp.reason, f"{at}.send.reason", problems)
                     texts.append(sp.reason)
-                elif not self.p.reason and _STEP_NAME.fullmatch(name):
-                    s.reason_t = _template(f"{{event.type}} at {{event.time}}, step {name}", at, problems)
+                elif self.p.reason:
+                    s.reason = self.p.reason
+                elif _STEP_NAME.fullmatch(name):
+                    s.reason = f"{{event.type}} at {{event.time}}, step {name}"
+                    s.reason_t = _template(s.reason, at, problems)
             self.steps.append(s)
         if len(self.steps) == len(raw) and not any("no step is named" in x for x in problems):
             loop = _instant_loop(self.steps)
@@ -197,6 +202,33 @@ class StepJourney(Journey):
             offers = s.offer_t if s.offer is not None else self.offer_t
             s.wants = s.send and ((self.cond_when is not None and self.cond_when.customer) or named(reason)
                                   or any(named(t) for t in offers.values()))
+
+    def describe_steps(self, at: str) -> list[str]:
+        """The steps in order, each with its settings in force (a send's defaults filled in from the
+        journey, next, else and timeout named), one per line, for ``journey rules show``."""
+        def target(i: int) -> str:
+            return "end" if i == END else self.steps[i].name
+
+        lines = []
+        for i, s in enumerate(self.steps):
+            shown: list = [("name", s.name)]
+            if s.wait:
+                shown.append(("wait", s.wait))
+            if s.wait_for:
+                shown += [("wait_for", sorted(s.wait_for)), ("within", s.within)]
+                if s.where is not None:
+                    shown.append(("where", s.where.source))
+                shown.append(("timeout", target(s.timeout)))
+            if s.cond is not None:
+                shown += [("if", s.cond.source), ("else", target(s.else_))]
+            lines += [f"{at}.steps[{i}].{k} = {STEP[k].show(v)}" for k, v in shown]
+            if s.send:
+                send = {"channel": s.channel if s.channel is not None else self.p.channel,
+                        "priority": s.priority if s.priority is not None else self.p.priority,
+                        "offer": s.offer if s.offer is not None else self.p.offer, "reason": s.reason}
+                lines += [f"{at}.steps[{i}].send.{k} = {SEND[k].show(v)}" for k, v in send.items()]
+            lines.append(f"{at}.steps[{i}].next = {STEP['next'].show(target(s.next))}")
+        return lines
 
     def _awaited(self) -> tuple:
         return tuple(dict.fromkeys(t for s in self.steps for t in sorted(s.wait_for)))
