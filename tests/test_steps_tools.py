@@ -356,3 +356,23 @@ def test_rules_show_lists_the_entry_then_the_steps_in_order_with_their_settings(
         "journeys.views.steps[1].next = 'end'",
     ], p.stdout
     assert not any(".steps = " in x for x in lines)  # not the raw list
+
+
+def test_explain_says_when_an_event_could_not_be_applied(tmp_path, monkeypatch):
+    """An event whose application fails is dead-lettered by replay; explain shows a row for it rather than
+    leaving it out of the timeline."""
+    import orjson
+    from conftest import ev
+
+    from journey.core.config import Config
+    from journey.core.rules.cart_abandoned import CartAbandoned
+    from journey.history.explain import explain
+
+    def boom(*_a, **_k):
+        raise RuntimeError("a rule failed")
+    monkeypatch.setattr(CartAbandoned, "on_event", boom)
+    log = tmp_path / "f.jsonl"
+    log.write_bytes(orjson.dumps(ev("checkout.started", "c1", "2026-03-01T10:00:00Z", id="k1", checkout_id="x")) + b"\n")
+    rows = explain("c1", [str(log)], Config(), None)
+    failed = [r for r in rows if r["what"] == "failed"]
+    assert len(failed) == 1 and failed[0]["id"] == "k1" and failed[0]["error"] == "RuntimeError", rows

@@ -176,8 +176,14 @@ class Tracer(Engine):
         self.paths.event = ev
         try:
             super().apply(ev)
-        except Exception:
-            del self.trace[at]
+        except Exception as e:
+            # replay dead-letters it (unprocessable) and goes on: the timeline says so, never drops it silently
+            if key in self.who:
+                self.trace[at] = (format_time(ev.ts), "failed", f"{ev.type} (id {ev.id}) could not be applied "
+                                  f"({type(e).__name__}): dead-lettered as unprocessable, its effects left out",
+                                  {"type": ev.type, "id": ev.id, "error": type(e).__name__})
+            else:
+                del self.trace[at]
             raise
         finally:
             self.paths.event = None
