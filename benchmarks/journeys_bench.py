@@ -79,7 +79,8 @@ def main() -> int:
         for label, cond in (("if", j.cond_if), ("when", j.cond_when)):
             if cond is None:
                 continue
-            props = {"price": 60, "rating": 5, "code": "E500", "product_id": "p1", "ticket_id": "t1"}
+            props = {"price": 60, "rating": 5, "code": "E500", "product_id": "p1", "ticket_id": "t1", "value": 80,
+                     "revenue": 40}
             sources = {"event": ("x", 1772359200000, props), "entry": ("x", 1772359200000, props),
                        "customer": {"stage": "active", "health": 62.0, "orders": 3, "net_spend": 120.0, "tier": "",
                                     "open_tickets": 0, "timezone": "UTC"}}

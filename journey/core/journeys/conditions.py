@@ -153,20 +153,33 @@ def _show(v) -> str:
     return str(v)
 
 
-def customer_snapshot(eng, st, now: int) -> dict:
-    """``customer`` in CEL: the relationship as the conditions see it."""
-    tiers = eng.cfg.rules["spend_tier"].tiers
-    tier = ""
-    for n, threshold in tiers.items():
-        if st.spend / 100 >= threshold:
-            tier = n
-    c = {"stage": st.stage, "health": float(health.score(st.hdev, st.hts, now, eng.cfg.health.half_life)),
-         "orders": st.orders, "net_spend": st.spend / 100, "tier": tier,
-         "open_tickets": len(policy.open_tickets(st, now, eng.cfg.policy.open_ticket_max_age)),
-         "timezone": st.tz or eng.cfg.policy.default_timezone}
-    if st.last_order is not None:
+def customer_snapshot(eng, st, now: int, fields=None) -> dict:
+    """``customer`` in CEL: the relationship as the conditions see it. ``fields``: only these (the
+    names an expression uses; None: all), since some cost (health decays, open tickets, CLV)."""
+    def need(k: str) -> bool:
+        return fields is None or k in fields
+    c = {}
+    if need("stage"):
+        c["stage"] = st.stage
+    if need("health"):
+        c["health"] = float(health.score(st.hdev, st.hts, now, eng.cfg.health.half_life))
+    if need("orders"):
+        c["orders"] = st.orders
+    if need("net_spend"):
+        c["net_spend"] = st.spend / 100
+    if need("tier"):
+        tier = ""
+        for n, threshold in eng.cfg.rules["spend_tier"].tiers.items():
+            if st.spend / 100 >= threshold:
+                tier = n
+        c["tier"] = tier
+    if need("open_tickets"):
+        c["open_tickets"] = len(policy.open_tickets(st, now, eng.cfg.policy.open_ticket_max_age))
+    if need("timezone"):
+        c["timezone"] = st.tz or eng.cfg.policy.default_timezone
+    if need("last_order") and st.last_order is not None:
         c["last_order"] = _ts(st.last_order)
-    if eng.clv is not None and st.clv is not None:
+    if (need("p_alive") or need("clv")) and eng.clv is not None and st.clv is not None:
         pa, _ep, value = eng.clv.value(st, now)
         c["p_alive"] = float(pa)
         if value is not None:

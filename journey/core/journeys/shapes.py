@@ -101,7 +101,26 @@ class Journey(Instances, Rule):
         self.then_types = frozenset(p.then)
         if steps:
             self._finish_compile()
+        # the customer fields any expression of the journey names (None: one uses the customer whole)
+        names: set | None = set()
+        for c in self._compiled():
+            need = c.needs.get("customer", set()) if c.customer else set()
+            if need is None:
+                names = None
+                break
+            names |= need
+        self.customer_fields = names
         self.ok = len(problems) == before
+
+    def _compiled(self):
+        """Every compiled expression of the journey (conditions and template parts)."""
+        for c in (self.cond_if, self.cond_exit, self.cond_then, self.cond_when):
+            if c is not None:
+                yield c
+        for parts in [self.reason_t or [], *[t or [] for t in self.offer_t.values()]]:
+            for part in parts:
+                if isinstance(part, tuple) and part[0] == "cel":
+                    yield part[1]
 
     def _compile_steps(self, steps: list, where: str, problems: list, warnings: list) -> list:
         """A multi-step journey's steps (``steps.StepJourney``); returns the texts of their expressions."""
@@ -136,7 +155,7 @@ class Journey(Instances, Rule):
         """The sources of a condition on the event being applied (the customer only if named)."""
         props = (ev.props if ev.props is not None else ev.f) or {}
         return {"event": (ev.type, ev.ts, props),
-                "customer": self._customer(eng, st, ev.ts) if cond.customer else None}
+                "customer": self._customer(eng, st, ev.ts, cond.needs["customer"]) if cond.customer else None}
 
     def _kept(self, ev) -> dict:
         props = ev.props if ev.props is not None else ev.f
@@ -144,8 +163,10 @@ class Journey(Instances, Rule):
             return {}
         return {k: props[k] for k in self.keep if k in props}
 
-    def _customer(self, eng, st, now: int) -> dict:
-        return customer_snapshot(eng, st, now)
+    def _customer(self, eng, st, now: int, fields="all") -> dict:
+        """The customer snapshot: ``fields`` named (None: all), by default those any of the journey's
+        expressions name."""
+        return customer_snapshot(eng, st, now, self.customer_fields if fields == "all" else fields)
 
     def _true(self, eng, cond: Compiled, sources: dict) -> bool:
         try:

@@ -230,6 +230,17 @@ class StepJourney(Journey):
             lines.append(f"{at}.steps[{i}].next = {STEP['next'].show(target(s.next))}")
         return lines
 
+    def _compiled(self):
+        yield from super()._compiled()
+        for s in self.steps:
+            for c in (s.where, s.cond):
+                if c is not None:
+                    yield c
+            for parts in [s.reason_t or [], *[t or [] for t in s.offer_t.values()]]:
+                for part in parts:
+                    if isinstance(part, tuple) and part[0] == "cel":
+                        yield part[1]
+
     def _awaited(self) -> tuple:
         return tuple(dict.fromkeys(t for s in self.steps for t in sorted(s.wait_for)))
 
