@@ -7,7 +7,8 @@ Each kill lands when a random share (10% to 90%) of the triggers is out, and the
 that it did (0 < written < all): the log is published while the workers read, through the
 wire proxy slowed to a steady pace, so the triggers come out over seconds, not in one burst.
 The seed is printed in every failure (and can be fixed with JOURNEY_FAULT_SEED=N). Run them
-many times: JOURNEY_FAULT_RUNS=20 repeats each."""
+many times: JOURNEY_FAULT_RUNS=20 repeats each; JOURNEY_FAULT_RULES=FILE runs them with a rule file
+(deploy/journeys.example.toml: journeys, multi-step ones and experiments through the kills)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,17 @@ from test_wire import CHUNK, RATE, _due_before_the_end
 from journey.io import topics
 
 RUNS = int(os.environ.get("JOURNEY_FAULT_RUNS", "1"))
+# a rule file for the workers and replay alike (JOURNEY_FAULT_RULES=deploy/journeys.example.toml: its journeys,
+# multi-step ones with instances parked on deferred sends, and experiments, through the kills); default: built-ins
+RULES = os.environ.get("JOURNEY_FAULT_RULES") or None
+
+
+def _config():
+    if RULES is None:
+        return None
+    from journey.io.rulefile import load_config
+
+    return load_config(RULES)
 
 
 def _seed() -> int:
@@ -54,9 +66,10 @@ def test_kill9_at_random_moments_loses_and_invents_nothing(wire, tmp_path, store
     rnd = random.Random(seed)
     log = synthetic(tmp_path, customers=1500, events=30000, seed=rnd.randrange(1000))
     keep = []
-    want_t, _a, _d = replayed(tmp_path, log, keep=keep)
+    want_t, _a, _d = replayed(tmp_path, log, keep=keep, config=_config())
     want = {t["id"] for t in want_t}
     kw = {"store": store, "data_dir": str(tmp_path / "data")} if store != "memory://" else {}
+    kw["rules"] = RULES
     due = _due_before_the_end(log, want_t)
     wire.rate = FAULT_RATE
     w = Worker(wire.url, tmp_path, name="killed0", **kw)
@@ -113,11 +126,11 @@ def test_a_killed_worker_of_two_is_taken_over_without_divergence(wire, tmp_path,
     rnd = random.Random(seed)
     log = synthetic(tmp_path, customers=1500, events=30000, seed=rnd.randrange(1000))
     keep = []
-    want_t, _a, _d = replayed(tmp_path, log, keep=keep)
+    want_t, _a, _d = replayed(tmp_path, log, keep=keep, config=_config())
     want = {t["id"] for t in want_t}
     target = _kill_point(rnd, 0, _due_before_the_end(log, want_t))
     wire.rate = RATE   # no restart to outpace here: the wire tests' pace
-    a, b = Worker(wire.url, tmp_path, name="a"), Worker(wire.url, tmp_path, name="b")
+    a, b = Worker(wire.url, tmp_path, name="a", rules=RULES), Worker(wire.url, tmp_path, name="b", rules=RULES)
     watch = producer = None
     try:
         a.wait_ready(90)
