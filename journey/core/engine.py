@@ -566,6 +566,12 @@ class Engine:
                 st.locale = tr["locale"]
             if "consent" in tr:
                 st.consent = {**(st.consent or {}), **tr["consent"]}
+        elif t == "message.unsubscribed":
+            # refuses consent for its channel (without one: marketing) from now on, as a consent trait would
+            channel = (f.get("channel") or "").strip().lower() or "marketing"
+            st.consent = {**(st.consent or {}), channel: False}
+        elif t == "message.complained":
+            st.consent = {**(st.consent or {}), "marketing": False}
         if st.tickets and len(st.tickets) > 1:
             # tickets no longer gating (older than the max age) are forgotten
             max_age = self.cfg.policy.open_ticket_max_age

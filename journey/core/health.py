@@ -29,6 +29,12 @@ WEIGHTS: dict[str, float] = {
     "ticket.resolved": 6,
     "referral.sent": 10,
     "order.delivered": 3,
+    # engagement with the messages journey triggered (section 9): system touch points
+    "message.delivered": 1,
+    "message.opened": 2,
+    "message.clicked": 4,
+    "message.bounced": -3,
+    "message.complained": -15,
     # outcomes raised by rules, not by events
     "delivery.late": -10,
     "ticket.sla_breached": -12,

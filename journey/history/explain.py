@@ -197,9 +197,15 @@ class Tracer(Engine):
                               {"type": ev.type, "id": ev.id})
             return
         health = self.relationship(st, ev.ts)["health"] if st is not None and st.erased is None else None
+        extra = {"type": ev.type, "id": ev.id, "touch": ev.touch, "health": health}
+        answers = ev.f.get("trigger_id") if ev.type.startswith("message.") else None
+        if answers:  # an engagement event: the trigger it answers (and its rule, when this run wrote it)
+            rule = next((r[3].get("rule") for r in self.trace if r is not None and r[1] == "trigger"
+                         and r[3].get("trigger_id") == answers), None)
+            extra["answers"] = answers
         self.trace[at] = (format_time(ev.ts), "event", f"{ev.type} ({ev.touch} touch point), id {ev.id}"
-                          + (f"; health {health}" if health is not None else ""),
-                          {"type": ev.type, "id": ev.id, "touch": ev.touch, "health": health})
+                          + (f"; answers trigger {answers}" + (f" ({rule})" if rule else "") if answers else "")
+                          + (f"; health {health}" if health is not None else ""), extra)
 
     def set_timer(self, st, rule, key, due, data) -> None:
         name = _timer_name(rule)

@@ -45,6 +45,9 @@ STREAM_OF = {
     "ticket.opened": SUPPORT, "ticket.agent_replied": SUPPORT, "ticket.resolved": SUPPORT,
     "ticket.reopened": SUPPORT, "survey.answered": SUPPORT, "review.submitted": SUPPORT,
     "referral.sent": SUPPORT, "customer.erased": SUPPORT,
+    # engagement with journey's messages, as the messaging systems report it
+    "message.delivered": CLICKSTREAM, "message.opened": CLICKSTREAM, "message.clicked": CLICKSTREAM,
+    "message.bounced": CLICKSTREAM, "message.complained": CLICKSTREAM, "message.unsubscribed": CLICKSTREAM,
 }
 
 
@@ -61,7 +64,8 @@ def changelog(app_id: str = APP_ID) -> str:
 # name -> (role, cleanup policy, retention ms or None for compacted, schema file, description)
 _CATALOG = [
     (CLICKSTREAM, "source", "delete", 7 * DAY_MS, "event.schema.json",
-     "page/product/cart/checkout activity, app errors, profile (identify) calls; keyed by customer id"),
+     "page/product/cart/checkout activity, app errors, profile (identify) calls, and engagement with journey's "
+     "messages (message.delivered/opened/clicked/bounced/complained/unsubscribed); keyed by customer id"),
     (PURCHASES, "source", "delete", 7 * DAY_MS, "event.schema.json",
      "orders, payments, refunds, cancellations, shipping and delivery; keyed by customer id"),
     (SUPPORT, "source", "delete", 7 * DAY_MS, "event.schema.json",
