@@ -293,3 +293,22 @@ def test_more_than_20_open_instances_drop_the_oldest_counted_and_audited(run):
     r = run(evs, rules=rules(j=j), until="2026-03-05T00:00:00Z")
     assert [a["occasion"] for a in r.audit_of("j", "instance_limit")] == ["k0:s0"]
     assert r.summary["instances"]["j"] == {"entered": 21, "dropped": 1}
+
+
+@pytest.mark.timeout(60)
+def test_a_step_that_fails_ends_its_instance_and_processing_goes_on(run, monkeypatch):
+    """A failure inside a step (a bug, a state no step expected) must not stop or spin the replay: the
+    instance ends, the error is counted, every other customer goes on."""
+    from journey.core.journeys.steps import StepJourney
+
+    real = StepJourney._send
+
+    def flaky(self, eng, st, data, step, now, sources):
+        if data["k"] == "bad":
+            raise RuntimeError("a step failed")
+        return real(self, eng, st, data, step, now, sources)
+    monkeypatch.setattr(StepJourney, "_send", flaky)
+    r = run([checkout(chk="bad", id="s1"), checkout(chk="good", id="s2")], rules=rules(rescue=RESCUE),
+            until="2026-03-05T00:00:00Z")
+    assert r.summary["timer_errors"] == 1
+    assert [t["data"]["occasion"] for t in r.of("rescue")] == ["good:s2:reminder"]

@@ -310,14 +310,22 @@ class StepJourney(Journey):
 
     def on_timer(self, eng, st, key, data, due, p):
         # the engine took the timer out: put it back while the instance goes on (_go ends it otherwise)
-        st.timers[f"{self.name}|{key}"] = [due, data]
-        step = self.steps[data["i"]]
-        ph = data["ph"]
-        if ph == "w":
-            self._act(eng, st, data, step, due)
-        elif ph == "f":
-            self._tell(eng, data, step, "timed_out", due)
-            self._go(eng, st, data, step.timeout, due)
+        tk = f"{self.name}|{key}"
+        st.timers[tk] = [due, data]
+        try:
+            step = self.steps[data["i"]]
+            ph = data["ph"]
+            if ph == "w":
+                self._act(eng, st, data, step, due)
+            elif ph == "f":
+                self._tell(eng, data, step, "timed_out", due)
+                self._go(eng, st, data, step.timeout, due)
+        except Exception:
+            # a step that fails ends its instance (the engine counts the error), as a failed timer is
+            # dropped: left in place, due now, it would fail again and again
+            st.timers.pop(tk, None)
+            eng.timers_changed = True
+            raise
 
     # -- the machine -------------------------------------------------------------------------
     def _go(self, eng, st, data: dict, target: int, now: int) -> None:
