@@ -312,3 +312,39 @@ def test_a_step_that_fails_ends_its_instance_and_processing_goes_on(run, monkeyp
             until="2026-03-05T00:00:00Z")
     assert r.summary["timer_errors"] == 1
     assert [t["data"]["occasion"] for t in r.of("rescue")] == ["good:s2:reminder"]
+
+
+def test_instances_survive_a_rule_file_with_fewer_steps(tmp_path):
+    """A worker restarted with a new rule file finds instances at steps the file no longer has: they end
+    quietly; no event of that customer is dead-lettered for it."""
+    import orjson
+
+    from journey.core import intake
+    from journey.core.engine import Engine
+
+    def engine(steps):
+        return Engine(config_from({"policy": QUIET_OFF, "journeys": {"j": {
+            "kind": "recovery", "entry": "checkout.started", "exit": "order.completed",
+            "steps": steps}}}))
+    three = [{"name": "a", "wait": "1h", "send": {}}, {"name": "b", "wait_for": "message.opened", "within": "1d"},
+             {"name": "c", "wait": "1h", "send": {}}]
+    old = engine(three)
+    old.apply(intake.parse(orjson.dumps(checkout(ts="2026-03-01T10:00:00Z"))))
+    old.fire_due(T_("2026-03-01T11:00:00Z"))          # a sent; waiting for the open at step b (index 1)
+    state = old.states["c1"].to_bytes()
+    new = engine([{"name": "a", "wait": "1h", "send": {}}])     # one step now
+    from journey.core.state import CustomerState
+
+    new.states["c1"] = CustomerState.from_bytes(state)
+    new.rebuild_timers()
+    new.apply(intake.parse(orjson.dumps(opened(ts="2026-03-01T12:00:00Z"))))   # awaited type: no longer awaited
+    new.apply(intake.parse(orjson.dumps(order(ts="2026-03-01T12:30:00Z", oid="o5"))))   # the exit
+    new.fire_due(T_("2026-03-05T00:00:00Z"))
+    assert new.stats.timer_errors == 0
+    assert not any(k.startswith("j|") for k in new.states["c1"].timers)
+
+
+def T_(s):  # noqa: N802 - the conftest helper under another name
+    from conftest import T
+
+    return T(s)

@@ -281,7 +281,9 @@ class StepJourney(Journey):
                 continue
             st.timers.pop(tk)
             eng.timers_changed = True
-            step = self.steps[data["i"]]
+            step = self._step_of(data)
+            if step is None:
+                continue  # an instance of an earlier rule file with fewer steps: ended quietly
             occasion = data.get("o") or self._occasion(data, step)
             if data["ph"] == "d":  # its send waits for the policy: it will not go out
                 eng.cancel_timer(st, "_deferred", f"{self.name}|{occasion}")
@@ -300,7 +302,11 @@ class StepJourney(Journey):
             due, data = entry
             if data["ph"] != "f":
                 continue
-            step = self.steps[data["i"]]
+            step = self._step_of(data)
+            if step is None:
+                st.timers.pop(tk, None)  # an instance of an earlier rule file with fewer steps
+                eng.timers_changed = True
+                continue
             if ev.type not in step.wait_for or not data["r"] < ev.ts <= due:
                 continue
             if step.where is not None and not self._true(eng, step.where, self._ctx(eng, st, ev, step.where)):
@@ -313,7 +319,11 @@ class StepJourney(Journey):
         tk = f"{self.name}|{key}"
         st.timers[tk] = [due, data]
         try:
-            step = self.steps[data["i"]]
+            step = self._step_of(data)
+            if step is None:
+                st.timers.pop(tk, None)  # an instance of an earlier rule file with fewer steps
+                eng.timers_changed = True
+                return
             ph = data["ph"]
             if ph == "w":
                 self._act(eng, st, data, step, due)
@@ -346,7 +356,10 @@ class StepJourney(Journey):
             return
         step = self.steps[target]
         data["c"] += 1
-        data["v"][target] += 1
+        v = data["v"]
+        if len(v) < len(self.steps):  # an instance of an earlier rule file with fewer steps
+            v += [0] * (len(self.steps) - len(v))
+        v[target] += 1
         data["i"] = target
         data.pop("o", None)
         self._stat(eng, data, step, "reached", now)
@@ -422,7 +435,12 @@ class StepJourney(Journey):
             return  # deferred again: still parked
         if verdict in ("sent", "held_out"):
             data["x"] = 1
-        self._go(eng, st, data, self.steps[data["i"]].next, due)
+        step = self._step_of(data)
+        if step is None:  # an instance of an earlier rule file with fewer steps
+            st.timers.pop(f"{self.name}|{pd['j']}", None)
+            eng.timers_changed = True
+            return
+        self._go(eng, st, data, step.next, due)
 
     def still_valid(self, eng, st, pending: dict, now: int, p) -> str | None:
         if "j" not in pending:
@@ -433,6 +451,11 @@ class StepJourney(Journey):
         return None
 
     # -- helpers -------------------------------------------------------------------------------
+    def _step_of(self, data: dict):
+        """The step an instance is at, or None when the rule file has no such step any more."""
+        i = data.get("i")
+        return self.steps[i] if type(i) is int and 0 <= i < len(self.steps) else None
+
     def _base(self, data: dict) -> str:
         return f"{data['k']}:{data['e']}" if self.p.key else data["e"]
 
