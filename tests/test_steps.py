@@ -7,7 +7,7 @@ loops and the step limit, ids stable across replays, and what ``rules check`` re
 from __future__ import annotations
 
 import pytest
-from conftest import ev
+from conftest import T, ev
 
 from journey.core.config import ConfigError
 from journey.io.rulefile import config_from
@@ -330,7 +330,7 @@ def test_instances_survive_a_rule_file_with_fewer_steps(tmp_path):
              {"name": "c", "wait": "1h", "send": {}}]
     old = engine(three)
     old.apply(intake.parse(orjson.dumps(checkout(ts="2026-03-01T10:00:00Z"))))
-    old.fire_due(T_("2026-03-01T11:00:00Z"))          # a sent; waiting for the open at step b (index 1)
+    old.fire_due(T("2026-03-01T11:00:00Z"))          # a sent; waiting for the open at step b (index 1)
     state = old.states["c1"].to_bytes()
     new = engine([{"name": "a", "wait": "1h", "send": {}}])     # one step now
     from journey.core.state import CustomerState
@@ -339,12 +339,6 @@ def test_instances_survive_a_rule_file_with_fewer_steps(tmp_path):
     new.rebuild_timers()
     new.apply(intake.parse(orjson.dumps(opened(ts="2026-03-01T12:00:00Z"))))   # awaited type: no longer awaited
     new.apply(intake.parse(orjson.dumps(order(ts="2026-03-01T12:30:00Z", oid="o5"))))   # the exit
-    new.fire_due(T_("2026-03-05T00:00:00Z"))
+    new.fire_due(T("2026-03-05T00:00:00Z"))
     assert new.stats.timer_errors == 0
     assert not any(k.startswith("j|") for k in new.states["c1"].timers)
-
-
-def T_(s):  # noqa: N802 - the conftest helper under another name
-    from conftest import T
-
-    return T(s)
