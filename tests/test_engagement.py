@@ -99,3 +99,55 @@ def test_explain_names_the_trigger_an_engagement_answers(run, tmp_path):
     assert p.returncode == 0, p.stderr
     line = next(x for x in p.stdout.splitlines() if "message.opened" in x)
     assert f"answers trigger {t['id']} (cart_abandoned)" in line
+
+
+# -- [policy] max_per_day: marketing triggers per customer-local calendar day ----------------------
+
+def _firsts(cid, times, tz=None):
+    """A customer who gets one recognition trigger per order (first purchase, then milestones off): orders
+    at ``times`` with a trigger each, via an immediate journey."""
+    evs = []
+    if tz:
+        evs.append({"type": "identify", "userId": cid, "timestamp": "2026-02-01T00:00:00Z", "messageId": f"id-{cid}",
+                    "traits": {"timezone": tz}})
+    evs += [ev("order.completed", cid, t, id=f"{cid}-o{i}", order_id=f"{cid}-o{i}", revenue=10)
+            for i, t in enumerate(times)]
+    return evs
+
+
+DAY_CAP = {"policy": {"quiet_start": "00:00", "quiet_end": "00:00", "max_per_window": 100, "min_gap": "0s",
+                      "max_per_day": 2},
+           "journeys": {"thanks": {"kind": "recognition", "entry": "order.completed", "reenter": "0s"}},
+           # the built-in recognitions of orders off: the journey's are the only contacts counted
+           "rules": {r: {"enabled": False} for r in ("first_purchase", "order_milestone", "spend_tier")}}
+
+
+def test_max_per_day_counts_the_customer_local_calendar_day(run):
+    # UTC customer: three orders on one day, the third capped; the next day's goes again
+    r = run(_firsts("c1", ["2026-03-01T08:00:00Z", "2026-03-01T12:00:00Z", "2026-03-01T20:00:00Z",
+                           "2026-03-02T01:00:00Z"]), rules=DAY_CAP, until="2026-03-03T00:00:00Z")
+    assert [t["time"] for t in r.of("thanks")] == ["2026-03-01T08:00:00Z", "2026-03-01T12:00:00Z",
+                                                  "2026-03-02T01:00:00Z"]
+    (a,) = r.audit_of("thanks", "frequency_cap")
+    assert a["time"] == "2026-03-01T20:00:00Z" and "today" in a["detail"]
+
+
+def test_max_per_day_across_a_time_zone_midnight(run):
+    # Tokyo (UTC+9): 2026-03-01T14:00Z is 23:00 local, 15:30Z is 00:30 the next local day
+    times = ["2026-03-01T10:00:00Z", "2026-03-01T12:00:00Z", "2026-03-01T14:00:00Z", "2026-03-01T15:30:00Z"]
+    tokyo = run(_firsts("c1", times, tz="Asia/Tokyo"), rules=DAY_CAP, until="2026-03-03T00:00:00Z")
+    assert [t["time"] for t in tokyo.of("thanks")] == [times[0], times[1], times[3]]   # 23:00 local: capped
+    # the same times in UTC are one calendar day: only two
+    utc = run(_firsts("c1", times), rules=DAY_CAP, until="2026-03-03T00:00:00Z")
+    assert [t["time"] for t in utc.of("thanks")] == times[:2]
+
+
+def test_max_per_day_off_by_default_and_transactional_triggers_are_never_counted(run):
+    rules = {**DAY_CAP, "policy": {**DAY_CAP["policy"], "max_per_day": 0}}
+    r = run(_firsts("c1", ["2026-03-01T08:00:00Z", "2026-03-01T09:00:00Z", "2026-03-01T10:00:00Z"]),
+            rules=rules, until="2026-03-02T00:00:00Z")
+    assert len(r.of("thanks")) == 3
+    tx = {**DAY_CAP, "journeys": {"thanks": {**DAY_CAP["journeys"]["thanks"], "transactional": True}}}
+    r2 = run(_firsts("c1", ["2026-03-01T08:00:00Z", "2026-03-01T09:00:00Z", "2026-03-01T10:00:00Z"]),
+             rules=tx, until="2026-03-02T00:00:00Z")
+    assert len(r2.of("thanks")) == 3

@@ -39,6 +39,8 @@ SECTIONS: dict[str, dict[str, Param]] = {
         "max_per_window": Param("int", 3, "marketing triggers per customer per window", minimum=1),
         "window": Param("duration", "7d", "the rolling window of the frequency cap"),
         "min_gap": Param("duration", "12h", "least time between two marketing triggers"),
+        "max_per_day": Param("int", 0, "marketing triggers per customer per calendar day in the customer's time "
+                                       "zone, alongside the rolling cap (0: no daily limit)", minimum=0),
         "quiet_start": Param("clock", "21:00", "customer-local start of quiet hours"),
         "quiet_end": Param("clock", "08:00", "customer-local end of quiet hours (deferred triggers go out then)"),
         "health_floor": Param("number", 30, "below this health, recognition and marketing are held back", minimum=0),

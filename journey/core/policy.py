@@ -9,8 +9,9 @@ Order of checks (the first that applies decides):
 4. an open ticket -> ``open_complaint``; health below the floor -> ``poor_relationship``
 5. customer-local quiet hours -> deferred to their end (``quiet_hours``), and
    checked again then
-6. more than ``max_per_window`` in ``window``, or less than ``min_gap`` since
-   the last marketing contact -> ``frequency_cap``
+6. more than ``max_per_window`` in ``window``, less than ``min_gap`` since
+   the last marketing contact, or ``max_per_day`` already in the customer-local
+   calendar day -> ``frequency_cap``
 """
 
 from __future__ import annotations
@@ -95,9 +96,26 @@ def decide(st, rule, p, now: int, cfg, channel: str | None = None) -> Decision:
     if recent and now - max(recent) < pol.min_gap:
         return Decision(SUPPRESS, "frequency_cap",
                         f"last marketing contact less than {format_duration(pol.min_gap)} ago")
+    if pol.max_per_day:
+        start = day_start(now, customer_zone(st, cfg))
+        today = sum(1 for c in st.contacts if start <= c <= now)
+        if today >= pol.max_per_day:
+            return Decision(SUPPRESS, "frequency_cap",
+                            f"{today} marketing contacts today (customer-local day), the most per day")
     return _SEND
+
+
+def day_start(now: int, tz) -> int:
+    """Epoch ms of the start of ``now``'s calendar day in ``tz``."""
+    return at_local(wall(now, tz).date(), 0, tz)
 
 
 def record_contact(st, now: int, cfg) -> None:
     pol = cfg.policy
-    st.contacts = [c for c in st.contacts if now - c < pol.window][-(pol.max_per_window - 1 or 1):] + [now]
+    n = pol.max_per_window - 1 or 1
+    if not pol.max_per_day:
+        st.contacts = [c for c in st.contacts if now - c < pol.window][-n:] + [now]
+        return
+    # the day cap counts the customer-local day's contacts too: keep those of the window and of the day
+    start = day_start(now, customer_zone(st, cfg))
+    st.contacts = [c for c in st.contacts if now - c < pol.window or c >= start][-max(n, pol.max_per_day):] + [now]
