@@ -50,6 +50,13 @@ SECTIONS: dict[str, dict[str, Param]] = {
                                                "(audit global_holdout; transactional triggers still go)", minimum=0),
         "global_salt": Param("text", "", "salt of the global holdout: a new salt draws a new group"),
     },
+    "send_time": {
+        "prior": Param("numbers", [], "168 non-negative numbers, the prior share of each local hour-of-week "
+                                      "(Monday 00:00 first); empty: equal shares"),
+        "prior_weight": Param("number", 1.0, "weight of the prior against the customer's decayed engagement",
+                              minimum=0),
+        "half_life": Param("duration", "30d", "an open or click halves in weight this often (event time)"),
+    },
     "privacy": {
         "erasure_salt": Param("text", "", "salt of the digests kept of erased ids: SHA-256 of <salt>/<id> "
                                           "(domain.md section 9); changing it forgets every erasure kept"),
@@ -127,6 +134,12 @@ class Config:
                                         problems, self.warnings)
                 if exp is not None:
                     self.experiments[name] = exp
+        if self.send_time.prior and (len(self.send_time.prior) != 168 or any(x < 0 for x in self.send_time.prior)
+                                     or not sum(self.send_time.prior) > 0):
+            problems.append("send_time.prior: 168 non-negative numbers (one per local hour of the week, Monday "
+                            f"00:00 first), not all zero; got {len(self.send_time.prior)}")
+        if self.send_time.half_life <= 0:
+            problems.append("send_time.half_life: must be longer than 0s")
         if not 0 <= self.policy.global_holdout < 1:
             problems.append(f"policy.global_holdout: a share in [0, 1), got {self.policy.global_holdout!r}")
         # the event types whose props journeys and goal conditions read (intake keeps them for
@@ -176,6 +189,8 @@ class Config:
                 v = getattr(j.p, name)
                 if (v in ("", [], {}, 0) and name not in ("kind", "transactional")) or name == "steps":
                     continue
+                if name in ("send_time", "send_within") and j.p.send_time == "now":
+                    continue  # the default: sends go when due
                 lines.append(f"journeys.{jname}.{name} = {p.show(v)}")
             if j.multi:
                 lines.extend(j.describe_steps(f"journeys.{jname}"))

@@ -23,7 +23,7 @@ import heapq
 from collections import Counter
 from operator import itemgetter
 
-from . import experiments, health, policy, privacy
+from . import experiments, health, policy, privacy, sendtime
 from .catalog import TOUCH_KINDS
 from .clv import StreamModel, add_order
 from .rules import REGISTRY
@@ -35,6 +35,7 @@ DEFERRED = "_deferred"
 STAGE = "_stage"
 # what became of an occasion handed to the contact policy (Engine.fire)
 SENT, HELD_OUT, POSTPONED, HELD = "sent", "held_out", "postponed", "held"
+SEND_WITHIN = 86_400_000   # send_within's default (24h)
 # what Stats.instances and Stats.steps count of a multi-step journey (the metrics' outcome label)
 INSTANCE_OUTCOMES = ("entered", "finished", "exited", "step_limit", "dropped")   # dropped: past 20 open
 STEP_OUTCOMES = ("reached", "exited")
@@ -572,6 +573,9 @@ class Engine:
             st.consent = {**(st.consent or {}), channel: False}
         elif t == "message.complained":
             st.consent = {**(st.consent or {}), "marketing": False}
+        if t in sendtime.WEIGHT:   # opened, clicked: the customer's engagement rhythm (send time)
+            st.eh = sendtime.record(st.eh, ts, sendtime.WEIGHT[t], sendtime.bin_of(ts, policy.customer_zone(st, self.cfg)),
+                                    self.cfg.send_time.half_life)
         if st.tickets and len(st.tickets) > 1:
             # tickets no longer gating (older than the max age) are forgotten
             max_age = self.cfg.policy.open_ticket_max_age
@@ -668,7 +672,13 @@ class Engine:
         exp = self.experiments.get(rule.name) if self.experiments else None
         arm = exp.assign(self.key) if exp is not None and not st.anon else None
         channel = arm.channel if arm is not None and arm.channel is not None else pd.get("ch")
-        d = policy.decide(st, rule, p, now, self.cfg, channel)
+        within = None
+        if not pd.get("sd"):  # send time: chosen once, then the trigger goes when it comes
+            mode = arm.send_time if arm is not None and arm.send_time is not None else \
+                pd.get("stm") or getattr(p, "send_time", "now")
+            if mode == "optimal":
+                within = pd.get("sw") or getattr(p, "send_within", SEND_WITHIN)
+        d = policy.decide(st, rule, p, now, self.cfg, channel, within)
         if d.verdict == policy.SEND:
             # the holdouts are decided here: both groups are customers who would have been contacted
             share, salt = self._global
@@ -692,6 +702,8 @@ class Engine:
                 self._expose(st, exp, arm.name, pd, now)
             return SENT
         if d.verdict == policy.DEFER:
+            if d.reason == "send_time":
+                pd["sd"] = 1
             self.stats.deferred[rule.name] += 1
             self._audit(st, pd, d.reason, now, d.detail, d.until)
             self.set_timer(st, DEFERRED, f"{rule.name}|{pd['o']}", d.until, pd)

@@ -20,7 +20,7 @@ import hashlib
 
 from .catalog import TYPES
 from .params import Param, section, suggest
-from .rules.base import PRIORITIES
+from .rules.base import PRIORITIES, SEND_TIMES
 
 HOLDOUT = "holdout"
 TREATED = "treated"          # the one arm of an experiment without variants
@@ -40,7 +40,7 @@ SETTINGS = {
     "allow_transactional_holdout": Param("bool", False, "allow a holdout on a transactional rule "
                                                         "(holding back a service message is a business decision)"),
 }
-VARIANT_KEYS = ("name", "weight", "offer", "channel", "priority")
+VARIANT_KEYS = ("name", "weight", "offer", "channel", "priority", "send_time")
 
 
 def unit(salt: str, rule: str, customer_id: str) -> float:
@@ -50,10 +50,11 @@ def unit(salt: str, rule: str, customer_id: str) -> float:
 
 
 class Arm:
-    __slots__ = ("name", "upto", "offer", "channel", "priority")
+    __slots__ = ("name", "upto", "offer", "channel", "priority", "send_time")
 
-    def __init__(self, name, upto, offer=None, channel=None, priority=None):
+    def __init__(self, name, upto, offer=None, channel=None, priority=None, send_time=None):
         self.name, self.upto, self.offer, self.channel, self.priority = name, upto, offer, channel, priority
+        self.send_time = send_time  # "now" or "optimal": overrides the rule's (section 9)
 
 
 class Experiment:
@@ -132,7 +133,11 @@ class Experiment:
             if priority is not None and priority not in PRIORITIES:
                 problems.append(f"{at}.priority: expected one of {', '.join(PRIORITIES)}, got {priority!r}")
                 priority = None
-            arms.append(Arm(name, 0.0, offer, channel, priority))
+            send_time = v.get("send_time")
+            if send_time is not None and send_time not in SEND_TIMES:
+                problems.append(f"{at}.send_time: expected one of {', '.join(SEND_TIMES)}, got {send_time!r}")
+                send_time = None
+            arms.append(Arm(name, 0.0, offer, channel, priority, send_time))
         total, acc = sum(weights), 0.0
         for arm, w in zip(arms, weights):
             acc += w

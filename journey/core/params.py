@@ -77,6 +77,11 @@ class Param:
             if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
                 raise ValueError(f"{path}: expected a list of tables, e.g. [{{ name = \"a\", weight = 1 }}]")
             return [dict(x) for x in v]
+        if k == "numbers":  # a list of numbers (may be empty)
+            if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, (int, float)) or x != x
+                                              for x in v):
+                raise ValueError(f"{path}: expected a list of numbers")
+            return [float(x) for x in v]
         if k == "strs":  # a list of strings (may be empty)
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise ValueError(f"{path}: expected a list of strings")  # never echo: may hold secrets

@@ -7,7 +7,9 @@ Order of checks (the first that applies decides):
    is refused -> ``no_consent`` (unstated consent takes ``consent_default``)
 3. transactional triggers (service recovery) go out here: no gates, caps or quiet hours
 4. an open ticket -> ``open_complaint``; health below the floor -> ``poor_relationship``
-5. customer-local quiet hours -> deferred to their end (``quiet_hours``), and
+5. ``send_time = "optimal"`` (not chosen yet): the customer's most engaged hour
+   within ``send_within``, when later -> deferred to it (``send_time``); then
+   customer-local quiet hours -> deferred to their end (``quiet_hours``); both
    checked again then
 6. more than ``max_per_window`` in ``window``, less than ``min_gap`` since
    the last marketing contact, or ``max_per_day`` already in the customer-local
@@ -16,7 +18,7 @@ Order of checks (the first that applies decides):
 
 from __future__ import annotations
 
-from . import health
+from . import health, sendtime
 from .timeutil import at_local, format_duration, wall, zone
 
 SEND, DEFER, SUPPRESS = "send", "defer", "suppress"
@@ -66,8 +68,11 @@ def quiet_until(now: int, tz, start: int, end: int) -> int | None:
     return due
 
 
-def decide(st, rule, p, now: int, cfg, channel: str | None = None) -> Decision:
-    """``channel``: the trigger's channel when not the rule's own (an experiment's variant)."""
+def decide(st, rule, p, now: int, cfg, channel: str | None = None, send_within: int | None = None) -> Decision:
+    """``channel``: the trigger's channel when not the rule's own (an experiment's variant).
+    ``send_within``: send_time optimal, not chosen yet (section 9): a trigger whose customer's most
+    engaged hour within that long is later is deferred to it (``send_time``), before quiet hours and
+    caps, which are checked again when it goes."""
     pol = cfg.policy
     if st.anon:
         return Decision(SUPPRESS, "unidentified", "anonymous visitor: no customer id to contact yet")
@@ -86,7 +91,14 @@ def decide(st, rule, p, now: int, cfg, channel: str | None = None) -> Decision:
     h = health.score(st.hdev, st.hts, now, cfg.health.half_life)
     if h < pol.health_floor:
         return Decision(SUPPRESS, "poor_relationship", f"health {h} below {pol.health_floor:g}")
-    until = quiet_until(now, customer_zone(st, cfg), pol.quiet_start, pol.quiet_end)
+    tz = customer_zone(st, cfg)
+    if send_within is not None:
+        at = sendtime.best(st.eh, now, send_within, tz, cfg,
+                           lambda t: quiet_until(t, tz, pol.quiet_start, pol.quiet_end) is not None)
+        if at is not None and at > now:
+            return Decision(DEFER, "send_time", f"the customer's most engaged hour within "
+                                                f"{format_duration(send_within)}", at)
+    until = quiet_until(now, tz, pol.quiet_start, pol.quiet_end)
     if until is not None:
         return Decision(DEFER, "quiet_hours", "customer-local quiet hours", until)
     recent = [c for c in st.contacts if now - c < pol.window]

@@ -43,6 +43,7 @@ class CustomerState:
         "anons",       # anonymous ids linked to this customer
         "erased",      # erasure time: nothing else is kept
         "clv",         # purchase statistics for the CLV model: [repeat_periods, last_period_day, spend_sum]
+        "eh",          # engagement histogram (send time): [ref_ts, {hour-of-week bin: decayed weight}], or None
         "fwd",         # live, a visitor handed off to a customer on another partition: that customer
         "merged",      # live, visitors whose state was handed over and absorbed here
         "heap_due",    # (not serialized) the due time this state has in the engine's timer heap
@@ -74,6 +75,7 @@ class CustomerState:
         self.anons = []
         self.erased = None
         self.clv = None
+        self.eh = None
         self.fwd = None
         self.merged = []
         self.heap_due = None
@@ -132,6 +134,8 @@ class CustomerState:
             d["an"] = self.anons
         if self.clv is not None:
             d["cv"] = self.clv
+        if self.eh is not None:
+            d["eh"] = [self.eh[0], [x for kv in sorted(self.eh[1].items()) for x in kv]]
         if self.merged:
             d["mg"] = self.merged
         return d
@@ -171,6 +175,9 @@ class CustomerState:
         s.last_ts = d.get("l")
         s.anons = d.get("an", [])
         s.clv = d.get("cv")
+        if "eh" in d:
+            flat = d["eh"][1]
+            s.eh = [d["eh"][0], {int(b): float(v) for b, v in zip(flat[::2], flat[1::2])}]
         s.merged = d.get("mg", [])
         return s
 
@@ -238,6 +245,8 @@ class CustomerState:
             self.occ.setdefault(k, v)
         if other.last_ts is not None:
             self.last_ts = other.last_ts if self.last_ts is None else max(self.last_ts, other.last_ts)
+        if other.eh is not None:
+            self.eh = other.eh if self.eh is None else merge_engagement(self.eh, other.eh)
 
 
 def _int(v) -> bool:
@@ -263,6 +272,13 @@ def _touch(v) -> bool:
         for k, r in v.items())
 
 
+def _instance(d: dict) -> bool:
+    """A multi-step journey's instance (journey.core.journeys.steps)."""
+    return (d.get("ph") in ("w", "f", "d") and _int(d.get("s")) and type(d.get("e")) is str
+            and type(d.get("k")) is str and _int(d.get("i")) and _int(d.get("r")) and _int(d.get("c"))
+            and isinstance(d.get("v"), list) and all(_int(x) for x in d["v"]) and isinstance(d.get("n"), list))
+
+
 def _exposure(v) -> bool:
     """An open experiment exposure: [rule, arm, stage, health, exposed_at, converted_at, value cents]."""
     return (isinstance(v, list) and len(v) == 7 and all(type(x) is str for x in v[:3]) and _num(v[3])
@@ -282,6 +298,7 @@ _FIELDS_OK = {
     "tk": lambda v: isinstance(v, dict) and all(type(k) is str and isinstance(x, list) for k, x in v.items()),
     "tm": lambda v: isinstance(v, dict) and all(type(k) is str and isinstance(x, list) and len(x) == 2 and _int(x[0])
                                                 and (not k.startswith("_outcome|") or _exposure(x[1]))
+                                                and (not (isinstance(x[1], dict) and "ph" in x[1]) or _instance(x[1]))
                                                 for k, x in v.items()),
     "oc": lambda v: isinstance(v, dict) and all(type(k) is str for k in v),
     "ct": lambda v: isinstance(v, list) and all(_int(x) for x in v),
@@ -290,9 +307,24 @@ _FIELDS_OK = {
     "sf": lambda v: v is None or _int(v),
     "an": _strs, "mg": _strs,
     "cv": lambda v: v is None or (isinstance(v, list) and len(v) == 4 and all(_int(x) for x in v)),
+    "eh": lambda v: (isinstance(v, list) and len(v) == 2 and _int(v[0]) and isinstance(v[1], list)
+                     and len(v[1]) % 2 == 0 and len(v[1]) <= 336
+                     and all(type(b) is int and 0 <= b < 168 for b in v[1][::2]) and all(_num(x) for x in v[1][1::2])),
     "x": _int, "fw": lambda v: type(v) is str,
 }
 _FIELDS = frozenset(_FIELDS_OK)
+
+
+def merge_engagement(a: list, b: list, half_life: int = 30 * 86_400_000) -> list:
+    """Two engagement histograms as one, at the later reference time (the default half-life: a visitor's
+    engagements are few, and the merge is rare)."""
+    if b[0] > a[0]:
+        a, b = b, a
+    f = 2.0 ** (-(a[0] - b[0]) / half_life)
+    bins = dict(a[1])
+    for k, v in b[1].items():
+        bins[k] = round(bins.get(k, 0.0) + v * f, 3)
+    return [a[0], bins]
 
 
 def merge_clv(a: list, b: list) -> list:

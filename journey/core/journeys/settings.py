@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from ..params import Param
-from ..rules.base import PRIORITIES, RECOGNITION, RECOVERY
+from ..rules.base import PRIORITIES, RECOGNITION, RECOVERY, SEND_TIMES
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
@@ -30,6 +30,9 @@ SETTINGS = {
     "priority": Param("str", "normal", "priority carried by the trigger", choices=PRIORITIES),
     "offer": Param("table", {}, "offer carried by the trigger (string values are templates)"),
     "reason": Param("text", "", "the trigger's reason (a template)"),
+    "send_time": Param("str", "now", "now, or optimal: at the customer's most engaged hour within send_within",
+                       choices=SEND_TIMES),
+    "send_within": Param("duration", "24h", "send_time optimal: how far past the due time it may go"),
     "steps": Param("tables", [], "multi-step: the steps an instance walks (name, wait, wait_for/within/where/"
                                  "timeout, if/else, send, next)"),
 }

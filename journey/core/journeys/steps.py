@@ -28,12 +28,12 @@ import re
 
 from ..catalog import TYPES
 from ..params import Param, section, suggest
-from ..rules.base import PRIORITIES
+from ..rules.base import PRIORITIES, SEND_TIMES
 from .conditions import Compiled, _template
 from .shapes import Journey
 
 END = -1
-PARK = 1 << 62          # the due time of a parked instance (waiting on a deferred send): never reached
+PARK = (1 << 62) - 1    # the due time of a parked instance (waiting on a deferred send): never reached
 MAX_STEPS = 50          # steps one instance takes at most
 _STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_ .-]{0,63}")
 
@@ -54,6 +54,8 @@ SEND = {
     "priority": Param("str", "normal", "the priority (default: the journey's)", choices=PRIORITIES),
     "offer": Param("table", {}, "the offer (default: the journey's; string values are templates)"),
     "reason": Param("text", "", "the reason (a template; default: the journey's)"),
+    "send_time": Param("str", "now", "now or optimal (default: the journey's)", choices=SEND_TIMES),
+    "send_within": Param("duration", "24h", "send_time optimal: how far past the due time (default: the journey's)"),
 }
 
 
@@ -61,7 +63,8 @@ class Step:
     """One compiled step."""
 
     __slots__ = ("name", "wait", "raw_wait", "wait_for", "within", "where", "timeout", "cond", "else_",
-                 "send", "next", "channel", "priority", "offer", "offer_t", "reason", "reason_t", "wants")
+                 "send", "next", "channel", "priority", "offer", "offer_t", "reason", "reason_t", "wants",
+                 "send_time", "send_within")
 
     def __init__(self):
         self.wait = 0
@@ -77,6 +80,7 @@ class Step:
         self.reason = ""  # the send's reason as written (its own, else the journey's, else the default)
         self.reason_t = None
         self.wants = False
+        self.send_time = self.send_within = None
 
 
 class StepJourney(Journey):
@@ -171,6 +175,8 @@ class StepJourney(Journey):
                 s.channel = sp.channel if "channel" in p.send else None
                 s.priority = sp.priority if "priority" in p.send else None
                 s.offer = sp.offer if "offer" in p.send else None
+                s.send_time = sp.send_time if "send_time" in p.send else None
+                s.send_within = sp.send_within if "send_within" in p.send else None
                 for k, v in (s.offer if s.offer is not None else {}).items():
                     if isinstance(v, str):
                         s.offer_t[k] = _template(v, f"{at}.send.offer.{k}", problems)
@@ -226,6 +232,10 @@ class StepJourney(Journey):
                 send = {"channel": s.channel if s.channel is not None else self.p.channel,
                         "priority": s.priority if s.priority is not None else self.p.priority,
                         "offer": s.offer if s.offer is not None else self.p.offer, "reason": s.reason}
+                mode = s.send_time if s.send_time is not None else self.p.send_time
+                if mode == "optimal":
+                    send["send_time"] = mode
+                    send["send_within"] = s.send_within if s.send_within is not None else self.p.send_within
                 lines += [f"{at}.steps[{i}].send.{k} = {SEND[k].show(v)}" for k, v in send.items()]
             lines.append(f"{at}.steps[{i}].next = {STEP['next'].show(target(s.next))}")
         return lines
@@ -414,6 +424,10 @@ class StepJourney(Journey):
             extra["ch"] = step.channel
         if step.priority is not None:
             extra["pr"] = step.priority
+        if step.send_time is not None:
+            extra["stm"] = step.send_time
+        if step.send_within is not None:
+            extra["sw"] = step.send_within
         if data.get("x"):
             extra["nx"] = 1
         verdict = eng.fire(st, self, occasion, now, reason, [data["e"]], offer=offer, step=extra)

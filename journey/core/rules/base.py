@@ -22,6 +22,7 @@ from ..params import Param
 
 RECOVERY, RECOGNITION = "recovery", "recognition"
 PRIORITIES = ("low", "normal", "high", "urgent")
+SEND_TIMES = ("now", "optimal")
 
 
 class Rule:
@@ -41,6 +42,9 @@ class Rule:
             "channel": Param("str", "email", "the channel the trigger asks for"),
             "priority": Param("str", cls.default_priority, "priority carried by the trigger", choices=PRIORITIES),
             "offer": Param("table", dict(cls.default_offer), "offer carried by the trigger (free-form)"),
+            "send_time": Param("str", "now", "now, or optimal: at the customer's most engaged hour within "
+                                             "send_within (section 9)", choices=SEND_TIMES),
+            "send_within": Param("duration", "24h", "send_time optimal: how far past the due time it may go"),
         }
         return {**common, **cls.params}
 
