@@ -39,6 +39,11 @@ SECTIONS: dict[str, dict[str, Param]] = {
         "max_per_window": Param("int", 3, "marketing triggers per customer per window", minimum=1),
         "window": Param("duration", "7d", "the rolling window of the frequency cap"),
         "min_gap": Param("duration", "12h", "least time between two marketing triggers"),
+        "arbitration_window": Param("duration", "0s", "a customer's marketing triggers coming due within this "
+                                                      "long of the first are decided together, the best first "
+                                                      "(section 9); 0s: off, the first due is decided first"),
+        "rank": Param("strs", [], "rules and journeys in the order arbitration prefers them at equal priority "
+                                  "(unlisted ones after, in name order)"),
         "max_per_day": Param("int", 0, "marketing triggers per customer per calendar day in the customer's time "
                                        "zone, alongside the rolling cap (0: no daily limit)", minimum=0),
         "quiet_start": Param("clock", "21:00", "customer-local start of quiet hours"),
@@ -138,6 +143,12 @@ class Config:
                                      or not sum(self.send_time.prior) > 0):
             problems.append("send_time.prior: 168 non-negative numbers (one per local hour of the week, Monday "
                             f"00:00 first), not all zero; got {len(self.send_time.prior)}")
+        names = set(REGISTRY) | set(self.journeys)
+        for r in self.policy.rank:
+            if r not in names:
+                problems.append(f"policy.rank: {r!r} is not a rule or a journey{suggest(r, sorted(names))}")
+        if len(set(self.policy.rank)) != len(self.policy.rank):
+            problems.append("policy.rank: a name is listed twice")
         if self.send_time.half_life <= 0:
             problems.append("send_time.half_life: must be longer than 0s")
         if not 0 <= self.policy.global_holdout < 1:

@@ -33,6 +33,8 @@ from .triggers import audit_record, cloudevent, transition_record, trigger_id
 
 DEFERRED = "_deferred"
 STAGE = "_stage"
+ARBITRATION = "_arb"     # a customer's open arbitration window: [close, [pending triggers]]
+_PRIORITY = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
 # what became of an occasion handed to the contact policy (Engine.fire)
 SENT, HELD_OUT, POSTPONED, HELD = "sent", "held_out", "postponed", "held"
 SEND_WITHIN = 86_400_000   # send_within's default (24h)
@@ -163,6 +165,8 @@ class Engine:
             for t in e.goal:
                 self.goal_types.setdefault(t, []).append(n)
         self._global = (config.policy.global_holdout, config.policy.global_salt)
+        self._window = config.policy.arbitration_window          # 0: arbitration off
+        self._rank = {name: i for i, name in enumerate(config.policy.rank)}
         self._outcome = getattr(self.sink, "outcome", None)  # sinks that take no outcomes skip them
         self._dedup_window = config.engine.dedup_window
         self._dedup_max = config.engine.dedup_max_ids
@@ -259,6 +263,8 @@ class Engine:
             name, _, tkey = tk.partition("|")
             if name == DEFERRED:
                 self._deliver_deferred(st, data, due)
+            elif name == ARBITRATION:
+                self._close_window(st, data, due)
             elif name == STAGE:
                 self._update_stage(st, due)
                 self._schedule_stage(st, due)
@@ -475,6 +481,9 @@ class Engine:
         for tk, (_due, data) in sorted(st.timers.items()):
             if tk.startswith(DEFERRED + "|"):
                 self._audit(st, data, "erased", ts, "customer erased before delivery")
+            elif tk.startswith(ARBITRATION + "|"):
+                for pd in data:
+                    self._audit(st, pd, "erased", ts, "customer erased before delivery")
         visitors = sorted(set(st.anons) | set(st.merged))
         for anon in visitors:
             vkey = "anon:" + anon
@@ -667,8 +676,10 @@ class Engine:
             pd["st"] = step
         self._audit(st, pd, reason, time, detail)
 
-    def _decide(self, st: CustomerState, pd: dict, now: int) -> str:
+    def _decide(self, st: CustomerState, pd: dict, now: int, arbitrated: bool = False) -> str:
         rule, p = self.rules[pd["r"]]
+        if self._window and not arbitrated and not rule.transactional and not st.anon:
+            return self._arbitrate(st, pd, now)
         exp = self.experiments.get(rule.name) if self.experiments else None
         arm = exp.assign(self.key) if exp is not None and not st.anon else None
         channel = arm.channel if arm is not None and arm.channel is not None else pd.get("ch")
@@ -686,7 +697,7 @@ class Engine:
             expose = not pd.get("nx")
             if share and not rule.transactional and experiments.unit(salt, experiments.GLOBAL, self.key) < share:
                 self._audit(st, pd, "global_holdout", now, f"in the global holdout ({share:.0%} of customers)")
-                return HELD
+                return HELD_OUT
             if exp is None:
                 self._emit(st, rule, p, pd, now)
                 return SENT
@@ -710,6 +721,51 @@ class Engine:
             return POSTPONED
         self._audit(st, pd, d.reason, now, d.detail)
         return HELD
+
+    # -- arbitration (section 9) -------------------------------------------------------------
+    def _arbitrate(self, st: CustomerState, pd: dict, now: int) -> str:
+        """A marketing trigger comes due with arbitration on: it waits in the customer's window (opened
+        now if none is), decided with the others when the window closes."""
+        tk = ARBITRATION + "|w"
+        win = st.timers.get(tk)
+        if win is not None and now >= win[0]:  # the window closes at this very instant: decide it first
+            st.timers.pop(tk)
+            self._close_window(st, win[1], win[0])
+            win = None
+        if win is None:
+            st.timers[tk] = [now + self._window, [pd]]
+        else:
+            win[1].append(pd)
+        self.timers_changed = True
+        return POSTPONED
+
+    def _rank_of(self, pd: dict) -> tuple:
+        rule, p = self.rules[pd["r"]]
+        prio = pd.get("pr") or p.priority
+        order = self._rank.get(rule.name)
+        return (_PRIORITY.get(prio, 2), 0 if order is not None else 1, order if order is not None else 0, rule.name,
+                pd["t"], trigger_id(self.key, rule.name, pd["o"]))
+
+    def _close_window(self, st: CustomerState, pending: list, close: int) -> None:
+        """A window closes: its triggers by priority, rank, due time and id; they go out while the caps
+        allow (a held-out winner counts as a send would), the rest are audited ``outranked``."""
+        winner, held_out = None, 0
+        for pd in sorted((pd for pd in pending if pd.get("r") in self.rules), key=self._rank_of):
+            rule, p = self.rules[pd["r"]]
+            why = rule.still_valid(self, st, pd, close, p)   # checked again when it goes, as a deferral is
+            if why:
+                self._audit(st, pd, why, close, "no longer applies at delivery time")
+                verdict = HELD
+            elif winner is not None and policy.cap(st, close, self.cfg, held_out) is not None:
+                self._audit(st, pd, "outranked", close, f"outranked by {winner} (arbitration window)")
+                verdict = HELD
+            else:
+                verdict = self._decide(st, pd, close, arbitrated=True)
+                if verdict in (SENT, HELD_OUT):
+                    winner = winner or trigger_id(self.key, rule.name, pd["o"])
+                    held_out += verdict == HELD_OUT
+            if "j" in pd:  # a multi-step journey's send: its instance goes on
+                rule.resolved(self, st, pd, verdict, close)
 
     def _deliver_deferred(self, st: CustomerState, pd: dict, due: int) -> None:
         entry = self.rules.get(pd["r"])

@@ -101,20 +101,28 @@ def decide(st, rule, p, now: int, cfg, channel: str | None = None, send_within: 
     until = quiet_until(now, tz, pol.quiet_start, pol.quiet_end)
     if until is not None:
         return Decision(DEFER, "quiet_hours", "customer-local quiet hours", until)
+    capped = cap(st, now, cfg)
+    if capped is not None:
+        return Decision(SUPPRESS, "frequency_cap", capped)
+    return _SEND
+
+
+def cap(st, now: int, cfg, extra: int = 0) -> str | None:
+    """Why the frequency caps hold back one more marketing contact at ``now`` (None: they allow it).
+    ``extra``: contacts to count at ``now`` besides the customer's own (arbitration counts the held-out
+    winners of a window that way, so a holdout is capped as a send would be)."""
+    pol = cfg.policy
     recent = [c for c in st.contacts if now - c < pol.window]
-    if len(recent) >= pol.max_per_window:
-        return Decision(SUPPRESS, "frequency_cap",
-                        f"{len(recent)} marketing contacts in the last {format_duration(pol.window)}")
-    if recent and now - max(recent) < pol.min_gap:
-        return Decision(SUPPRESS, "frequency_cap",
-                        f"last marketing contact less than {format_duration(pol.min_gap)} ago")
+    if len(recent) + extra >= pol.max_per_window:
+        return f"{len(recent) + extra} marketing contacts in the last {format_duration(pol.window)}"
+    if (extra or recent) and now - (now if extra else max(recent)) < pol.min_gap:
+        return f"last marketing contact less than {format_duration(pol.min_gap)} ago"
     if pol.max_per_day:
         start = day_start(now, customer_zone(st, cfg))
-        today = sum(1 for c in st.contacts if start <= c <= now)
+        today = sum(1 for c in st.contacts if start <= c <= now) + extra
         if today >= pol.max_per_day:
-            return Decision(SUPPRESS, "frequency_cap",
-                            f"{today} marketing contacts today (customer-local day), the most per day")
-    return _SEND
+            return f"{today} marketing contacts today (customer-local day), the most per day"
+    return None
 
 
 def day_start(now: int, tz) -> int:
