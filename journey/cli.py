@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clean", action="store_true",
                    help="no redelivered or truncated records (default: a few, on purpose)")
     g.add_argument("--seed", type=int, default=7, help="seed: the same seed writes the same file (default 7)")
+    g.add_argument("--engagement", action="store_true",
+                   help="the customers answer their messages too: message.delivered, opened (at a favourite hour "
+                        "of each), clicked, and a few bounces, spam complaints and unsubscribes")
     g.add_argument("--start", type=_time, default=None, metavar="TIME",
                    help="event time of the population's start (default 2026-01-01T00:00:00Z)")
     g.add_argument("--days", type=int, default=180,

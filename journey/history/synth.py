@@ -273,16 +273,59 @@ def generate(customers: int, events: int, seed: int = 7, start: int | None = Non
     return iter(items)
 
 
+def with_engagement(items: list, seed: int = 7) -> list:
+    """The population answering the messages it would get (section 2's ``message.*`` types, as a messaging
+    system reports them): after an order or a checkout, a delivery an hour later (85%); an open (45%) at
+    the customer's own favourite hour of the day (UTC, a few hours' spread) within two days; a click after
+    some opens (35% of them); now and then a bounce, a spam complaint or an unsubscribe. Drawn from a
+    generator of their own (per customer), so the other events are those ``generate`` gives."""
+    by: dict = {}
+    for ts, _stream, rec in items:
+        if rec.get("type") in ("order.completed", "checkout.started") or rec.get("event") in (
+                "Order Completed", "Checkout Started"):
+            cid = rec.get("customer_id") or rec.get("userId")
+            if cid:
+                by.setdefault(cid, []).append(ts)
+    out = list(items)
+    for cid, times in by.items():
+        r = random.Random(f"{seed}/engagement/{cid}")
+        hour = r.choice((7, 8, 12, 13, 18, 19, 20, 21))
+        for n, t in enumerate(times):
+            def emit(kind: str, at: int, k: int = n, cid: str = cid, **props) -> None:
+                out.append((at, "", {"id": f"eng-{cid}-{k}-{kind}", "customer_id": cid, "type": kind,
+                                     "ts": at, "props": {"channel": "email", **props}}))
+            if r.random() < 0.85:
+                emit("message.delivered", t + MS_HOUR)
+            if r.random() < 0.45:
+                day = (t // MS_DAY + 1 + r.randint(0, 1)) * MS_DAY
+                at = day + ((hour + r.choice((-1, 0, 0, 0, 1))) % 24) * MS_HOUR + r.randint(0, 59) * 60_000
+                emit("message.opened", at)
+                if r.random() < 0.35:
+                    emit("message.clicked", at + r.randint(1, 10) * 60_000)
+            x = r.random()
+            if x < 0.01:
+                emit("message.bounced", t + 2 * MS_HOUR)
+            elif x < 0.013:
+                emit("message.complained", t + 3 * MS_HOUR)
+            elif x < 0.02:
+                emit("message.unsubscribed", t + 4 * MS_HOUR)
+    return out
+
+
 def write_log(path: str, customers: int, events: int, seed: int = 7, start: int | None = None,
               sort: bool = True, noise: bool = True, exact: bool = False, info: dict | None = None,
-              span_days: int = 180) -> int:
+              span_days: int = 180, engagement: bool = False) -> int:
     """Write a JSON-lines log (gzip if ``path`` ends in .gz). Sorted by event time
     unless ``sort`` is False. With ``noise``, about 0.3% of records are
     redelivered and 0.05% truncated, on purpose (``info`` gets their counts, and
-    ``generate``'s). Returns the number of lines."""
+    ``generate``'s). With ``engagement``, the customers answer their messages
+    (:func:`with_engagement`). Returns the number of lines."""
     rng = random.Random(seed + 1)
     info = {} if info is None else info
     items = list(generate(customers, events, seed, start, span_days, exact=exact, info=info))
+    if engagement:
+        items = with_engagement(items, seed)
+        info["engagement"] = len(items) - info.get("events", 0)
     info.update(redelivered=0, truncated=0)
     if sort:
         items.sort(key=lambda x: x[0])
@@ -309,7 +352,7 @@ def write_log(path: str, customers: int, events: int, seed: int = 7, start: int 
 def main(a) -> int:
     info: dict = {}
     n = write_log(a.out, a.customers, a.events, a.seed, a.start, noise=not a.clean, exact=True, info=info,
-                  span_days=a.days)
+                  span_days=a.days, engagement=getattr(a, "engagement", False))
     print(f"wrote {n:,} lines to {a.out}: {describe(info, a.customers, a.days)}", file=sys.stderr)
     return 0
 
@@ -320,6 +363,8 @@ def describe(info: dict, asked: int, days: int = 180) -> str:
     more = (f" (more than the {asked:,} asked: their {days} days held too few events)" if n > asked
             else f" ({asked - n:,} of the {asked:,} had no event in the log)" if n < asked else "")
     text = f"{info['events']:,} events of {info['customers']:,} customers{more}"
+    if info.get("engagement"):
+        text += f", and {info['engagement']:,} engagement events (message.*) answering their messages"
     if info.get("redelivered") or info.get("truncated"):
         text += (f", plus {info['redelivered']:,} redelivered and {info['truncated']:,} truncated records, on "
                  "purpose (replay counts them as duplicates and rejects; --clean for none)")
