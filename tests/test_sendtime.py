@@ -176,3 +176,15 @@ def test_the_histogram_is_compact_in_state():
     from journey.core.state import CustomerState
 
     assert CustomerState.from_bytes(st.to_bytes()).eh == st.eh   # a restored state picks the same hours
+
+
+def test_rules_show_prints_the_send_time_settings():
+    cfg = config_from({"rules": {"first_purchase": {"send_time": "optimal", "send_within": "6h", "experiment": {
+        "goal": "order.completed", "window": "7d", "variants": [{"name": "a", "send_time": "now"}]}}},
+        "policy": {"arbitration_window": "5m", "rank": ["first_purchase"], "max_per_day": 2}})
+    lines = cfg.describe()
+    for want in ("rules.first_purchase.send_time = 'optimal'", "rules.first_purchase.send_within = 6h",
+                 "policy.arbitration_window = 5m", "policy.rank = ['first_purchase']", "policy.max_per_day = 2",
+                 "send_time.prior_weight = 1.0", "send_time.half_life = 30d"):
+        assert want in lines, (want, [x for x in lines if "send" in x or "policy" in x])
+    assert any("arm a:" in x and "'send_time': 'now'" in x for x in lines)

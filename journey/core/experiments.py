@@ -167,7 +167,7 @@ class Experiment:
         if self.goal_if is not None:
             lines.append(f"{where}.goal_if = {self.goal_if.source!r}")
         for a, lo in zip(self.arms, [0.0] + [a.upto for a in self.arms]):
-            over = {k: getattr(a, k) for k in ("offer", "channel", "priority") if getattr(a, k) is not None}
+            over = {k: getattr(a, k) for k in ("offer", "channel", "priority", "send_time") if getattr(a, k) is not None}
             lines.append(f"{where}.arm {a.name}: {100 * (a.upto - lo) * (1 - self.holdout):.1f}% of customers"
                          + (f", {over}" if over else ""))
         return lines
