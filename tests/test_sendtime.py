@@ -188,3 +188,14 @@ def test_rules_show_prints_the_send_time_settings():
                  "send_time.prior_weight = 1.0", "send_time.half_life = 30d"):
         assert want in lines, (want, [x for x in lines if "send" in x or "policy" in x])
     assert any("arm a:" in x and "'send_time': 'now'" in x for x in lines)
+
+
+def test_hours_across_a_daylight_saving_change(run):
+    # Berlin moves to summer time on 2026-03-29 (02:00 -> 03:00): opens on Sundays at 10:xx local; a trigger
+    # due on Saturday evening goes at Sunday 10:00 local, 08:00 UTC after the change (09:00 UTC before it)
+    tz = {"type": "identify", "userId": "c1", "timestamp": "2026-01-01T00:00:00Z", "messageId": "tz",
+          "traits": {"timezone": "Europe/Berlin"}}
+    sundays = [f"2026-03-{d:02d}T09:10:00Z" for d in (1, 8, 15, 22)]    # 10:10 local in winter time
+    r = run([tz] + opens(sundays) + [first_order("2026-03-28T19:00:00Z")], rules=cfg(),
+            until="2026-03-31T00:00:00Z")
+    assert sent_at(r) == ["2026-03-29T08:00:00Z"]

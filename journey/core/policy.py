@@ -93,8 +93,7 @@ def decide(st, rule, p, now: int, cfg, channel: str | None = None, send_within: 
         return Decision(SUPPRESS, "poor_relationship", f"health {h} below {pol.health_floor:g}")
     tz = customer_zone(st, cfg)
     if send_within is not None:
-        at = sendtime.best(st.eh, now, send_within, tz, cfg,
-                           lambda t: quiet_until(t, tz, pol.quiet_start, pol.quiet_end) is not None)
+        at = sendtime.best(st.eh, now, send_within, tz, cfg)
         if at is not None and at > now:
             return Decision(DEFER, "send_time", f"the customer's most engaged hour within "
                                                 f"{format_duration(send_within)}", at)

@@ -15,6 +15,8 @@ shares). Ties go to the earliest hour; the due hour itself counts from ``due``.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from .timeutil import MS_HOUR, wall
 
 BINS = 168
@@ -58,26 +60,52 @@ def shares(prior) -> tuple:
     return tuple(x / total for x in prior)
 
 
-def best(hist, due: int, within: int, tz, cfg, quiet) -> int | None:
+def best(hist, due: int, within: int, tz, cfg) -> int | None:
     """The time to send a trigger due at ``due``: ``due`` itself or the start of a later local hour
-    within ``within``, outside quiet hours (``quiet(t)`` true), whose bin scores highest (ties: the
-    earliest). None when every candidate is in quiet hours."""
-    sc = cfg.send_time
+    within ``within``, outside quiet hours, whose bin scores highest (ties: the earliest). None when
+    every candidate is in quiet hours."""
+    sc, pol = cfg.send_time, cfg.policy
+    qs, qe = pol.quiet_start, pol.quiet_end
+
+    def quiet(local_ms: int) -> bool:
+        if qs == qe:
+            return False
+        m = (local_ms // 60_000) % 1440
+        return (m >= qs or m < qe) if qs > qe else (qs <= m < qe)
+
+    off = _offset(due, tz)
+    if _offset(due + within, tz) != off:
+        off = None   # the offset changes inside the window (daylight saving): each hour the long way
+    local = due + off if off is not None else _local_ms(due, tz)
+    if hist is None and not sc.prior and not quiet(local):
+        return due   # no engagement and equal shares: every hour scores the same, the earliest wins
     share = shares(sc.prior)
     pw = sc.prior_weight
     bins, factor = {}, 0.0
     if hist is not None:
         ref, bins = hist
         factor = 2.0 ** (-(due - ref) / sc.half_life) if due > ref else 1.0
-    lt = wall(due, tz)
-    first = due - ((lt.minute * 60 + lt.second) * 1000 + lt.microsecond // 1000) + MS_HOUR
     chosen, top = None, None
     t = due
+    first = due - local % MS_HOUR + MS_HOUR
     while t <= due + within:
-        if not quiet(t):
-            b = bin_of(t, tz)
+        lm = t + off if off is not None else _local_ms(t, tz)
+        if not quiet(lm):
+            b = ((lm // 86_400_000 + 3) % 7) * 24 + (lm // MS_HOUR) % 24   # 1970-01-01 was a Thursday
             score = bins.get(b, 0.0) * factor + pw * share[b]
             if top is None or score > top + 1e-12:
                 chosen, top = t, score
         t = first if t == due else t + MS_HOUR
     return chosen
+
+
+_NAIVE = datetime(1970, 1, 1)
+
+
+def _local_ms(ms: int, tz) -> int:
+    """The local wall time of ``ms`` in ``tz``, as milliseconds of a naive epoch."""
+    return (wall(ms, tz) - _NAIVE) // timedelta(milliseconds=1)
+
+
+def _offset(ms: int, tz) -> int:
+    return _local_ms(ms, tz) - ms
