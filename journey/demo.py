@@ -6,7 +6,10 @@ process running ``journey worker``), the HTTP intake (a child process running
 who abandon carts, loyal repeat buyers, customers with support trouble,
 promoters, detractors) through the intake with Segment's own Python SDK, as an
 app would, with event times running ``--speed`` times faster than the wall
-clock. Triggers and held-back
+clock. The customers answer the messages they get (deliveries, opens at their own favourite hours,
+clicks, a few unsubscribes: section 9's engagement events, sent through the intake too), and the
+worker runs the example rule file with section 9's contact decisions on (send time on two rules, a
+5-minute arbitration window, a daily cap), so deferred ``send_time`` and ``outranked`` lines appear. Triggers and held-back
 triggers are printed as they appear on ``journey.triggers`` and
 ``journey.audit``. The example rule file runs experiments (holdouts on two rules),
 and the customers react to them through the reaction model of
@@ -81,7 +84,12 @@ def run_demo(a) -> int:
         a.conn = conn
         asyncio.run(ensure_topics(url, conn=conn))
         port = free_port()
-        worker = spawn_worker(url, web_port=port, store="memory://", rules=a.rules or str(JOURNEYS),
+        rules = a.rules
+        if not rules:  # the example journeys, with section 9's contact decisions on
+            rules = os.path.join(workdir, "demo.rules.toml")
+            with open(rules, "w", encoding="utf-8") as f:
+                f.write(JOURNEYS.read_text(encoding="utf-8") + DEMO_CONTACT)
+        worker = spawn_worker(url, web_port=port, store="memory://", rules=rules,
                               data_dir=os.path.join(workdir, "data"), log_path=os.path.join(workdir, "worker.log"),
                               extra_env=env, args=args)
         a.write_key = secrets.token_urlsafe(18)
@@ -139,6 +147,31 @@ class Reacting:
         self.pending: list[tuple[int, str, dict]] = []   # (ts, id, record) orders still to feed
         self.now = 0                                     # the event time fed so far
         self.orders = 0
+        self.answers = 0                                 # engagement events: deliveries, opens, clicks, ...
+
+    def answered(self, cid: str, tid: str, channel: str, at: int) -> None:
+        """A trigger the customer got: the messaging system reports what became of it (section 9's
+        engagement events): delivered, opened at the customer's own favourite hour (so send time
+        learns it), sometimes clicked, and now and then an unsubscribe."""
+        r = random.Random(f"{self.seed}/answer/{tid}")
+        hour = random.Random(f"{self.seed}/hour/{cid}").choice((7, 8, 12, 13, 18, 19, 20, 21))
+
+        def emit(kind: str, ts: int, **props) -> None:
+            ts = max(ts, self.now + 1)   # never behind what was fed already
+            rec = {"id": f"{kind}-{tid}", "customer_id": cid, "type": kind, "ts": format_time(ts),
+                   "props": {"channel": channel, **props}}
+            heapq.heappush(self.pending, (ts, rec["id"], rec))
+            self.answers += 1
+        if r.random() < 0.9:
+            emit("message.delivered", at + 5 * 60_000, trigger_id=tid)
+        if r.random() < 0.45:
+            day = (at // 86_400_000 + 1) * 86_400_000 if r.random() < 0.5 else (at // 86_400_000) * 86_400_000
+            opened = max(at + 10 * 60_000, day + hour * 3_600_000 + r.randint(0, 59) * 60_000)
+            emit("message.opened", opened, trigger_id=tid)
+            if r.random() < 0.3:
+                emit("message.clicked", opened + r.randint(1, 10) * 60_000, trigger_id=tid)
+        if r.random() < 0.005:
+            emit("message.unsubscribed", at + 30 * 60_000)
 
     def exposed(self, rule: str, arm: str, stage: str, cid: str, tid: str, at: int) -> None:
         reaction, window = self.model.rules.get(rule), self.windows.get(rule)
@@ -158,6 +191,21 @@ class Reacting:
 
 
 DEMO_REACTIONS = JOURNEYS.with_name("demo.reactions.toml")
+# the demo's contact decisions (domain.md section 9): the customers' answers teach send time its hours,
+# and triggers coming due within 5 minutes of each other compete (the losers show as outranked)
+DEMO_CONTACT = """
+
+# -- journey demo: contact decisions (section 9) ---------------------------------------------
+[policy]
+arbitration_window = "5m"
+max_per_day = 2
+
+[rules.first_purchase]
+send_time = "optimal"
+
+[rules.order_milestone]
+send_time = "optimal"
+"""
 
 
 async def _run(url: str, a, paint, worker, tally: Tally, reacts: Reacting | None, counts: dict) -> dict:
@@ -313,9 +361,11 @@ async def _print(url: str, paint, counts: dict, stop: asyncio.Event, tally: Tall
 
 
 def _react(reacts: Reacting, topic: str, rec: dict) -> None:
-    """An exposure: a trigger of an experiment sent, or one held out."""
+    """An exposure: a trigger of an experiment sent, or one held out; and the answers to a trigger."""
     if topic == topics.TRIGGERS:
         d = rec.get("data") or {}
+        if d.get("customer_id"):
+            reacts.answered(d["customer_id"], rec["id"], d.get("channel") or "email", parse_time(rec["time"]))
         exp = d.get("experiment")
         if exp:
             reacts.exposed(d["rule"], exp["variant"], (d.get("relationship") or {}).get("stage"), d["customer_id"],
@@ -356,7 +406,8 @@ def _audit_line(a: dict, paint, width: int | None = None) -> str:
 
 
 def _summary(counts: dict, reacts, paint) -> None:
-    orders = f" · {reacts.orders:,} orders placed in reaction to experiments" if reacts is not None else ""
+    orders = (f" · {reacts.orders:,} orders placed in reaction to experiments · {reacts.answers:,} answers to "
+              "messages (delivered, opened, clicked, unsubscribed)" if reacts is not None else "")
     lost = f" · {counts['not sent']:,} the SDK could not send (see the intake's log)" if counts.get("not sent") else ""
     print(paint(BOLD, f"\n{counts['events']:,} events sent through the intake · {counts['triggers']:,} triggers · "
                       f"{counts['held back']:,} held back or deferred{orders}{lost}"))

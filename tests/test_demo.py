@@ -58,6 +58,8 @@ def test_demo_shows_triggers_and_ctrl_c_leaves_nothing_behind(tmp_path):
         assert "(Segment's SDK)" in "".join(lines[:6]), "".join(lines[:6])
         import re
 
+        # the customers answer their messages (section 9's engagement events), through the intake too
+        assert re.search(r"[\d,]+ answers to messages", rest), rest[-2000:]
         sent = re.search(r"([\d,]+) events sent through the intake", rest)
         assert sent and int(sent.group(1).replace(",", "")) > 0 and "could not send" not in rest, rest[-2000:]
         assert ("experiments:" in rest or "no experiment outcomes yet" in rest), rest[-2000:]
