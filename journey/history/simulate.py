@@ -100,7 +100,11 @@ ANY = "*"
 GOAL = "order.completed"
 TOP_KEYS = ("simulation", "reactions")
 SIMULATION_KEYS = ("start", "rules")
-RULE_KEYS = ("base", "effect", "open_ticket")
+RULE_KEYS = ("base", "effect", "open_ticket", "active_hours")
+# each customer's favourite hour of the day (UTC): they open their messages around it, and a message
+# sent in the hour before, at or after it is more likely to be acted on (a rule's active_hours)
+HOURS = (7, 8, 12, 13, 18, 19, 20, 21)
+OPEN_P = 0.6          # a customer opens a message they get with this probability, at their favourite hour
 CONTEXT_KEYS = ("base", "effect")
 DEFAULT_START = "2026-01-01T00:00:00Z"
 GAP_DAYS = {"browser": 9, "one_time": 20, "loyal": 9, "steady": 28, "trouble": 14, "promoter": 12,
@@ -114,18 +118,24 @@ _REACT, _EVENT, _WAKE = 0, 1, 2
 class Reaction:
     """One rule's reaction model: ``p(arm, stage, open_ticket)``."""
 
-    def __init__(self, rule: str, base: dict, effect: dict, ticket_base: dict | None, ticket_effect: dict | None):
+    def __init__(self, rule: str, base: dict, effect: dict, ticket_base: dict | None, ticket_effect: dict | None,
+                 active_hours: float = 0.0):
         self.rule = rule
+        self.active_hours = active_hours
         self.base, self.effect = base, effect
         self.ticket_base = ticket_base if ticket_base is not None else base
         self.ticket_effect = ticket_effect if ticket_effect is not None else effect
 
-    def p(self, arm: str, stage: str, open_ticket: bool = False) -> float:
+    def p(self, arm: str, stage: str, open_ticket: bool = False, active: bool = False) -> float:
+        """``active``: the message went out in the customer's active hours (the hour of their favourite
+        or either next to it): ``active_hours`` more, for an arm that sends (a holdout gets nothing)."""
         base, effect = (self.ticket_base, self.ticket_effect) if open_ticket else (self.base, self.effect)
         b = base.get(stage, base.get(ANY, 0.0))
         if arm != HOLDOUT:
             e = effect.get(arm, {})
             b += e.get(stage, e.get(ANY, 0.0))
+            if active:
+                b += self.active_hours
         return min(1.0, max(0.0, b))
 
 
@@ -233,8 +243,13 @@ def reactions_from(data, source: str = "reactions") -> Reactions:
                     tb = _by_stage(ot["base"], f"{where}.open_ticket.base", 0.0, problems, need_all=True)
                 if "effect" in ot:
                     te = _effects(ot["effect"], f"{where}.open_ticket.effect", problems)
+        active = t.get("active_hours", 0.0)
+        if isinstance(active, bool) or not isinstance(active, (int, float)) or not -1 <= active <= 1:
+            problems.append(f"{where}.active_hours: a number from -1 to 1 (the change of the probability for a "
+                            f"message sent in the customer's active hours), got {active!r}")
+            active = 0.0
         if base is not None:
-            rules[rule] = Reaction(rule, base, effect, tb, te)
+            rules[rule] = Reaction(rule, base, effect, tb, te, float(active))
     if problems:
         raise ConfigError([f"{source}: {p}" for p in problems])
     return Reactions(rules, start, rules_file, source)
@@ -443,6 +458,7 @@ class _Sink:
 
     def trigger(self, rec: dict) -> None:
         self.out(rec)
+        self.sim.answer(rec)
         if "experiment" in rec["data"]:
             self.new.append((rec["id"], rec["subject"]))
 
@@ -501,6 +517,7 @@ class Simulation:
         span = self.days * MS_DAY
         for i in range(self.n_customers):
             c = _Person(random.Random(master.getrandbits(64)), i, self.start, span)
+            c.hour = random.Random(f"{self.seed}/hour/{c.id}").choice(HOURS)
             self.people[c.id] = c
             life = _life(self, c)
             self.lives[c.id] = life
@@ -583,7 +600,8 @@ class Simulation:
                 continue
             end, (rule, arm, stage, _h, exposed, _conv, _cents) = tm
             ticket = bool(policy.open_tickets(st, exposed, max_age))
-            p = self.reactions.rules[rule].p(arm, stage, ticket)
+            active = (exposed // MS_HOUR - c.hour) % 24 in (0, 1, 23)   # the favourite hour or one next to it
+            p = self.reactions.rules[rule].p(arm, stage, ticket, active)
             self.counts["exposures"] += 1
             if c.plan is not None and c.plan.pending(exposed):
                 self.counts["overlapping"] += 1
@@ -598,6 +616,23 @@ class Simulation:
             if c.plan.at is not None:
                 self.push(c.plan.at, _REACT, ("react", c, c.version))
             self.open[tid] = (rule, arm, stage, p, q)
+
+    def answer(self, rec: dict) -> None:
+        """A trigger the customer got: they open it (with OPEN_P) at their favourite hour, the same day if
+        it is still to come, else the next; the engine learns their hours from it (send time)."""
+        c = self.people.get(rec.get("subject"))
+        if c is None:
+            return
+        r = random.Random(f"{self.seed}/open/{rec['id']}")
+        if r.random() >= OPEN_P:
+            return
+        at = parse_time(rec["time"])
+        day = at // MS_DAY * MS_DAY
+        t = day + c.hour * MS_HOUR + r.randint(0, 59) * 60_000
+        if t <= at:
+            t += MS_DAY
+        self.push(t, _EVENT, ("event", {"id": f"open-{rec['id']}", "customer_id": c.id, "type": "message.opened",
+                                        "ts": t, "props": {"trigger_id": rec["id"], "channel": "email"}}))
 
     def closed(self, rec: dict) -> None:
         """An outcome record: fold it into the report's tally and the truth."""
