@@ -123,6 +123,16 @@ def test_the_prior_shapes_a_customer_without_engagement(run):
     assert sent_at(r2) == ["2026-03-03T10:20:00Z"]
 
 
+def test_a_journey_sets_send_time_for_its_triggers_and_a_transactional_one_goes_when_due(run):
+    j = {"kind": "recognition", "entry": "page.viewed", "send_time": "optimal"}
+    evs = opens(TUESDAY_EVENINGS) + [ev("page.viewed", "c1", "2026-03-03T10:20:00Z", id="p")]
+    r = run(evs, rules={"policy": OFF, "journeys": {"j": j}}, until="2026-03-05T00:00:00Z")
+    assert sent_at(r, "j") == ["2026-03-03T19:00:00Z"]
+    # a service message is never held for an hour (as it is never held for quiet hours)
+    r2 = run(evs, rules={"policy": OFF, "journeys": {"j": {**j, "transactional": True}}}, until="2026-03-05T00:00:00Z")
+    assert sent_at(r2, "j") == ["2026-03-03T10:20:00Z"]
+
+
 def test_a_variant_sets_send_time_and_a_step_send_too(run):
     exp = {"salt": "s", "holdout": 0.0, "goal": "order.completed", "window": "7d",
            "variants": [{"name": "now", "send_time": "now"}, {"name": "optimal", "send_time": "optimal"}]}
