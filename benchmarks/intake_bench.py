@@ -91,6 +91,43 @@ def _load(url, bodies_path, clients, seconds, rate, gz) -> dict:
     return orjson.loads(out.stdout)
 
 
+def bodies_of(msgs: list, gz: bool = False) -> list:
+    """Segment batch bodies of 100 messages each, as an SDK sends them (latin-1 text, for the client's argv)."""
+    bodies = []
+    for i in range(0, len(msgs), 100):
+        body = orjson.dumps({"batch": msgs[i:i + 100], "sentAt": "2026-12-01T00:00:00Z"})
+        bodies.append((gzip.compress(body) if gz else body).decode("latin-1"))
+    return bodies
+
+
+def start_intake(broker_url: str, tmp: Path):
+    """A ``journey intake`` on the broker, once it answers /ready: (process, port)."""
+    port = free_port()
+    proc = spawn_intake(broker_url, port=port, write_keys=KEY, log_path=str(tmp / "intake.log"),
+                        args=("--loglevel", "warning"))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return proc, port
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise SystemExit(f"the intake did not start; see {tmp / 'intake.log'}")
+        time.sleep(0.2)
+
+
+def full_load_rate(port: int, bodies_path: str, clients: int, seconds: float, gz: bool = False) -> dict:
+    """The intake at full load after a 2 s warm-up: messages/s acknowledged, with the raw result."""
+    url = f"http://127.0.0.1:{port}/v1/batch"
+    _load(url, bodies_path, clients, 2.0, 0, gz)   # warm up: connections, metadata
+    full = _load(url, bodies_path, clients, seconds, 0, gz)
+    full["rate"] = full["statuses"].get("200", 0) * 100 / full["seconds"]
+    return full
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000, help="distinct messages (default 100,000)")
@@ -103,10 +140,7 @@ def main() -> int:
     msgs = []
     for _ts, _stream, rec in sorted(generate(max(50, a.events // 30), a.events, seed=3), key=lambda x: x[0]):
         msgs.append(as_segment(rec))
-    bodies = []
-    for i in range(0, len(msgs), 100):
-        body = orjson.dumps({"batch": msgs[i:i + 100], "sentAt": "2026-12-01T00:00:00Z"})
-        bodies.append((gzip.compress(body) if a.gzip else body).decode("latin-1"))
+    bodies = bodies_of(msgs, a.gzip)
     bodies_path = tmp / "bodies.json"
     bodies_path.write_bytes(orjson.dumps(bodies))
     log = tmp / "messages.jsonl"
@@ -116,27 +150,11 @@ def main() -> int:
           f"{' (gzip)' if a.gzip else ''}; {a.clients} connections; {os.cpu_count()} CPU(s)")
 
     broker = EmbeddedBroker(log_path=str(tmp / "broker.log")).start()
-    port = free_port()
-    proc = spawn_intake(broker.url, port=port, write_keys=KEY, log_path=str(tmp / "intake.log"),
-                        args=("--loglevel", "warning"))
+    proc, port = start_intake(broker.url, tmp)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"the intake did not start; see {tmp / 'intake.log'}")
-            time.sleep(0.2)
         url = f"http://127.0.0.1:{port}/v1/batch"
-        _load(url, str(bodies_path), a.clients, 2.0, 0, a.gzip)   # warm up: connections, metadata
-
-        full = _load(url, str(bodies_path), a.clients, a.seconds, 0, a.gzip)
-        ok = full["statuses"].get("200", 0)
-        rate = ok * 100 / full["seconds"]
+        full = full_load_rate(port, str(bodies_path), a.clients, a.seconds, a.gzip)
+        ok, rate = full["statuses"].get("200", 0), full["rate"]
         print(f"intake, full load      : {rate:>9,.0f} messages/s acknowledged ({ok:,} requests answered 200 "
               f"in {full['seconds']:.1f} s; statuses {full['statuses']}); latency p50 "
               f"{_pct(full['lat'], 50) * 1000:.1f} ms, p99 {_pct(full['lat'], 99) * 1000:.1f} ms")

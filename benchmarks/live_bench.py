@@ -8,10 +8,13 @@ Prints, measured in one run against one Tansu broker on loopback:
   * a Faust agent that does nothing per message (Faust's per-message ceiling),
   * a Faust agent that writes its table once per event (the naive stateful app),
   * Quix Streams 3 doing a per-customer state update with changelog (benchmarks/quix_app.py),
-  * journey worker with the full rule pack (batched hand-off, one table write per customer per
-    checkpoint),
+  * journey worker with the product as it ships: the built-in rules and the example journeys
+    (multi-step ones and experiments included; batched hand-off, one table write per customer per
+    checkpoint), on a log whose customers answer their messages (engagement events),
 and trigger latency (produce -> trigger on journey.triggers, p50/p99) at a steady offered load,
-with the default allowed lateness and with none.
+with the default allowed lateness and with none; and how fast events get in: ``journey produce``
+publishing the log, and the HTTP intake (Segment batches of 100 from 16 connections, each answered
+once Kafka acknowledged it) on a broker of its own.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from intake_bench import bodies_of, full_load_rate, start_intake  # noqa: E402  (beside this file)
+
+from journey.history.bench import EXAMPLE_RULES  # noqa: E402
 from journey.history.synth import write_log  # noqa: E402
+from journey.intake.segment import as_segment  # noqa: E402
 from journey.io import topics  # noqa: E402
 from journey.io.kafka import bootstrap  # noqa: E402
 from journey.live.broker import EmbeddedBroker, die_with_parent, free_port, spawn_worker  # noqa: E402
@@ -144,7 +151,7 @@ def quix_baseline(url, n, workdir):
 
 def journey_throughput(url, n, workdir, lateness=None):
     port = free_port()
-    args = ("--lateness", lateness) if lateness else ()
+    args = ("--rules", EXAMPLE_RULES) + (("--lateness", lateness) if lateness else ())
     w = spawn_worker(url, web_port=port, log_path=str(Path(workdir) / "worker.log"), args=args)
     try:
         t0 = None
@@ -261,6 +268,26 @@ async def latency(url, rate, seconds, workdir, lateness):
         steady, 0.99), q(plain, 0.5), q(plain, 0.99)
 
 
+def intake_rate(log: Path, workdir: str, seconds: float = 10.0) -> float:
+    """The HTTP intake's acknowledged messages/s at full load, the log's records as Segment messages, on
+    a broker of its own (so the worker runs above never see them)."""
+    msgs = [as_segment(orjson.loads(line)) for line in log.read_bytes().splitlines()[:100_000]]
+    tmp = Path(workdir) / "intake"
+    tmp.mkdir(exist_ok=True)
+    bodies_path = tmp / "bodies.json"
+    bodies_path.write_bytes(orjson.dumps(bodies_of(msgs)))
+    with EmbeddedBroker(log_path=str(tmp / "broker.log")) as b:
+        proc, port = start_intake(b.url, tmp)
+        try:
+            return full_load_rate(port, str(bodies_path), 16, seconds)["rate"]
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, default=20000)
@@ -270,15 +297,21 @@ def main():
     ap.add_argument("--skip-baselines", action="store_true", help="journey only (no aiokafka, Faust or Quix runs)")
     ap.add_argument("--skip-latency", action="store_true", help="throughput only")
     ap.add_argument("--latency-only", action="store_true", help="no throughput runs")
+    ap.add_argument("--skip-intake", action="store_true", help="no HTTP intake run")
+    ap.add_argument("--intake-seconds", type=float, default=10.0, help="seconds of the intake's full load")
     ap.add_argument("--lateness", default="0s,10s", help="allowed lateness values of the latency runs")
     a = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="journey-bench-")
     log = Path(workdir) / "log.jsonl"
-    n = write_log(str(log), a.customers, a.events, seed=7, noise=False)
-    print(f"log: {n:,} events, {a.customers:,} customers; workdir {workdir}", flush=True)
+    info: dict = {}
+    n = write_log(str(log), a.customers, a.events, seed=7, noise=False, engagement=True, info=info)
+    print(f"log: {n:,} events ({info['engagement']:,} of them answers to messages), {a.customers:,} customers; "
+          f"rules {EXAMPLE_RULES}; workdir {workdir}", flush=True)
     with EmbeddedBroker(log_path=str(Path(workdir) / "broker.log")) as b:
         if not a.latency_only:
+            t = time.perf_counter()
             asyncio.run(produce([log], b.url, progress=None))
+            produced = n / (time.perf_counter() - t)
         rows = []
 
         def row(name, result):
@@ -300,11 +333,16 @@ def main():
             except ImportError:
                 print("  (Quix Streams not installed: pip install -e '.[test]')")
         if not a.latency_only:
-            row("journey worker, full rule pack", journey_throughput(b.url, n, workdir))
+            row("journey worker, rules + example journeys", journey_throughput(b.url, n, workdir))
         top = rows[-1][1] if rows else 0
         print("\nratios (journey / other, same run):")
         for name, v, _done in rows[:-1]:
             print(f"  journey / {name:<44} {top / v:6.2f}x" if v == v and v else f"  {name}: no figure")
+        if not a.latency_only and not a.skip_intake:
+            print("\ngetting events in (one process each):", flush=True)
+            print(f"  {'journey produce (the log, acks=all)':<44} {produced:>10,.0f} events/s", flush=True)
+            print(f"  {'journey intake (HTTP, Segment batches of 100)':<44} {intake_rate(log, workdir, a.intake_seconds):>10,.0f} "
+                  "events/s", flush=True)
         if a.skip_latency:
             return
         print(f"\nlatency at {a.rate:,.0f} events/s offered for {a.seconds:.0f} s (produce -> trigger on the topic):",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import orjson
@@ -169,8 +170,14 @@ def cmd_rules(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from .history.bench import run_bench
+    from .history.bench import EXAMPLE_RULES, run_bench
 
+    rules = a.rules or EXAMPLE_RULES
+    if rules != "builtin" and not os.path.isfile(rules):
+        print(f"journey bench: --rules {rules}: no such file; give a rule file, or 'builtin' for the built-in "
+              "rules alone", file=sys.stderr)
+        return 2
+    a.config = _load(None if rules == "builtin" else rules)
     return run_bench(a)
 
 
@@ -359,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--log", metavar="FILE", help="benchmark this log (.jsonl or .jsonl.gz, e.g. your own history "
                                                   "or the CDNOW purchase log) instead of a generated one "
                                                   "(default: generate one)")
+    be.add_argument("--rules", metavar="FILE",
+                    help="the rule file to replay with, or 'builtin' for the built-in rules alone (default: the "
+                         "example journeys shipped with journey, multi-step ones and experiments included, as "
+                         "the benchmark of record)")
+    be.add_argument("--no-engagement", action="store_true",
+                    help="generate the log without the customers' answers to their messages (message.* events; "
+                         "default: with them)")
     be.add_argument("--keep", metavar="DIR", help="keep the generated log and outputs in DIR (default: a temporary "
                                                   "directory, removed at the end)")
     be.add_argument("--worker-pairs", type=int, default=2, metavar="N",

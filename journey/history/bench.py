@@ -18,8 +18,7 @@ import time
 
 import orjson
 
-from .. import core_mode
-from ..core.config import Config
+from .. import core_mode, examples
 from .replay import replay
 from .synth import write_log
 
@@ -51,7 +50,12 @@ def state_bytes(engine) -> dict:
     }
 
 
-def workers_bench(log: str, d: str, pairs: int, target: float = 1.7) -> float:
+# the benchmark of record runs the product as it ships: the built-in rules, the example journeys (multi-step
+# ones included) and their experiments, on a population that answers its messages (engagement events)
+EXAMPLE_RULES = os.path.join(os.path.dirname(examples.__file__), "journeys.example.toml")
+
+
+def workers_bench(log: str, d: str, pairs: int, target: float = 1.6, config=None) -> float:
     """Replay events/s with 1 and 2 workers on the same log, in alternating pairs (so that
     load from elsewhere on the machine hits both alike); the ratio of the medians."""
     rates: dict[int, list[float]] = {1: [], 2: []}
@@ -60,7 +64,7 @@ def workers_bench(log: str, d: str, pairs: int, target: float = 1.7) -> float:
     for k in range(pairs):
         for w in ((1, 2) if k % 2 == 0 else (2, 1)):
             s = replay([log], os.path.join(d, f"w{w}.triggers.jsonl"), os.path.join(d, f"w{w}.audit.jsonl"),
-                       os.path.join(d, f"w{w}.deadletter.jsonl"), config=Config(), workers=w)
+                       os.path.join(d, f"w{w}.deadletter.jsonl"), config=config, workers=w)
             rates[w].append(s["lines"] / s["seconds"])
             print(f"  {w} worker(s)            {rates[w][-1]:>12,.0f} events/s  ({s['seconds']:.2f} s)")
     same = all(_same(os.path.join(d, f"w1.{x}.jsonl"), os.path.join(d, f"w2.{x}.jsonl"))
@@ -78,10 +82,12 @@ def _same(a: str, b: str) -> bool:
 
 
 def run_bench(a) -> int:
+    """``a.config``: the configuration of ``a.rules`` (the command line loads it)."""
     if a.log and not os.path.isfile(a.log):
         print(f"journey bench: --log {a.log}: no such file; give a JSON-lines log (.jsonl or .jsonl.gz), or leave "
               "--log out to benchmark a generated one", file=sys.stderr)
         return 2
+    rules, config = a.rules or EXAMPLE_RULES, a.config
     d = a.keep or tempfile.mkdtemp(prefix="journey-bench-")
     os.makedirs(d, exist_ok=True)
     log = a.log or os.path.join(d, "events.jsonl")
@@ -96,12 +102,15 @@ def run_bench(a) -> int:
         else:
             print(f"generating {a.events:,} events for {a.customers:,} customers ...", flush=True)
             t0 = time.perf_counter()
-            lines = write_log(log, a.customers, a.events, a.seed)
-            print(f"  {lines:,} lines, {os.path.getsize(log) / 1e6:,.0f} MB in {time.perf_counter() - t0:.1f} s")
+            info: dict = {}
+            lines = write_log(log, a.customers, a.events, a.seed, engagement=not a.no_engagement, info=info)
+            answers = f", {info['engagement']:,} of them answers to messages" if info.get("engagement") else ""
+            print(f"  {lines:,} lines{answers}, {os.path.getsize(log) / 1e6:,.0f} MB in "
+                  f"{time.perf_counter() - t0:.1f} s")
         n, t_parse = bare_parse_rate(log)
         keep = []
         s = replay([log], os.path.join(d, "triggers.jsonl"), os.path.join(d, "audit.jsonl"),
-                   os.path.join(d, "deadletter.jsonl"), config=Config(), keep_engine=keep,
+                   os.path.join(d, "deadletter.jsonl"), config=config, keep_engine=keep,
                    sort_buffer=max(200_000, lines + 1))
         sb = state_bytes(keep[0])
         parse_rate = n / t_parse
@@ -124,12 +133,14 @@ def run_bench(a) -> int:
         if a.log:
             print(f"size run               {a.log}: {lines:,} lines")
         else:
-            print(f"size run               {a.customers:,} customers, {a.events:,} events, seed {a.seed}")
+            print(f"size run               {a.customers:,} customers, {a.events:,} events, seed {a.seed}"
+                  + ("" if a.no_engagement else ", with engagement"))
+        print(f"rules                  {'the built-in rules only' if rules == 'builtin' else rules}")
         mode = core_mode()
         print(f"core                   {mode}" + (" (JOURNEY_PURE=1 runs it as pure Python)"
                                                  if mode.startswith("compiled") else ""))
         if a.worker_pairs:
-            workers_bench(log, d, a.worker_pairs)
+            workers_bench(log, d, a.worker_pairs, config=config)
     finally:
         if not a.keep:
             shutil.rmtree(d, ignore_errors=True)
