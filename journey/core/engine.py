@@ -254,12 +254,17 @@ class Engine:
             heapq.heappush(self.heap, (nd, key))
 
     def _run_timers(self, st: CustomerState, upto: int) -> None:
+        timers = st.timers
         while True:
-            due_now = [(v[0], k) for k, v in st.timers.items() if v[0] <= upto]
-            if not due_now:
+            # the earliest timer due by upto, ties by key (a timer may set or cancel others: looked up each time)
+            due, tk = None, None
+            for k, v in timers.items():
+                d = v[0]
+                if d <= upto and (due is None or d < due or (d == due and k < tk)):
+                    due, tk = d, k
+            if due is None:
                 return
-            due, tk = min(due_now)
-            data = st.timers.pop(tk)[1]
+            data = timers.pop(tk)[1]
             name, _, tkey = tk.partition("|")
             if name == DEFERRED:
                 self._deliver_deferred(st, data, due)

@@ -19,7 +19,7 @@ Order of checks (the first that applies decides):
 from __future__ import annotations
 
 from . import health, sendtime
-from .timeutil import at_local, format_duration, wall, zone
+from .timeutil import at_local, format_duration, minute_of_day, wall, zone
 
 SEND, DEFER, SUPPRESS = "send", "defer", "suppress"
 
@@ -55,12 +55,11 @@ def quiet_until(now: int, tz, start: int, end: int) -> int | None:
     """If ``now`` is inside customer-local quiet hours [start, end), when they end."""
     if start == end:
         return None
-    lt = wall(now, tz)
-    m = lt.hour * 60 + lt.minute
+    m = minute_of_day(now, tz)
     inside = (m >= start or m < end) if start > end else (start <= m < end)
     if not inside:
         return None
-    day = lt.date()
+    day = wall(now, tz).date()
     due = at_local(day, end, tz)
     while due <= now:
         day = day.fromordinal(day.toordinal() + 1)

@@ -15,9 +15,7 @@ shares). Ties go to the earliest hour; the due hour itself counts from ``due``.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
-from .timeutil import MS_HOUR, wall
+from .timeutil import MS_HOUR, local_ms
 
 BINS = 168
 WEIGHT = {"message.opened": 1.0, "message.clicked": 2.0}
@@ -25,8 +23,9 @@ _EQUAL = (1.0 / BINS,) * BINS
 
 
 def bin_of(ms: int, tz) -> int:
-    lt = wall(ms, tz)
-    return lt.weekday() * 24 + lt.hour
+    """The hour of the week (Monday 00:00 is 0) of ``ms``, customer-local."""
+    hours = local_ms(ms, tz) // MS_HOUR
+    return ((hours // 24 + 3) % 7) * 24 + hours % 24   # 1970-01-01 was a Thursday (weekday 3)
 
 
 def record(hist, ts: int, w: float, b: int, half_life: int):
@@ -76,7 +75,7 @@ def best(hist, due: int, within: int, tz, cfg) -> int | None:
     off = _offset(due, tz)
     if _offset(due + within, tz) != off:
         off = None   # the offset changes inside the window (daylight saving): each hour the long way
-    local = due + off if off is not None else _local_ms(due, tz)
+    local = due + off if off is not None else local_ms(due, tz)
     if hist is None and not sc.prior and not quiet(local):
         return due   # no engagement and equal shares: every hour scores the same, the earliest wins
     share = shares(sc.prior)
@@ -89,7 +88,7 @@ def best(hist, due: int, within: int, tz, cfg) -> int | None:
     t = due
     first = due - local % MS_HOUR + MS_HOUR
     while t <= due + within:
-        lm = t + off if off is not None else _local_ms(t, tz)
+        lm = t + off if off is not None else local_ms(t, tz)
         if not quiet(lm):
             b = ((lm // 86_400_000 + 3) % 7) * 24 + (lm // MS_HOUR) % 24   # 1970-01-01 was a Thursday
             score = bins.get(b, 0.0) * factor + pw * share[b]
@@ -99,13 +98,5 @@ def best(hist, due: int, within: int, tz, cfg) -> int | None:
     return chosen
 
 
-_NAIVE = datetime(1970, 1, 1)
-
-
-def _local_ms(ms: int, tz) -> int:
-    """The local wall time of ``ms`` in ``tz``, as milliseconds of a naive epoch."""
-    return (wall(ms, tz) - _NAIVE) // timedelta(milliseconds=1)
-
-
 def _offset(ms: int, tz) -> int:
-    return _local_ms(ms, tz) - ms
+    return local_ms(ms, tz) - ms

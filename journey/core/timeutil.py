@@ -87,6 +87,7 @@ def parse_time(value) -> int:
 
 _MINUTES: dict[int, str] = {}  # minute since the epoch -> "YYYY-MM-DDTHH:MM:" (formatted once)
 _SECONDS = [f"{i:02d}" for i in range(60)]
+_FRACTIONS = ["Z"] + [f".{i:03d}Z" for i in range(1, 1000)]  # the millisecond and the Z, formatted once
 
 
 def format_time(ms: int) -> str:
@@ -99,9 +100,7 @@ def format_time(ms: int) -> str:
             if len(_MINUTES) >= 65536:
                 _MINUTES.clear()  # bounded; the usual input moves forward in time
             head = _MINUTES[minute] = _time.strftime("%Y-%m-%dT%H:%M:", _time.gmtime(minute * 60))
-        if frac:
-            return f"{head}{_SECONDS[sec]}.{frac:03d}Z"
-        return head + _SECONDS[sec] + "Z"
+        return head + _SECONDS[sec] + _FRACTIONS[frac]
     t = EPOCH + timedelta(milliseconds=ms)  # before 1970 (a customer-local day of 1970-01-01)
     out = f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
     return out + (f".{frac:03d}Z" if frac else "Z")
@@ -170,6 +169,26 @@ _OFFSETS: dict[tuple, int | None] = {}  # (zone, UTC hour) -> UTC offset in ms, 
 
 def _offset_ms(ms: int, tz) -> int:
     return (EPOCH + timedelta(milliseconds=ms)).astimezone(tz).utcoffset() // _MS
+
+
+def local_ms(ms: int, tz) -> int:
+    """The customer-local wall time of ``ms`` in ``tz`` as milliseconds since a naive 1970-01-01T00:00
+    (the fields of ``wall(ms, tz)`` as a number: minute of the day, hour, weekday by arithmetic)."""
+    if tz is UTC:
+        return ms
+    q = ms // _SPAN
+    off = _OFFSETS.get((tz, q), False)
+    if off is False:
+        wall(ms, tz)  # fills the cache for this hour
+        off = _OFFSETS[(tz, q)]
+    if off is None:
+        return (local(ms, tz).replace(tzinfo=None) - _NAIVE_EPOCH) // _MS
+    return ms + off
+
+
+def minute_of_day(ms: int, tz) -> int:
+    """Customer-local minutes after midnight of ``ms`` (``wall``'s hour * 60 + minute)."""
+    return (local_ms(ms, tz) // MS_MINUTE) % 1440
 
 
 def wall(ms: int, tz) -> datetime:

@@ -19,14 +19,25 @@ SOURCE = "journey"
 _NS = NAMESPACE.bytes
 
 
+_TIDS: dict[tuple, str] = {}  # (customer, rule, occasion) -> id: a trigger's id is asked for at each decision
+
+
 def trigger_id(customer_id: str, rule: str, occasion: str) -> str:
     """RFC 4122 name-based UUID (version 5, SHA-1) of (customer, rule, occasion);
     equal to ``uuid.uuid5(NAMESPACE, name)``, computed without building UUID objects."""
-    h = bytearray(hashlib.sha1(_NS + f"{customer_id}\x1f{rule}\x1f{occasion}".encode()).digest()[:16])
-    h[6] = (h[6] & 0x0F) | 0x50
-    h[8] = (h[8] & 0x3F) | 0x80
-    x = h.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    k = (customer_id, rule, occasion)
+    tid = _TIDS.get(k)
+    if tid is None:
+        x = hashlib.sha1(_NS + f"{customer_id}\x1f{rule}\x1f{occasion}".encode()).hexdigest()
+        # the version (5) and the variant (10xx) bits
+        tid = f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
+        if len(_TIDS) >= 65536:
+            _TIDS.clear()  # bounded; the ids asked for again are those of recent decisions
+        _TIDS[k] = tid
+    return tid
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def cloudevent(tid: str, customer_id: str, rule: str, kind: str, time: int, data: dict) -> dict:
