@@ -19,7 +19,7 @@ Order of checks (the first that applies decides):
 from __future__ import annotations
 
 from . import health, sendtime
-from .timeutil import at_local, format_duration, minute_of_day, wall, zone
+from .timeutil import at_local, format_duration, local_date, minute_of_day, zone
 
 SEND, DEFER, SUPPRESS = "send", "defer", "suppress"
 
@@ -59,7 +59,7 @@ def quiet_until(now: int, tz, start: int, end: int) -> int | None:
     inside = (m >= start or m < end) if start > end else (start <= m < end)
     if not inside:
         return None
-    day = wall(now, tz).date()
+    day = local_date(now, tz)
     due = at_local(day, end, tz)
     while due <= now:
         day = day.fromordinal(day.toordinal() + 1)
@@ -125,7 +125,7 @@ def cap(st, now: int, cfg, extra: int = 0) -> str | None:
 
 def day_start(now: int, tz) -> int:
     """Epoch ms of the start of ``now``'s calendar day in ``tz``."""
-    return at_local(wall(now, tz).date(), 0, tz)
+    return at_local(local_date(now, tz), 0, tz)
 
 
 def record_contact(st, now: int, cfg) -> None:

@@ -186,6 +186,14 @@ def local_ms(ms: int, tz) -> int:
     return ms + off
 
 
+def local_date(ms: int, tz) -> date:
+    """The customer-local calendar day of ``ms`` (``wall(ms, tz).date()``)."""
+    return date.fromordinal(local_ms(ms, tz) // MS_DAY + _ORDINAL_1970)
+
+
+_ORDINAL_1970 = date(1970, 1, 1).toordinal()
+
+
 def minute_of_day(ms: int, tz) -> int:
     """Customer-local minutes after midnight of ``ms`` (``wall``'s hour * 60 + minute)."""
     return (local_ms(ms, tz) // MS_MINUTE) % 1440
