@@ -97,6 +97,14 @@ def cmd_replay(a) -> int:
                              journey_steps=probe.journey_steps())
     if not a.quiet:
         print(format_summary(s), file=sys.stderr)
+    if s["lines"] and not s["valid"] and not s.get("after_erasure"):
+        # every line was rejected: the outputs are empty, which a script must not take for success
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(s["rejected_by_reason"].items(), key=lambda kv: -kv[1]))
+        where = (f"the dead letters, each line with its reason, are in {a.deadletter}" if a.deadletter else
+                 "the dead letters were not kept: run again with --deadletter FILE to see each line with its reason")
+        print(f"journey replay: nothing was valid: all {s['lines']:,} line(s) were rejected ({reasons}); {where}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -323,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="report: from outcome records (journey replay --outcomes FILE, or the "
                                     "journey.outcomes topic), per rule and arm and per rule, arm and stage (or "
                                     "health band): exposures, conversions, conversion rate, revenue per exposure, "
-                                    "and the uplift over the holdout with its 95%% confidence interval (Newcombe's "
+                                    "and the uplift over the holdout with its 95% confidence interval (Newcombe's "
                                     "hybrid score method), then one plain-words line per rule and arm.")
     xp.add_argument("action", choices=("report",), help="report: print the figures")
     xp.add_argument("paths", nargs="*", metavar="FILE", help="outcome files (JSON lines, plain or .gz)")
