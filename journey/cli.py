@@ -189,7 +189,8 @@ def cmd_explain(a) -> int:
 
 
 def cmd_experiments(a) -> int:
-    from .history.report import format_report, tally_files, tally_values
+    from .core.uplift import reach_warnings
+    from .history.report import delivered_ids_of, format_report, tally_files, tally_values
     from .io.logs import LogError
     from .io.progress import Progress
 
@@ -197,14 +198,7 @@ def cmd_experiments(a) -> int:
         print("journey experiments report: give outcome files (journey replay --outcomes FILE) or --broker URL "
               "to read the journey.outcomes topic", file=sys.stderr)
         return 2
-    try:
-        tally = tally_files(a.paths, Progress(None)) if a.paths else None
-    except FileNotFoundError as e:
-        print(f"journey experiments report: {e}", file=sys.stderr)
-        return 2
-    except LogError as e:
-        print(f"journey experiments report: {e}", file=sys.stderr)
-        return 1
+    values, delivered = None, None
     if a.broker:
         import asyncio
 
@@ -214,11 +208,12 @@ def cmd_experiments(a) -> int:
 
         conn = connection.from_args(a, "experiments report")
 
-        async def read():
-            return [v async for v in read_topic(a.broker, topics.OUTCOMES, timeout=a.timeout, conn=conn)]
+        async def read(topic, missing_ok=False):
+            return [v async for v in read_topic(a.broker, topic, timeout=a.timeout, conn=conn,
+                                                missing_ok=missing_ok)]
 
         try:
-            values = asyncio.run(read())
+            values = asyncio.run(read(topics.OUTCOMES))
         except connection.KafkaConnectFailed as e:
             print(f"journey experiments report: {e}", file=sys.stderr)
             return 1
@@ -227,7 +222,21 @@ def cmd_experiments(a) -> int:
                   "Is the broker running, and has a worker created the topics (journey topics create)?",
                   file=sys.stderr)
             return 1
-        more = tally_values(values)
+        try:  # what journey dispatch delivered: the messages that reached an endpoint
+            delivered = delivered_ids_of(asyncio.run(read(topics.DELIVERED, missing_ok=True)))
+        except Exception as e:
+            print(f"journey experiments report: warning: could not read {topics.DELIVERED} ({_what(e)}); "
+                  "deliveries are known from the outcome records only", file=sys.stderr)
+    try:
+        tally = tally_files(a.paths, Progress(None), delivered) if a.paths else None
+    except FileNotFoundError as e:
+        print(f"journey experiments report: {e}", file=sys.stderr)
+        return 2
+    except LogError as e:
+        print(f"journey experiments report: {e}", file=sys.stderr)
+        return 1
+    if values is not None:
+        more = tally_values(values, delivered)
         if tally is None:
             tally = more
         else:
@@ -237,6 +246,9 @@ def cmd_experiments(a) -> int:
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
     else:
         print(format_report(rows, a.by, tally.bad, a.min_exposures))
+    sys.stdout.flush()
+    for w in reach_warnings(tally):
+        print(f"journey experiments report: warning: {w}", file=sys.stderr)
     return 0
 
 

@@ -582,6 +582,13 @@ class Engine:
             st.consent = {**(st.consent or {}), channel: False}
         elif t == "message.complained":
             st.consent = {**(st.consent or {}), "marketing": False}
+        if t in experiments.REACHED and st.timers:
+            # the messaging system got this exposure's message to the customer: the outcome says so
+            # (a report on exposures none of which reached anyone measures nothing)
+            tid = f.get("trigger_id")
+            tm = st.timers.get(experiments.OUTCOME + "|" + tid) if type(tid) is str else None
+            if tm is not None and len(tm[1]) == 7:
+                tm[1].append(1)
         if t in sendtime.WEIGHT:   # opened, clicked: the customer's engagement rhythm (send time)
             st.eh = sendtime.record(st.eh, ts, sendtime.WEIGHT[t], sendtime.bin_of(ts, policy.customer_zone(st, self.cfg)),
                                     self.cfg.send_time.half_life)
@@ -803,7 +810,8 @@ class Engine:
             return
         tid = trigger_id(self.key, exp.rule, pd["o"])
         h = health.score(st.hdev, st.hts, now, self._hl)
-        # [rule, arm, stage, health, exposed_at, converted_at, value cents]
+        # [rule, arm, stage, health, exposed_at, converted_at, value cents], and a last 1 once a
+        # message.delivered (opened, clicked, complained) names its trigger id
         self.set_timer(st, experiments.OUTCOME, tid, now + exp.window, [exp.rule, arm, st.stage, h, now, None, 0])
 
     def _convert(self, st: CustomerState, ev) -> None:
@@ -836,7 +844,7 @@ class Engine:
             return False
 
     def _close_exposure(self, tid: str, data: list, due: int) -> None:
-        rule, arm, stage, h, exposed, converted, cents = data
+        rule, arm, stage, h, exposed, converted, cents = data[:7]
         row = self.stats.outcomes.get((rule, arm, stage))
         if row is None:
             row = self.stats.outcomes[(rule, arm, stage)] = [0, 0, 0]
@@ -852,7 +860,7 @@ class Engine:
             "experiment": exp.name if exp is not None else rule, "variant": arm, "stage": stage, "health": h,
             "exposed_at": format_time(exposed), "converted": converted is not None,
             "converted_at": format_time(converted) if converted is not None else None,
-            "value": round(cents / 100, 2), "time": format_time(due),
+            "value": round(cents / 100, 2), "time": format_time(due), "delivered": len(data) > 7,
         })
 
     def _emit(self, st: CustomerState, rule, p, pd: dict, now: int, exp=None, arm=None) -> None:
