@@ -220,6 +220,10 @@ def add_commands(sub, time_type) -> None:
     e.add_argument("-q", "--quiet", action="store_true", help="no count on stderr")
     e.set_defaults(func=cmd_erase)
 
+    from .tail import add_parser as add_tail
+
+    add_tail(sub, env_broker)
+
     t = sub.add_parser("topics", help="create the topics, or write the topic catalogue and AsyncAPI document",
                        description="create: create every topic journey uses that does not exist yet "
                                    "(idempotent). export: write topics/catalog.yaml and topics/asyncapi.yaml.")
