@@ -170,6 +170,8 @@ def cmd_rules(a) -> int:
                        f"{len(e.arms)} arm(s) ({', '.join(x.name for x in e.arms)})" for n, e in cfg.experiments.items())
         glob = f"; global holdout {cfg.policy.global_holdout:.0%}" if cfg.policy.global_holdout else ""
         print(f"{a.file}: ok ({len(enabled)} rules enabled: {', '.join(enabled)}{journeys}{exps}{glob})")
+        print(f"fingerprint {cfg.fingerprint()} (the workers running this file export it as "
+              f"journey_rules_info{{fingerprint=\"{cfg.fingerprint()}\"}})")
         return 0
     cfg = _load(a.file)
     print("\n".join(cfg.describe()))

@@ -918,6 +918,37 @@ class Engine:
         return snap
 
     # -- reporting -------------------------------------------------------------------------
+    def not_run(self) -> dict[str, list[int]]:
+        """Rules and journeys the customers' state knows of that this configuration does not
+        run (removed from the rule file, renamed, or disabled): name -> [customers whose state
+        holds something of it, pending items: its timers, deferred or waiting triggers and open
+        experiment exposures, which are dropped when due without a trigger or an audit record].
+        For the log line of a worker that loaded saved state."""
+        run = self.rules
+        out: dict[str, list[int]] = {}
+        for st in self.states.values():
+            names: set = set()
+            for tk, (_due, data) in st.timers.items():
+                name = tk.partition("|")[0]
+                if name == STAGE:
+                    continue
+                if name == DEFERRED:
+                    found = [data.get("r")] if isinstance(data, dict) else []
+                elif name == ARBITRATION:
+                    found = [pd.get("r") for pd in data if isinstance(pd, dict)] if isinstance(data, list) else []
+                elif name == experiments.OUTCOME:
+                    found = [data[0]] if isinstance(data, list) and data else []
+                else:
+                    found = [name]
+                for n in found:
+                    if isinstance(n, str) and n not in run:
+                        names.add(n)
+                        out.setdefault(n, [0, 0])[1] += 1
+            names.update(n for n in st.occ if n not in run)
+            for n in names:
+                out.setdefault(n, [0, 0])[0] += 1
+        return out
+
     def rule_kinds(self) -> dict[str, str]:
         """rule -> kind of every record this engine may write to the triggers output (the
         erasure record counts as rule ``erased``, kind ``privacy``)."""

@@ -15,7 +15,8 @@ ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION>
             "JOURNEY_FETCH_WAIT (the longest a Fetch waits on the broker, 0.05), JOURNEY_COMMIT_INTERVAL "
             "(seconds, 1), JOURNEY_STUCK_AFTER (seconds a partition's event time may stand still while it "
             "waits on input before /ready answers 503 and journey_partition_stuck is 1, 60), JOURNEY_GC_GEN0 (allocations between young garbage-collector passes, 50000), "
-            "JOURNEY_BROKER_WAIT (seconds to wait for the broker at start, 30).")
+            "JOURNEY_BROKER_WAIT (seconds to wait for the broker at start, 30), JOURNEY_RULES_ANNOUNCE (seconds "
+            "between the announcements of this worker's rule fingerprint to the others of its group, 30).")
 
 
 def cmd_worker(a) -> int:
