@@ -113,3 +113,22 @@ def test_two_workers_on_different_rule_files_warn_and_a_removed_journey_is_logge
         a.stop()
         if b is not None:
             assert b.stop() == 0, b.log.read_text()[-3000:]
+
+
+def test_state_of_a_removed_journey_is_found_with_what_is_pending(tmp_path):
+    """Engine.not_run (what the worker's start log line reports): customers with state of a journey the
+    configuration no longer runs, and their pending timers, deferred triggers and open exposures."""
+    from journey.core.engine import Engine
+    from journey.history.replay import replay
+    from journey.io.rulefile import config_from, load_config
+
+    log = tmp_path / "log.jsonl"
+    write_log(str(log), customers=150, events=3000, seed=3)
+    keep = []
+    # the state at the end of the log: post-purchase series of the last orders still open
+    replay([str(log)], str(tmp_path / "t.jsonl"), config=load_config(EXAMPLE), keep_engine=keep)
+    assert Engine(load_config(EXAMPLE), states=keep[0].states).not_run() == {}
+    data = tomllib.loads(EXAMPLE.read_text())
+    del data["journeys"]["post_purchase"]
+    gone = Engine(config_from(data), states=keep[0].states).not_run()
+    assert set(gone) == {"post_purchase"} and gone["post_purchase"][0] > 0 and gone["post_purchase"][1] > 0, gone
