@@ -98,6 +98,14 @@ def cmd_replay(a) -> int:
                              journey_steps=probe.journey_steps())
     if not a.quiet:
         print(format_summary(s), file=sys.stderr)
+    if s["lines"] and not s["valid"] and not s.get("after_erasure"):
+        # every line was rejected: the outputs are empty, which a script must not take for success
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(s["rejected_by_reason"].items(), key=lambda kv: -kv[1]))
+        where = (f"the dead letters, each line with its reason, are in {a.deadletter}" if a.deadletter else
+                 "the dead letters were not kept: run again with --deadletter FILE to see each line with its reason")
+        print(f"journey replay: nothing was valid: all {s['lines']:,} line(s) were rejected ({reasons}); {where}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -163,6 +171,8 @@ def cmd_rules(a) -> int:
                        f"{len(e.arms)} arm(s) ({', '.join(x.name for x in e.arms)})" for n, e in cfg.experiments.items())
         glob = f"; global holdout {cfg.policy.global_holdout:.0%}" if cfg.policy.global_holdout else ""
         print(f"{a.file}: ok ({len(enabled)} rules enabled: {', '.join(enabled)}{journeys}{exps}{glob})")
+        print(f"fingerprint {cfg.fingerprint()} (the workers running this file export it as "
+              f"journey_rules_info{{fingerprint=\"{cfg.fingerprint()}\"}})")
         return 0
     cfg = _load(a.file)
     print("\n".join(cfg.describe()))
@@ -188,7 +198,8 @@ def cmd_explain(a) -> int:
 
 
 def cmd_experiments(a) -> int:
-    from .history.report import format_report, tally_files, tally_values
+    from .core.uplift import reach_warnings
+    from .history.report import delivered_ids_of, format_report, tally_files, tally_values
     from .io.logs import LogError
     from .io.progress import Progress
 
@@ -196,14 +207,7 @@ def cmd_experiments(a) -> int:
         print("journey experiments report: give outcome files (journey replay --outcomes FILE) or --broker URL "
               "to read the journey.outcomes topic", file=sys.stderr)
         return 2
-    try:
-        tally = tally_files(a.paths, Progress(None)) if a.paths else None
-    except FileNotFoundError as e:
-        print(f"journey experiments report: {e}", file=sys.stderr)
-        return 2
-    except LogError as e:
-        print(f"journey experiments report: {e}", file=sys.stderr)
-        return 1
+    values, delivered = None, None
     if a.broker:
         import asyncio
 
@@ -213,11 +217,12 @@ def cmd_experiments(a) -> int:
 
         conn = connection.from_args(a, "experiments report")
 
-        async def read():
-            return [v async for v in read_topic(a.broker, topics.OUTCOMES, timeout=a.timeout, conn=conn)]
+        async def read(topic, missing_ok=False):
+            return [v async for v in read_topic(a.broker, topic, timeout=a.timeout, conn=conn,
+                                                missing_ok=missing_ok)]
 
         try:
-            values = asyncio.run(read())
+            values = asyncio.run(read(topics.OUTCOMES))
         except connection.KafkaConnectFailed as e:
             print(f"journey experiments report: {e}", file=sys.stderr)
             return 1
@@ -226,7 +231,21 @@ def cmd_experiments(a) -> int:
                   "Is the broker running, and has a worker created the topics (journey topics create)?",
                   file=sys.stderr)
             return 1
-        more = tally_values(values)
+        try:  # what journey dispatch delivered: the messages that reached an endpoint
+            delivered = delivered_ids_of(asyncio.run(read(topics.DELIVERED, missing_ok=True)))
+        except Exception as e:
+            print(f"journey experiments report: warning: could not read {topics.DELIVERED} ({_what(e)}); "
+                  "deliveries are known from the outcome records only", file=sys.stderr)
+    try:
+        tally = tally_files(a.paths, Progress(None), delivered) if a.paths else None
+    except FileNotFoundError as e:
+        print(f"journey experiments report: {e}", file=sys.stderr)
+        return 2
+    except LogError as e:
+        print(f"journey experiments report: {e}", file=sys.stderr)
+        return 1
+    if values is not None:
+        more = tally_values(values, delivered)
         if tally is None:
             tally = more
         else:
@@ -236,6 +255,9 @@ def cmd_experiments(a) -> int:
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
     else:
         print(format_report(rows, a.by, tally.bad, a.min_exposures))
+    sys.stdout.flush()
+    for w in reach_warnings(tally):
+        print(f"journey experiments report: warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -330,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="report: from outcome records (journey replay --outcomes FILE, or the "
                                     "journey.outcomes topic), per rule and arm and per rule, arm and stage (or "
                                     "health band): exposures, conversions, conversion rate, revenue per exposure, "
-                                    "and the uplift over the holdout with its 95%% confidence interval (Newcombe's "
+                                    "and the uplift over the holdout with its 95% confidence interval (Newcombe's "
                                     "hybrid score method), then one plain-words line per rule and arm.")
     xp.add_argument("action", choices=("report",), help="report: print the figures")
     xp.add_argument("paths", nargs="*", metavar="FILE", help="outcome files (JSON lines, plain or .gz)")

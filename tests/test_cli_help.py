@@ -97,3 +97,48 @@ def test_worker_and_dispatch_without_a_broker_say_so_in_one_message(tmp_path):
         assert p.returncode == 1, p.stderr
         assert "Traceback" not in p.stderr and "ERROR aiokafka" not in p.stderr, p.stderr
         assert f"Is a Kafka broker listening at {url}?" in p.stderr.splitlines()[-1], p.stderr
+
+
+def _journey(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "journey", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL, **kw)
+
+
+def test_no_help_text_shows_an_escaped_percent_sign():
+    # argparse formats an option's help with %, but not a description (nor an epilog): a "%%" written
+    # there is printed as it is
+    shown = []
+    for path, p in _parsers(build_parser()):
+        text = p.format_help()
+        if "%%" in text or "%(" in text:
+            shown.append(f"{path}: " + next(line for line in text.splitlines() if "%%" in line or "%(" in line))
+    assert not shown, "\n".join(shown)
+    p = _journey("experiments", "--help")
+    assert p.returncode == 0 and "95% confidence interval" in " ".join(p.stdout.split()) and "%%" not in p.stdout
+
+
+def test_generate_refuses_counts_below_one_in_one_line(tmp_path):
+    out = tmp_path / "g.jsonl"
+    for flag, value in (("--customers", "0"), ("--events", "-5"), ("--events", "0"), ("--days", "0")):
+        p = _journey("generate", flag, value, "--out", out)
+        assert p.returncode == 2, (flag, value, p.stderr)
+        assert p.stderr == f"journey generate: {flag} must be 1 or more (got {value})\n", p.stderr
+        assert not out.exists()
+
+
+def test_a_replay_where_nothing_was_valid_fails_and_says_where_the_dead_letters_went(tmp_path):
+    log = tmp_path / "bad.jsonl"
+    log.write_text('{"customer_id": "c1", "ts": "2026-03-01T10:00:00Z"}\nnot json\n')
+    out, dl = tmp_path / "t.jsonl", tmp_path / "dl.jsonl"
+    p = _journey("replay", log, "--out", out, "--deadletter", dl, "-q")
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.startswith("journey replay: nothing was valid: all 2 line(s) were rejected"), p.stderr
+    assert f"the dead letters, each line with its reason, are in {dl}" in p.stderr
+    assert len(dl.read_text().splitlines()) == 2
+    p = _journey("replay", log, "--out", out)
+    assert p.returncode == 1 and "nothing was valid" in p.stderr and "--deadletter FILE" in p.stderr, p.stderr
+    # one valid line is enough
+    with open(log, "a") as f:
+        f.write('{"id": "e1", "customer_id": "c1", "type": "page.viewed", "ts": "2026-03-01T10:00:00Z"}\n')
+    p = _journey("replay", log, "--out", out, "-q")
+    assert p.returncode == 0 and p.stderr == "", p.stderr

@@ -688,16 +688,43 @@ def test_url_credentials_and_query_are_never_shown(broker, tmp_path):
         assert d.stop() == 0, d.log.read_text()[-3000:]
 
 
-def test_check_warns_of_unset_secret_variables_and_journey_routes_but_running_refuses(tmp_path):
+def test_check_fails_on_unset_secret_variables_unless_allowed_and_warns_of_journey_routes(tmp_path):
     import os
     from pathlib import Path
 
     example = Path(__file__).resolve().parents[1] / "deploy" / "dispatch.example.toml"
     env = {k: v for k, v in os.environ.items() if not k.endswith("_SECRETS")}
-    p = subprocess.run([sys.executable, "-m", "journey", "dispatch", "--check", "--config", str(example)],
-                       capture_output=True, text=True, env=env)
+
+    def check(*flags, extra=None):
+        return subprocess.run([sys.executable, "-m", "journey", "dispatch", "--check", "--config", str(example),
+                               *flags], capture_output=True, text=True, env={**env, **(extra or {})}, timeout=60,
+                              stdin=subprocess.DEVNULL)
+
+    # as the dispatcher would refuse to start, --check fails, naming each variable (never a value)
+    p = check()
+    assert p.returncode == 2 and p.stdout == "", (p.stdout, p.stderr)
+    assert "JOURNEY_CRM_SECRETS is not set" in p.stderr and "JOURNEY_SMS_SECRETS is not set" in p.stderr, p.stderr
+    assert "--allow-unset-secrets" in p.stderr and "Traceback" not in p.stderr
+    # one set, one not: only the missing one is named, and the value that is set is never printed
+    crm = new_secret()
+    p = check(extra={"JOURNEY_CRM_SECRETS": crm})
+    assert p.returncode == 2 and "JOURNEY_SMS_SECRETS is not set" in p.stderr, p.stderr
+    assert "JOURNEY_CRM_SECRETS" not in p.stderr and crm not in p.stderr + p.stdout
+    assert crm.split("_", 1)[1][:12] not in p.stderr + p.stdout
+    # before deployment: a warning only
+    p = check("--allow-unset-secrets")
     assert p.returncode == 0 and "warning:" in p.stderr and "--new-secret" in p.stderr, p.stderr
     assert p.stdout.startswith("endpoint crm:")
+    # with both set, it passes without the flag, and prints no secret
+    sms = new_secret()
+    p = check(extra={"JOURNEY_CRM_SECRETS": crm, "JOURNEY_SMS_SECRETS": sms})
+    assert p.returncode == 0 and p.stdout.startswith("endpoint crm:") and "1 secret(s)" in p.stdout, p.stderr
+    assert crm not in p.stdout + p.stderr and sms not in p.stdout + p.stderr
+    # the flag is for --check only: the dispatcher cannot run without its secrets
+    p = subprocess.run([sys.executable, "-m", "journey", "dispatch", "--config", str(example),
+                        "--allow-unset-secrets"], capture_output=True, text=True, env=env, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 2 and "--allow-unset-secrets goes with --check only" in p.stderr, p.stderr
     cfg = parse_dispatch_config({"endpoints": {"a": {"url": "http://h/", "secrets": [SECRET]}},
                                  "routes": [{"rules": ["browse_abandoned"], "endpoints": ["a"]}]})
     assert any("browse_abandoned" in w and "journey" in w for w in cfg.warnings)

@@ -124,6 +124,12 @@ def test_sasl_ssl_scram_sha_512_from_a_java_properties_file_with_a_prefix(tmp_pa
                         "--timeout", "30", env=env)
             assert r.returncode == 0, r.stderr
             outputs.append(r.stdout + r.stderr)
+            # tail shows the prefixed triggers topic by its short name, through TLS and SASL
+            r = journey("tail", "triggers", "--from-beginning", "--kafka-config", str(props), "--broker",
+                        sk.bootstrap, env=env)
+            assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+            assert any(" trigger erased (erasure) " in x for x in r.stdout.splitlines()), r.stdout[-2000:]
+            outputs.append(r.stderr)
             # the dispatcher delivers the live triggers to a real receiver
             rx = Receiver()
             try:

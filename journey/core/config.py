@@ -173,6 +173,15 @@ class Config:
         if problems:
             raise ConfigError(problems)
 
+    def fingerprint(self) -> str:
+        """The rules in force in 12 hex digits: SHA-256 of :meth:`describe` (every setting, the
+        defaults included), so two files that differ only in comments, layout, order, TOML or
+        YAML, or in spelling a default out, have the same one. ``journey rules check`` prints
+        it; a worker logs it at start and exports it (``journey_rules_info``)."""
+        import hashlib
+
+        return hashlib.sha256("\n".join(self.describe()).encode()).hexdigest()[:12]
+
     def describe(self) -> list[str]:
         """Every setting in force, one per line, for ``journey rules show``."""
         from .rules import REGISTRY

@@ -587,6 +587,13 @@ class Engine:
             st.consent = {**(st.consent or {}), channel: False}
         elif t == "message.complained":
             st.consent = {**(st.consent or {}), "marketing": False}
+        if t in experiments.REACHED and st.timers:
+            # the messaging system got this exposure's message to the customer: the outcome says so
+            # (a report on exposures none of which reached anyone measures nothing)
+            tid = f.get("trigger_id")
+            tm = st.timers.get(experiments.OUTCOME + "|" + tid) if type(tid) is str else None
+            if tm is not None and len(tm[1]) == 7:
+                tm[1].append(1)
         if t in sendtime.WEIGHT:   # opened, clicked: the customer's engagement rhythm (send time)
             st.eh = sendtime.record(st.eh, ts, sendtime.WEIGHT[t], sendtime.bin_of(ts, policy.customer_zone(st, self.cfg)),
                                     self.cfg.send_time.half_life)
@@ -808,7 +815,8 @@ class Engine:
             return
         tid = trigger_id(self.key, exp.rule, pd["o"])
         h = health.score(st.hdev, st.hts, now, self._hl)
-        # [rule, arm, stage, health, exposed_at, converted_at, value cents]
+        # [rule, arm, stage, health, exposed_at, converted_at, value cents], and a last 1 once a
+        # message.delivered (opened, clicked, complained) names its trigger id
         self.set_timer(st, experiments.OUTCOME, tid, now + exp.window, [exp.rule, arm, st.stage, h, now, None, 0])
 
     def _convert(self, st: CustomerState, ev) -> None:
@@ -841,7 +849,7 @@ class Engine:
             return False
 
     def _close_exposure(self, tid: str, data: list, due: int) -> None:
-        rule, arm, stage, h, exposed, converted, cents = data
+        rule, arm, stage, h, exposed, converted, cents = data[:7]
         row = self.stats.outcomes.get((rule, arm, stage))
         if row is None:
             row = self.stats.outcomes[(rule, arm, stage)] = [0, 0, 0]
@@ -857,7 +865,7 @@ class Engine:
             "experiment": exp.name if exp is not None else rule, "variant": arm, "stage": stage, "health": h,
             "exposed_at": format_time(exposed), "converted": converted is not None,
             "converted_at": format_time(converted) if converted is not None else None,
-            "value": round(cents / 100, 2), "time": format_time(due),
+            "value": round(cents / 100, 2), "time": format_time(due), "delivered": len(data) > 7,
         })
 
     def _emit(self, st: CustomerState, rule, p, pd: dict, now: int, exp=None, arm=None) -> None:
@@ -915,6 +923,37 @@ class Engine:
         return snap
 
     # -- reporting -------------------------------------------------------------------------
+    def not_run(self) -> dict[str, list[int]]:
+        """Rules and journeys the customers' state knows of that this configuration does not
+        run (removed from the rule file, renamed, or disabled): name -> [customers whose state
+        holds something of it, pending items: its timers, deferred or waiting triggers and open
+        experiment exposures, which are dropped when due without a trigger or an audit record].
+        For the log line of a worker that loaded saved state."""
+        run = self.rules
+        out: dict[str, list[int]] = {}
+        for st in self.states.values():
+            names: set = set()
+            for tk, (_due, data) in st.timers.items():
+                name = tk.partition("|")[0]
+                if name == STAGE:
+                    continue
+                if name == DEFERRED:
+                    found = [data.get("r")] if isinstance(data, dict) else []
+                elif name == ARBITRATION:
+                    found = [pd.get("r") for pd in data if isinstance(pd, dict)] if isinstance(data, list) else []
+                elif name == experiments.OUTCOME:
+                    found = [data[0]] if isinstance(data, list) and data else []
+                else:
+                    found = [name]
+                for n in found:
+                    if isinstance(n, str) and n not in run:
+                        names.add(n)
+                        out.setdefault(n, [0, 0])[1] += 1
+            names.update(n for n in st.occ if n not in run)
+            for n in names:
+                out.setdefault(n, [0, 0])[0] += 1
+        return out
+
     def rule_kinds(self) -> dict[str, str]:
         """rule -> kind of every record this engine may write to the triggers output (the
         erasure record counts as rule ``erased``, kind ``privacy``)."""

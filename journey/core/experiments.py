@@ -11,7 +11,8 @@ journey (``[journeys.NAME.experiment]``). Assignment is a pure function of
 The engine decides the holdout where the contact policy would have sent the
 trigger, keeps each exposure (sent or held out) in customer state as a timer
 until exposed_at + window, marks it converted by the first goal event in
-(exposed_at, exposed_at + window], and closes it with an outcome record.
+(exposed_at, exposed_at + window], marks it delivered when an engagement event
+(``REACHED``) names its trigger id, and closes it with an outcome record.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ TREATED = "treated"          # the one arm of an experiment without variants
 GLOBAL = "*"                 # the rule part of the global holdout's unit
 OUTCOME = "_outcome"         # timer prefix of an open exposure
 MAX_OPEN = 50                # open exposures per customer (more are not measured, and counted)
+# engagement events that say a message reached its customer (an exposure's outcome records it as
+# delivered); a bounce does not
+REACHED = frozenset(("message.delivered", "message.opened", "message.clicked", "message.complained"))
 
 SETTINGS = {
     "name": Param("text", "", "the experiment's name in data.experiment and outcomes (default: the rule's)"),

@@ -280,9 +280,10 @@ def _instance(d: dict) -> bool:
 
 
 def _exposure(v) -> bool:
-    """An open experiment exposure: [rule, arm, stage, health, exposed_at, converted_at, value cents]."""
-    return (isinstance(v, list) and len(v) == 7 and all(type(x) is str for x in v[:3]) and _num(v[3])
-            and _int(v[4]) and (v[5] is None or _int(v[5])) and _int(v[6]))
+    """An open experiment exposure: [rule, arm, stage, health, exposed_at, converted_at, value cents],
+    and a last 1 once its message was reported delivered."""
+    return (isinstance(v, list) and (len(v) == 7 or (len(v) == 8 and v[7] == 1)) and all(type(x) is str for x in v[:3])
+            and _num(v[3]) and _int(v[4]) and (v[5] is None or _int(v[5])) and _int(v[6]))
 
 
 _FIELDS_OK = {

@@ -52,11 +52,15 @@ def band(health) -> str:
 class Tally:
     """Exposures, conversions and value by (rule, arm, stage) and (rule, arm, health band)."""
 
-    def __init__(self):
-        # (rule, arm, group kind, group) -> [n, conversions, value in cents]: whole cents, so the
-        # sums do not depend on the order the records come in (a topic's, a file's)
+    def __init__(self, delivered_ids=None):
+        """``delivered_ids``: trigger ids known delivered besides what the records say (the ids
+        ``journey dispatch`` recorded on journey.dispatch.delivered)."""
+        # (rule, arm, group kind, group) -> [n, conversions, value in cents, exposures whose delivery
+        # is known, of those delivered]: whole cents, so the sums do not depend on the order the
+        # records come in (a topic's, a file's)
         self.cells: dict[tuple, list] = {}
         self.bad = 0                          # records that are not outcome records (skipped)
+        self.delivered_ids = delivered_ids
 
     def add(self, rec) -> bool:
         try:
@@ -67,30 +71,59 @@ class Tally:
                 raise TypeError
             cents = round(value * 100)
             hb = band(rec.get("health"))
+            # did the message reach the customer? (outcomes of older versions do not say)
+            delivered = rec.get("delivered")
+            if delivered is not True and self.delivered_ids and rec.get("trigger_id") in self.delivered_ids:
+                delivered = True
+            known = delivered is True or delivered is False
         except (KeyError, TypeError, ValueError, AttributeError):
             self.bad += 1
             return False
         for key in ((rule, arm, "all", None), (rule, arm, "stage", stage), (rule, arm, "health", hb)):
             c = self.cells.get(key)
             if c is None:
-                c = self.cells[key] = [0, 0, 0]
+                c = self.cells[key] = [0, 0, 0, 0, 0]
             c[0] += 1
             c[1] += converted
             c[2] += cents
+            c[3] += known
+            c[4] += delivered is True
         return True
 
     def merge(self, other: Tally) -> None:
         for k, c in other.cells.items():
-            t = self.cells.setdefault(k, [0, 0, 0])
-            for i in range(3):
+            t = self.cells.setdefault(k, [0, 0, 0, 0, 0])
+            for i in range(5):
                 t[i] += c[i]
         self.bad += other.bad
+
+    def reach(self) -> dict:
+        """Per rule: ``measured`` (True: some treated exposure's message was reported delivered;
+        False: none of those whose delivery is known was, so the figures measure nothing, as
+        in a replay of past history; None: the records do not say), the treated exposures
+        whose delivery is known and of those delivered, and the holdout's exposures reported
+        delivered (customers who got the message all the same)."""
+        out = {}
+        for (rule, arm, kind, _g), c in self.cells.items():
+            if kind != "all":
+                continue
+            r = out.setdefault(rule, {"measured": None, "treated_known": 0, "treated_delivered": 0,
+                                      "holdout_delivered": 0})
+            if arm == HOLDOUT:
+                r["holdout_delivered"] += c[4]
+            else:
+                r["treated_known"] += c[3]
+                r["treated_delivered"] += c[4]
+        for r in out.values():
+            r["measured"] = True if r["treated_delivered"] else False if r["treated_known"] else None
+        return out
 
     def rows(self, by: str = "stage") -> list[dict]:
         """Rows per rule and arm (``stage`` None), then per rule, arm and ``by`` (stage or
         health band), holdout first; uplift against the holdout of the same group."""
         out = []
         groups = [("all", None)] + sorted({(k[2], k[3]) for k in self.cells if k[2] == by}, key=_group_order)
+        reach = self.reach()
         for rule in sorted({k[0] for k in self.cells}):
             arms = sorted({k[1] for k in self.cells if k[0] == rule}, key=lambda a: (a != HOLDOUT, a))
             for kind, group in groups:
@@ -99,13 +132,14 @@ class Tally:
                     c = self.cells.get((rule, arm, kind, group))
                     if c is None:
                         continue
-                    n, x, v = c
+                    n, x, v, known, delivered = c
                     row = {"rule": rule, "arm": arm, "stage": group if kind == "stage" else None}
                     if kind == "health":
                         row["health_band"] = group
                     row.update({"exposures": n, "conversions": x, "rate": x / n,
                                 "value_per_exposure": v / 100 / n, "uplift": None, "ci_low": None,
-                                "ci_high": None})
+                                "ci_high": None, "delivered": delivered if known else None,
+                                "measured": reach[rule]["measured"]})
                     if arm != HOLDOUT and base is not None and base[0] > 0:
                         d, lo, hi = newcombe(x, n, base[1], base[0])
                         row.update(uplift=d, ci_low=lo, ci_high=hi)
@@ -119,6 +153,28 @@ _STAGE_ORDER = {s: i for i, s in enumerate(("prospect", "new", "active", "loyal"
 def _group_order(g):
     kind, name = g
     return (_STAGE_ORDER.get(name, len(_STAGE_ORDER)), name) if kind == "stage" else (0, name)
+
+
+def reach_warnings(tally: Tally) -> list[str]:
+    """Plain-words warnings where the figures cannot measure what they seem to: no treated
+    message reached anyone, or the holdout got the message all the same."""
+    out = []
+    reach = tally.reach()
+    none = [(rule, r) for rule, r in sorted(reach.items()) if r["measured"] is False]
+    if none:
+        names = ", ".join(f"{rule} ({r['treated_known']:,} treated exposures)" for rule, r in none)
+        out.append(f"no message of {names} is known to have reached anyone: no message.delivered, opened or "
+                   "clicked event named its trigger id, nor did journey dispatch record it delivered. Outcomes "
+                   "replayed from past history look like this: nobody received those messages, so the uplift "
+                   "measures nothing. Measure live (journey worker and journey dispatch, the messaging system "
+                   "reporting message.delivered back), or see the report on reacting customers with journey "
+                   "simulate")
+    for rule, r in sorted(reach.items()):
+        if r["holdout_delivered"]:
+            out.append(f"{r['holdout_delivered']:,} holdout exposure(s) of {rule} were reported delivered: those "
+                       "customers got the message all the same, so the holdout does not hold out (history "
+                       "replayed under an experiment added since?)")
+    return out
 
 
 def summary_lines(rows: list[dict], min_exposures: int = MIN_EXPOSURES) -> list[str]:

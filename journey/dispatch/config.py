@@ -235,8 +235,8 @@ def _finite(params: dict[str, Param], given, path: str, problems: list) -> dict:
 
 
 def parse_dispatch_config(data: dict, source: str = "config", env=os.environ, check: bool = False) -> DispatchConfig:
-    """``check``: only validating the file (``--check``): a secret variable that is not set
-    in this environment is a warning, not a problem."""
+    """``check``: only validating the file (``--check --allow-unset-secrets``): a secret variable
+    that is not set in this environment is a warning, not a problem."""
     problems: list[str] = []
     warnings: list[str] = []
     if not isinstance(data, dict):

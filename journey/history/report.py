@@ -16,10 +16,11 @@ from ..io.logs import LogError, open_log
 from ..io.progress import Progress
 
 
-def tally_files(paths, progress: Progress | None = None) -> Tally:
+def tally_files(paths, progress: Progress | None = None, delivered_ids=None) -> Tally:
     """Fold every outcome record of the files (plain or .gz) into a tally; a line that is
-    not an outcome record is counted (``Tally.bad``) and skipped."""
-    tally = Tally()
+    not an outcome record is counted (``Tally.bad``) and skipped. ``delivered_ids``: trigger
+    ids known delivered (``delivered_ids_of``)."""
+    tally = Tally(delivered_ids)
     progress = progress or Progress(enabled=False)
     n = 0
     t0 = time.perf_counter()
@@ -49,9 +50,9 @@ def tally_files(paths, progress: Progress | None = None) -> Tally:
     return tally
 
 
-def tally_values(values) -> Tally:
+def tally_values(values, delivered_ids=None) -> Tally:
     """The same, for raw record values (the topic)."""
-    tally = Tally()
+    tally = Tally(delivered_ids)
     for v in values:
         try:
             rec = orjson.loads(v) if v is not None else None
@@ -62,6 +63,20 @@ def tally_values(values) -> Tally:
         else:
             tally.bad += 1
     return tally
+
+
+def delivered_ids_of(values) -> set[str]:
+    """The trigger ids of ``journey.dispatch.delivered`` record values (the dispatcher's
+    record of what an endpoint accepted)."""
+    ids = set()
+    for v in values:
+        try:
+            rec = orjson.loads(v) if v is not None else None
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("trigger_id"), str):
+            ids.add(rec["trigger_id"])
+    return ids
 
 
 def format_report(rows: list[dict], by: str = "stage", bad: int = 0, min_exposures: int = MIN_EXPOSURES) -> str:

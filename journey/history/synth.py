@@ -350,6 +350,10 @@ def write_log(path: str, customers: int, events: int, seed: int = 7, start: int 
 
 
 def main(a) -> int:
+    for flag, value in (("--customers", a.customers), ("--events", a.events), ("--days", a.days)):
+        if value < 1:
+            print(f"journey generate: {flag} must be 1 or more (got {value})", file=sys.stderr)
+            return 2
     info: dict = {}
     n = write_log(a.out, a.customers, a.events, a.seed, a.start, noise=not a.clean, exact=True, info=info,
                   span_days=a.days, engagement=getattr(a, "engagement", False))

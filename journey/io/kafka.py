@@ -98,10 +98,12 @@ async def ensure_topics(url: str, partitions: int = topics.PARTITIONS, app_id: s
 
 
 async def read_topic(url: str, topic: str, timeout: float = 60.0, idle_ms: int = 500,
-                     conn: KafkaConnection = PLAINTEXT):
+                     conn: KafkaConnection = PLAINTEXT, missing_ok: bool = False):
     """Every record value of ``topic`` from its start to its end when read began (async
     generator). The end is each partition's high watermark as Fetch reports it (some brokers'
-    ListOffsets answers an earlier offset); ``timeout`` bounds the whole read (TimeoutError)."""
+    ListOffsets answers an earlier offset); ``timeout`` bounds the whole read (TimeoutError).
+    ``missing_ok``: a topic the cluster does not have gives nothing (else the read waits for
+    it until ``timeout``)."""
     from aiokafka import AIOKafkaConsumer
 
     c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap(url), auto_offset_reset="earliest", group_id=None,
@@ -111,6 +113,8 @@ async def read_topic(url: str, topic: str, timeout: float = 60.0, idle_ms: int =
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
+        if missing_ok and topic not in await c.topics():
+            return
         while True:
             if loop.time() > deadline:
                 raise TimeoutError(f"{topic} was not read to its end within {timeout:g} s")

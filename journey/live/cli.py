@@ -15,7 +15,8 @@ ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION>
             "JOURNEY_FETCH_WAIT (the longest a Fetch waits on the broker, 0.05), JOURNEY_COMMIT_INTERVAL "
             "(seconds, 1), JOURNEY_STUCK_AFTER (seconds a partition's event time may stand still while it "
             "waits on input before /ready answers 503 and journey_partition_stuck is 1, 60), JOURNEY_GC_GEN0 (allocations between young garbage-collector passes, 50000), "
-            "JOURNEY_BROKER_WAIT (seconds to wait for the broker at start, 30).")
+            "JOURNEY_BROKER_WAIT (seconds to wait for the broker at start, 30), JOURNEY_RULES_ANNOUNCE (seconds "
+            "between the announcements of this worker's rule fingerprint to the others of its group, 30).")
 
 
 def cmd_worker(a) -> int:
@@ -219,6 +220,10 @@ def add_commands(sub, time_type) -> None:
                    help=f"partition count when it creates the topics (default {topics.PARTITIONS})")
     e.add_argument("-q", "--quiet", action="store_true", help="no count on stderr")
     e.set_defaults(func=cmd_erase)
+
+    from .tail import add_parser as add_tail
+
+    add_tail(sub, env_broker)
 
     t = sub.add_parser("topics", help="create the topics, or write the topic catalogue and AsyncAPI document",
                        description="create: create every topic journey uses that does not exist yet "

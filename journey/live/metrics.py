@@ -33,7 +33,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0,
                86400.0, 7 * 86400.0, 30 * 86400.0, 365 * 86400.0)
 HEALTH_BUCKETS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
-CONTROL_KIND_NAMES = ("watermark", "hold", "link", "absorb", "unknown")  # always exported, from 0
+CONTROL_KIND_NAMES = ("watermark", "hold", "link", "absorb", "rules", "unknown")  # always exported, from 0
 AGGREGATES_EVERY = 10.0  # seconds: relationship aggregates walk every customer in state
 
 
@@ -82,6 +82,22 @@ class WorkerCollector:
                                  labels=["version", "python", "faust"])
         info.add_metric([__version__, platform.python_version(), rt.faust_version], 1)
         yield info
+
+        sync = rt.rulesync
+        rules = GaugeMetricFamily("journey_rules_info", "The rules this worker runs: the fingerprint of its rule "
+                                  "configuration (SHA-256 of every setting in force, as `journey rules check` "
+                                  "prints it; always 1)", labels=["fingerprint"])
+        rules.add_metric([sync.fingerprint], 1)
+        yield rules
+        mismatch = GaugeMetricFamily("journey_rules_mismatch", "1 while another worker of this group was heard "
+                                     "running rules of another fingerprint (a rollout half done), else 0")
+        mismatch.add_metric([], 1 if sync.mismatch else 0)
+        yield mismatch
+        workers = GaugeMetricFamily("journey_rules_workers", "Workers of this group heard from lately, this one "
+                                    "included, by the fingerprint of the rules they run", labels=["fingerprint"])
+        for fp, n in sorted(sync.workers().items()):
+            workers.add_metric([fp], n)
+        yield workers
 
         consumed = CounterMetricFamily("journey_events_consumed_total",
                                        "Events read and accepted, by source topic, event type and touch point",

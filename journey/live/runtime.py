@@ -33,12 +33,14 @@ from .gcpolicy import full_gc
 from .metrics import LAG_BUCKETS, LATENCY_BUCKETS, Buckets
 from .outputs import CONTROL_HEADER, HANDOFFS, JSON, NO_HEADERS, Outputs
 from .processor import MARKED_TOPICS, PartitionProcessor
+from .rulesync import RULES_KIND, RuleSync
 from .settings import Settings
 from .table import CustomerTable, _Anchor
 
 log = logging.getLogger("journey.worker")
 
-CONTROL_KINDS = (*HANDOFFS, b"watermark", b"hold")
+CONTROL_KINDS = (*HANDOFFS, b"watermark", b"hold", RULES_KIND)
+RULES_HEADERS = [(CONTROL_HEADER, RULES_KIND)]
 # a Fetch answered this long (ms) after a marker was read was sent after the marker was written
 MARKER_FRESH_MS = 1000
 DEADLETTER_RAW_MAX = 128 << 10   # bytes of a rejected record kept in its dead letter (JSON escaping may grow
@@ -95,6 +97,7 @@ class Runtime(Outputs):
         probe = Engine(config)
         self.rule_kinds = probe.rule_kinds()
         self.journey_steps = probe.journey_steps()     # multi-step journey -> step names (metric labels)
+        self.rulesync = RuleSync(config)               # do the workers of the group run the same rules?
         self.faust_version = faust.__version__
         self.acks: list = []           # tokens of records whose only effect is output, for the next checkpoint
         self.building: dict = {}       # (topic, partition) -> open producer batch
@@ -145,8 +148,39 @@ class Runtime(Outputs):
                 proc.load(items[p])
                 self.procs[p] = proc
                 log.info("partition %d: %d customer(s) loaded, watermark %s", p, len(proc.engine.states), proc.watermark)
+            self._not_run([self.procs[p] for p in sorted(new)])
+        self.announce_rules()   # after every rebalance: a worker that joined hears the others
         full_gc()
         self.ready = True
+
+    def announce_rules(self) -> None:
+        """This worker's rule fingerprint to every partition of journey.internal (``rulesync``)."""
+        value = self.rulesync.announcement()
+        for p in range(self.settings.partitions):
+            self._emit(topics.INTERNAL, p, None, value, RULES_HEADERS)
+
+    def _not_run(self, procs) -> None:
+        """Say so when the state just loaded holds rules or journeys this rule file does not run."""
+        total: dict[str, list[int]] = {}
+        for proc in procs:
+            for name, (customers, pending) in proc.engine.not_run().items():
+                t = total.setdefault(name, [0, 0])
+                t[0] += customers
+                t[1] += pending
+        if not total:
+            return
+        parts = []
+        for name, (customers, pending) in sorted(total.items()):
+            what = "a disabled rule" if name in self.config.rules else "a journey not in the rule file"
+            parts.append(f"{name} ({what}: {customers} customer(s)"
+                         + (f", {pending} pending timer(s), deferred trigger(s) or open exposure(s)" if pending else "")
+                         + ")")
+        log.warning("the saved state of partition(s) %s holds rules or journeys this rule file (%s, fingerprint %s) "
+                    "does not run, removed, renamed or disabled since it was written: %s. What is pending of them is "
+                    "dropped when due, with no trigger and no audit record; put them back in the rule file to keep "
+                    "them",
+                    ",".join(str(p.partition) for p in procs), self.config.source, self.rulesync.fingerprint,
+                    "; ".join(parts))
 
     def revoked(self, partitions: set[int]) -> None:
         for p in partitions:
@@ -319,6 +353,9 @@ class Runtime(Outputs):
                         self.markers(proc)
                     elif v == b"hold":
                         proc.hold_on(token)
+                    elif v == RULES_KIND:
+                        self.rulesync.heard(rec.value)
+                        self.acks.append(token)
                     else:
                         raise ValueError("an unknown journey-control record")
                 except Exception as e:
@@ -467,6 +504,9 @@ class Runtime(Outputs):
             self.stuck.pop(p)
         for p in [p for p in self.since if p not in self.procs]:
             self.since.pop(p)
+        if self.rulesync.due():
+            self.rulesync.check()   # forgets workers not heard from lately
+            self.announce_rules()
         if time.monotonic() >= self.next_checkpoint:
             self.checkpoint()
 

@@ -161,6 +161,10 @@ def run(settings: Settings, conn: KafkaConnection = PLAINTEXT) -> int:
     logging.basicConfig(level=getattr(logging, settings.loglevel.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(settings.rules) if settings.rules else Config()
+    enabled = sum(1 for p in config.rules.values() if p.enabled)
+    print(f"journey worker: rules {settings.rules or '(the built-in defaults)'}, fingerprint {config.fingerprint()}: "
+          f"{enabled} rules enabled, {len(config.journeys)} journey(s)"
+          f"{': ' + ', '.join(config.journeys) if config.journeys else ''}", file=sys.stderr)
     try:
         status = asyncio.run(ensure_topics(settings.broker, settings.partitions, settings.app_id,
                                            settings.replication, timeout=broker_wait(), on_wait=lambda: print(
