@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="report: from outcome records (journey replay --outcomes FILE, or the "
                                     "journey.outcomes topic), per rule and arm and per rule, arm and stage (or "
                                     "health band): exposures, conversions, conversion rate, revenue per exposure, "
-                                    "and the uplift over the holdout with its 95%% confidence interval (Newcombe's "
+                                    "and the uplift over the holdout with its 95% confidence interval (Newcombe's "
                                     "hybrid score method), then one plain-words line per rule and arm.")
     xp.add_argument("action", choices=("report",), help="report: print the figures")
     xp.add_argument("paths", nargs="*", metavar="FILE", help="outcome files (JSON lines, plain or .gz)")
