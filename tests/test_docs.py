@@ -71,3 +71,152 @@ def test_every_command_and_subcommand_is_on_the_cli_page():
             for opt in a.option_strings:
                 if opt not in ("-h", "--help"):
                     assert f"`{opt}" in text or f", {opt}" in text, (prog, opt)
+
+
+# -- the site ----------------------------------------------------------------------------------------
+
+def _need(module: str, what: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        if ON_CI:
+            pytest.fail(f"{what} is not installed, and CI=true: install the docs extra (pip install -e '.[docs]')")
+        pytest.skip(f"{what} is not installed (pip install -e '.[docs]')")
+
+
+def test_the_site_builds_without_a_warning(tmp_path):
+    _need("mkdocs", "mkdocs")
+    _need("material", "mkdocs-material")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, f"mkdocs build --strict failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    for page in ("index.html", "getting-started/index.html", "reference/cli/index.html",
+                 "operations/kubernetes/index.html"):
+        assert (tmp_path / "site" / page).exists(), page
+    # the Kubernetes page is deploy/kubernetes/README.md, included whole
+    k8s = (tmp_path / "site" / "operations" / "kubernetes" / "index.html").read_text(encoding="utf-8")
+    assert "journey on Kubernetes" in k8s and "How the worker stops" in k8s
+
+
+# -- the README --------------------------------------------------------------------------------------
+
+DEMO = "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/journey demo"
+TESTS = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest"
+
+
+def test_the_readme_is_short_and_its_first_screen_has_the_two_commands():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text) <= 15_000, f"README.md has {len(text):,} characters; move detail to docs/"
+    first_screen = "\n".join(text.splitlines()[:40])
+    assert DEMO in first_screen and TESTS in first_screen
+
+
+def test_the_readme_links_resolve():
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = [m for m in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text) if "://" not in m]
+    assert any(x.startswith("docs/") for x in links)
+    for link in links:
+        assert (ROOT / link).exists(), f"README.md links to {link}, which does not exist"
+
+
+# -- examples in the pages ---------------------------------------------------------------------------
+
+def _blocks(lang: str) -> list[tuple[str, str, str]]:
+    """(page, the heading above, text) of every fenced block in ``lang`` of the README and docs/."""
+    import re
+
+    out = []
+    pages = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+    for page in pages:
+        heading = ""
+        lines = page.read_text(encoding="utf-8").splitlines()
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if re.match(r"#{1,6} ", line):
+                heading = line.lstrip("#").strip()
+            m = re.match(r"(\s*)```(\w+)\s*$", line)
+            if m:
+                indent, block = len(m.group(1)), []
+                i += 1
+                while not lines[i].strip().startswith("```"):
+                    block.append(lines[i][indent:])
+                    i += 1
+                if m.group(2) == lang:
+                    out.append((str(page.relative_to(ROOT)), heading, "\n".join(block) + "\n"))
+            i += 1
+    return out
+
+
+def _subset(part, whole) -> bool:
+    if isinstance(part, dict):
+        return isinstance(whole, dict) and all(k in whole and _subset(v, whole[k]) for k, v in part.items())
+    return part == whole
+
+
+def test_every_toml_example_is_a_valid_file_or_a_piece_of_a_packaged_one():
+    import tomllib
+
+    from journey.core.config import Config, ConfigError
+    from journey.dispatch.config import parse_dispatch_config
+    from journey.dispatch.signing import new_secret
+
+    examples = {name: tomllib.loads((ROOT / path).read_text(encoding="utf-8")) for name, path in (
+        ("journeys", "journey/examples/journeys.example.toml"),
+        ("simulate", "journey/examples/simulate.example.toml"),
+        ("simulate rules", "journey/examples/simulate.rules.toml"),
+        ("dispatch", "deploy/dispatch.example.toml"))}
+    blocks = _blocks("toml")
+    assert len(blocks) >= 15
+    for page, heading, text in blocks:
+        data = tomllib.loads(text)
+        where = f"{page} ({heading})"
+        if set(data) <= {"simulation", "reactions"}:
+            assert _subset(data, examples["simulate"]), f"{where}: not as in simulate.example.toml"
+            continue
+        if set(data) <= {"dispatch", "endpoints", "routes"}:
+            env = {e["secrets_env"]: new_secret() for e in data.get("endpoints", {}).values() if "secrets_env" in e}
+            parse_dispatch_config(data, where, env=env)
+            continue
+        try:
+            Config(data, where)
+        except ConfigError as e:
+            assert any(_subset(data, examples[k]) for k in ("journeys", "simulate rules")), (
+                f"{where}: neither a valid rule file nor a piece of a packaged example:\n  "
+                + "\n  ".join(e.problems))
+
+
+def test_the_cookbook_is_the_example_file():
+    import tomllib
+
+    example = tomllib.loads((ROOT / "deploy" / "journeys.example.toml").read_text(encoding="utf-8"))
+    assert example == tomllib.loads(
+        (ROOT / "journey" / "examples" / "journeys.example.toml").read_text(encoding="utf-8"))
+    text = (ROOT / "docs" / "journeys.md").read_text(encoding="utf-8")
+    cookbook = text[text.index("\n## Cookbook\n"):]
+    shown = set()
+    for page, heading, block in _blocks("toml"):
+        if page == "docs/journeys.md" and f"\n### {heading}\n" in cookbook:
+            data = tomllib.loads(block)
+            assert _subset(data, example), f"cookbook, {heading}: not as in deploy/journeys.example.toml"
+            shown |= {name for name, j in data["journeys"].items() if "kind" in j}
+    assert shown == set(example["journeys"]), "every journey of the example file is in the cookbook"
+
+
+def test_the_provider_snippets_load_as_connection_settings(tmp_path):
+    from journey.io import connection
+
+    snippets = [b for p, h, b in _blocks("properties") if p == "docs/operations/kafka.md"]
+    assert len(snippets) == 4
+    for i, text in enumerate(snippets):
+        path = tmp_path / f"client{i}.properties"
+        path.write_text(text, encoding="utf-8")
+        got = connection.from_properties(connection.read_properties(str(path)), str(path))
+        assert got.get("bootstrap") and got.get("protocol") in ("SSL", "SASL_SSL"), text
+        if got["protocol"] == "SASL_SSL":
+            assert got.get("mechanism") and got.get("username") and got.get("password"), text
+            c = connection.load(str(path), environ={})
+            assert c.protocol == "SASL_SSL"
+        else:
+            assert got.get("cafile") and got.get("certfile") and got.get("keyfile"), text
