@@ -270,7 +270,7 @@ def cmd_demo(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="journey", description=(
         "Event-time customer journey triggers: recovery after a bad experience, recognition for loyalty. "
-        "See README.md."))
+        "See README.md and docs/."))
     p.add_argument("--version", action=_Version, help="show the version and whether the core runs compiled or as "
                    "pure Python (JOURNEY_PURE=1 forces pure Python), then exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

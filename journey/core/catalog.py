@@ -59,7 +59,7 @@ for _canon, (_seg, _touch, _fields) in TYPES.items():
     if _seg:
         SEGMENT_NAMES[_key(_seg)] = _canon
 # A few names other tracking plans use for the same things.
-for _alias, _canon in {
+ALIASES: dict[str, str] = {
     "Order Canceled": "order.cancelled",
     "Product Added To Cart": "cart.product_added",
     "Added To Cart": "cart.product_added",
@@ -72,7 +72,8 @@ for _alias, _canon in {
     "Screen Viewed": "page.viewed",
     "Push Notification Received": "message.delivered",
     "Push Notification Tapped": "message.opened",
-}.items():
+}
+for _alias, _canon in ALIASES.items():
     SEGMENT_NAMES[_key(_alias)] = _canon
 
 

@@ -81,8 +81,8 @@ def delivered_ids_of(values) -> set[str]:
 
 def format_report(rows: list[dict], by: str = "stage", bad: int = 0, min_exposures: int = MIN_EXPOSURES) -> str:
     if not rows:
-        return ("no outcome records: run an experiment (an experiment table on a rule or journey, see the "
-                "README) and replay with --outcomes FILE, or read the topic with --broker")
+        return ("no outcome records: run an experiment (an experiment table on a rule or journey, see "
+                "docs/experiments.md) and replay with --outcomes FILE, or read the topic with --broker")
     head = f"{'rule':<20}{'arm':<14}{by.replace('_', ' '):<11}{'exposures':>10}{'conv':>8}{'rate':>8}" \
            f"{'value/exp':>11}{'uplift':>9}  95% CI"
     lines = [head, "-" * len(head)]
