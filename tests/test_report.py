@@ -101,11 +101,9 @@ def test_the_command_reads_plain_and_gz_files_and_writes_json(tmp_path):
     p = subprocess.run(cmd + ["--json"], capture_output=True, check=True)
     rows = orjson.loads(p.stdout)
     assert all(set(r) == {"rule", "arm", "stage", "exposures", "conversions", "rate", "value_per_exposure",
-                          "uplift", "ci_low", "ci_high", "delivered", "measured"} for r in rows)
+                          "uplift", "ci_low", "ci_high"} for r in rows)   # the contract's rows, exactly
     d = next(r for r in rows if r["arm"] == "discount" and r["stage"] is None)
     assert d["exposures"] == 70 and round(d["ci_low"], 4) == 0.0524
-    # records that do not say whether their message was delivered (an older version's): no claim either way
-    assert all(r["delivered"] is None and r["measured"] is None for r in rows)
     p = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "discount vs holdout: +20.0 points (95% CI +5.2 to +33.4)" in p.stdout and "warning" not in p.stderr
     assert "1 record(s) were not outcome records" in p.stdout

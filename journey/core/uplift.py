@@ -123,7 +123,6 @@ class Tally:
         health band), holdout first; uplift against the holdout of the same group."""
         out = []
         groups = [("all", None)] + sorted({(k[2], k[3]) for k in self.cells if k[2] == by}, key=_group_order)
-        reach = self.reach()
         for rule in sorted({k[0] for k in self.cells}):
             arms = sorted({k[1] for k in self.cells if k[0] == rule}, key=lambda a: (a != HOLDOUT, a))
             for kind, group in groups:
@@ -132,14 +131,13 @@ class Tally:
                     c = self.cells.get((rule, arm, kind, group))
                     if c is None:
                         continue
-                    n, x, v, known, delivered = c
+                    n, x, v = c[0], c[1], c[2]
                     row = {"rule": rule, "arm": arm, "stage": group if kind == "stage" else None}
                     if kind == "health":
                         row["health_band"] = group
                     row.update({"exposures": n, "conversions": x, "rate": x / n,
                                 "value_per_exposure": v / 100 / n, "uplift": None, "ci_low": None,
-                                "ci_high": None, "delivered": delivered if known else None,
-                                "measured": reach[rule]["measured"]})
+                                "ci_high": None})
                     if arm != HOLDOUT and base is not None and base[0] > 0:
                         d, lo, hi = newcombe(x, n, base[1], base[0])
                         row.update(uplift=d, ci_low=lo, ci_high=hi)
