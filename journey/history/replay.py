@@ -35,6 +35,8 @@ from ..io.progress import Progress
 from ..io.rulefile import load_config
 from . import workers as workers_mod
 
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
+
 
 class JsonLines:
     """Writes one JSON object per line; ``-`` is standard output. A file is written beside
@@ -58,7 +60,7 @@ class JsonLines:
     def __call__(self, rec: dict) -> None:
         self.count += 1
         if self.f is not None:
-            self.f.write(orjson.dumps(rec) + b"\n")
+            self.f.write(orjson.dumps(rec, option=_NEWLINE))
 
     def close(self, keep: bool = True):
         if self.f is None:

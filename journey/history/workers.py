@@ -253,7 +253,7 @@ def _pass1(i: int, n: int, paths, d: str, shared) -> dict:
         if seq % n != i:
             continue
         line = line.rstrip(b"\r\n")
-        if not line.strip():
+        if not line or line.isspace():  # blank (isspace: no copy, the same whitespace as strip)
             continue  # not a line (Reader skips it uncounted)
         ids = routing_key(line)
         if ids is None:

@@ -96,7 +96,7 @@ class Reader:
         for seq, line in self._numbered():
             self.lines += 1
             line = line.rstrip(b"\r\n")
-            if not line.strip():
+            if not line or line.isspace():  # blank (isspace: no copy, the same whitespace as strip)
                 self.lines -= 1
                 continue
             try:

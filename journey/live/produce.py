@@ -80,7 +80,7 @@ def _records(paths, max_bytes: int, ids: bool = False):
         with f:
             for _n, line in read_lines(f, path):
                 line = line.rstrip(b"\r\n")
-                if not line.strip():
+                if not line or line.isspace():  # blank (isspace: no copy, the same whitespace as strip)
                     continue
                 try:
                     ev = intake.parse(line, max_bytes)
