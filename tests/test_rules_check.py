@@ -109,3 +109,9 @@ def test_the_example_rule_files_check_clean(path):
                        text=True, timeout=60)
     assert p.returncode == 0 and ": ok (" in p.stdout, p.stderr
     assert "warning" not in p.stderr, p.stderr
+
+
+def test_a_clv_field_needs_a_clv_model(tmp_path):
+    p = check(tmp_path, J + 'entry = "order.completed"\nwhen = "customer.p_alive < 0.5"\n')
+    assert p.returncode == 1
+    assert "journeys.j.when: customer.p_alive is set only with a CLV model ([clv] model" in p.stderr, p.stderr

@@ -131,7 +131,8 @@ class Config:
                 problems.append(f"events.custom: {why}")
         custom = frozenset(self.events.custom)
         self.warnings: list[str] = []
-        self.journeys = parse_journeys(journeys_given, REGISTRY, problems, self.warnings, custom) \
+        clv = bool(self.clv.model)  # customer.p_alive and customer.clv are set only with a model
+        self.journeys = parse_journeys(journeys_given, REGISTRY, problems, self.warnings, custom, clv) \
             if journeys_given is not None else {}
         from . import experiments
 
@@ -146,7 +147,7 @@ class Config:
                     problems.append(f"{sec}.{name}.allow_transactional_holdout: expected true or false")
                     allow = False
                 exp = experiments.parse(name, given, transactional, bool(allow), f"{sec}.{name}.experiment",
-                                        problems, self.warnings, custom)
+                                        problems, self.warnings, custom, clv)
                 if exp is not None:
                     self.experiments[name] = exp
         if self.send_time.prior and (len(self.send_time.prior) != 168 or any(x < 0 for x in self.send_time.prior)

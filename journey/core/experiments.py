@@ -61,7 +61,7 @@ class Experiment:
     """One rule's experiment, validated."""
 
     def __init__(self, rule: str, given, transactional: bool, allow_rule: bool, where: str,
-                 problems: list, warnings: list, custom=frozenset()):
+                 problems: list, warnings: list, custom=frozenset(), clv: bool = True):
         self.rule = rule
         if isinstance(given, dict) and isinstance(given.get("goal"), str):
             given = {**given, "goal": [given["goal"]]}
@@ -95,7 +95,7 @@ class Experiment:
             from .journeys import Compiled, Scope  # CEL is compiled only where a rule file uses it
 
             self.goal_if = Compiled(p.goal_if, f"{where}.goal_if", problems,
-                                    Scope({"event": sorted(self.goal), "customer": None}, warnings))
+                                    Scope({"event": sorted(self.goal), "customer": None}, warnings, clv=clv))
 
     def _arms(self, variants: list, where: str, problems: list) -> list[Arm]:
         if not variants:
@@ -171,8 +171,8 @@ class Experiment:
 
 
 def parse(rule: str, given, transactional: bool, allow_rule: bool, where: str, problems: list,
-          warnings: list, custom=frozenset()) -> Experiment | None:
+          warnings: list, custom=frozenset(), clv: bool = True) -> Experiment | None:
     if not isinstance(given, dict):
         problems.append(f"{where}: expected a table")
         return None
-    return Experiment(rule, given, transactional, allow_rule, where, problems, warnings, custom)
+    return Experiment(rule, given, transactional, allow_rule, where, problems, warnings, custom, clv)

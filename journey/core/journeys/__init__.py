@@ -34,9 +34,11 @@ __all__ = ["Compiled", "Journey", "Scope", "MAX_KEYS", "MAX_OPEN", "MAX_STEPS", 
            "parse_journeys"]
 
 
-def parse_journeys(given, rule_names, problems: list, warnings: list, custom=frozenset()) -> dict[str, Journey]:
+def parse_journeys(given, rule_names, problems: list, warnings: list, custom=frozenset(),
+                   clv: bool = True) -> dict[str, Journey]:
     """The ``[journeys]`` section: name -> compiled journey (problems and warnings listed);
-    ``custom``: the event types the rule file declares (``[events] custom``)."""
+    ``custom``: the event types the rule file declares (``[events] custom``); ``clv``: a CLV
+    model is configured."""
     if given is None:
         return {}
     if not isinstance(given, dict):
@@ -53,5 +55,5 @@ def parse_journeys(given, rule_names, problems: list, warnings: list, custom=fro
         if not isinstance(spec, dict):
             problems.append(f"journeys.{name}: expected a table")
             continue
-        out[name] = (StepJourney if "steps" in spec else Journey)(name, spec, problems, warnings, custom)
+        out[name] = (StepJourney if "steps" in spec else Journey)(name, spec, problems, warnings, custom, clv)
     return out

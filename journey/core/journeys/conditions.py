@@ -21,6 +21,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EVENT_FIELDS = ("type", "time", "props")
 CUSTOMER_FIELDS = ("stage", "health", "orders", "net_spend", "tier", "last_order", "open_tickets", "timezone",
                    "p_alive", "clv")
+CLV_FIELDS = ("p_alive", "clv")
 _VARS = ("event", "entry", "then", "customer")
 # names a comprehension macro binds: list.all(x, ...), exists, exists_one, map, filter; cel.bind(x, ...)
 _BOUND = re.compile(r"(?:\.\s*(?:all|exists|exists_one|map|filter)|\bcel\s*\.\s*bind)\s*\(\s*([A-Za-z_]\w*)\s*,")
@@ -35,13 +36,14 @@ class Scope:
     that the catalogue knows for those types go to ``warnings`` (props are free: any prop an
     event carries may be named)."""
 
-    __slots__ = ("sees", "warnings", "literals")
+    __slots__ = ("sees", "warnings", "literals", "clv")
 
-    def __init__(self, sees: dict, warnings: list | None = None, literals: tuple = ()):
-        self.sees, self.warnings, self.literals = sees, warnings, literals
+    def __init__(self, sees: dict, warnings: list | None = None, literals: tuple = (), clv: bool = True):
+        """``clv``: a CLV model is configured (without one, customer.p_alive and customer.clv are never set)."""
+        self.sees, self.warnings, self.literals, self.clv = sees, warnings, literals, clv
 
     def template(self, literals: tuple) -> Scope:
-        return Scope(self.sees, self.warnings, literals)
+        return Scope(self.sees, self.warnings, literals, self.clv)
 
     def check(self, source: str, program, where: str, problems: list) -> None:
         """Problems for every name the expression uses that it cannot see: an unknown variable,
@@ -71,6 +73,12 @@ class Scope:
             if field is None:
                 continue
             allowed = CUSTOMER_FIELDS if text == "customer" else EVENT_FIELDS
+            if text == "customer" and field in CLV_FIELDS and not self.clv:
+                if (text, field) not in done:
+                    done.add((text, field))
+                    problems.append(f"{where}: customer.{field} is set only with a CLV model ([clv] model, "
+                                    "fitted by journey clv fit); without one the expression always fails")
+                continue
             if field not in allowed:
                 if (text, field) not in done:
                     done.add((text, field))

@@ -15,10 +15,12 @@ from .settings import _STRS, SETTINGS
 class Journey(Instances, Rule):
     """One ``[journeys.NAME]`` table, compiled."""
 
-    def __init__(self, name: str, spec: dict, problems: list, warnings: list, custom=frozenset()):
-        """``custom``: the event types of the rule file's own (``[events] custom``)."""
+    def __init__(self, name: str, spec: dict, problems: list, warnings: list, custom=frozenset(), clv: bool = True):
+        """``custom``: the event types of the rule file's own (``[events] custom``); ``clv``: a CLV model
+        is configured (``customer.p_alive`` and ``customer.clv`` are set)."""
         self.name = name
         self.custom = custom
+        self.clv = clv
         where = f"journeys.{name}"
         given = dict(spec) if isinstance(spec, dict) else spec
         if isinstance(given, dict):
@@ -80,12 +82,12 @@ class Journey(Instances, Rule):
         # customer; when and the templates see the entry (as event and entry), a sequence's then,
         # and the customer
         def on(types):
-            return Scope({"event": list(types), "customer": None}, warnings)
+            return Scope({"event": list(types), "customer": None}, warnings, clv=clv)
 
         fire = {"event": list(p.entry), "entry": list(p.entry), "customer": None}
         if shape == "sequence":
             fire["then"] = list(p.then)
-        self.fire_scope = Scope(fire, warnings)
+        self.fire_scope = Scope(fire, warnings, clv=clv)
         given_d = given if isinstance(given, dict) else {}
         # {wait} and {within} show the journey's own (a step's wait in its sends)
         self.literals = tuple(x for x in ("wait", "within") if x in given_d or (x == "wait" and steps))

@@ -160,7 +160,7 @@ class StepJourney(Journey):
             s.wait_for, s.within = frozenset(p.wait_for), p.within
             if p.where:
                 s.where = Compiled(p.where, f"{at}.where", problems,
-                                   Scope({"event": list(p.wait_for), "customer": None}, warnings))
+                                   Scope({"event": list(p.wait_for), "customer": None}, warnings, clv=self.clv))
                 texts.append(p.where)
             cond = getattr(p, "if")
             if cond:
