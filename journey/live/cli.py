@@ -18,6 +18,21 @@ ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION>
             "JOURNEY_BROKER_WAIT (seconds to wait for the broker at start, 30).")
 
 
+TOPICS_WAIT = 5.0  # seconds `topics create` waits for the broker by default: a person is waiting
+
+
+def _seconds(value: str) -> float:
+    import argparse
+
+    try:
+        s = float(value)
+    except ValueError:
+        s = -1.0
+    if not 0 <= s <= 3600:
+        raise argparse.ArgumentTypeError(f"{value!r}: give seconds from 0 to 3600, e.g. 10")
+    return s
+
+
 def cmd_worker(a) -> int:
     from ..core.config import ConfigError
     from .settings import Settings
@@ -67,7 +82,7 @@ def cmd_produce(a) -> int:
                   file=sys.stderr)
         else:
             print(f"journey produce: {_what(e)}. Is a Kafka broker listening at {a.broker}? "
-                  f"(journey demo starts one)", file=sys.stderr)
+                  f"(journey broker starts one for trials)", file=sys.stderr)
         return 1
     if not a.quiet:
         for t, n in counts.items():
@@ -129,11 +144,17 @@ def cmd_topics(a) -> int:
 
         conn = connection.from_args(a, "topics")
         a.broker = connection.broker_url(a.broker, conn)
+        timeout = a.timeout if a.timeout is not None else broker_wait(TOPICS_WAIT)
         try:
             status = asyncio.run(ensure_topics(a.broker, a.partitions, replication=a.replication, conn=conn,
-                                               timeout=broker_wait()))
+                                               timeout=timeout))
         except connection.KafkaConnectFailed as e:
             print(f"journey topics: {e}", file=sys.stderr)
+            return 1
+        except connection.BrokerUnreachable as e:
+            print(f"journey topics: {e}. Check the address (--broker, JOURNEY_BROKER) and that the broker runs "
+                  "(journey broker starts one for trials); one still starting may need --timeout 60",
+                  file=sys.stderr)
             return 1
         except Exception as e:
             print(f"journey topics: {_what(e)}. Is a Kafka broker listening at {a.broker}?",
@@ -230,5 +251,8 @@ def add_commands(sub, time_type) -> None:
     t.add_argument("--partitions", type=int, default=topics.PARTITIONS,
                    help=f"partitions per topic (default {topics.PARTITIONS})")
     t.add_argument("--replication", type=int, default=1, help="replication factor (default 1)")
+    t.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                   help=f"create: how long to wait for the broker to answer (default {TOPICS_WAIT:g}, or "
+                        "JOURNEY_BROKER_WAIT)")
     t.add_argument("--dir", default="topics", help="where export writes (default ./topics)")
     t.set_defaults(func=cmd_topics)

@@ -171,7 +171,7 @@ def run(settings: Settings, conn: KafkaConnection = PLAINTEXT) -> int:
         return 1
     except Exception as e:  # no broker there (ensure_topics retried for 30 s)
         print(f"journey worker: {errors.what(e)}. Is a Kafka broker listening at {settings.broker}? Start one (journey "
-              "demo runs an embedded one; docker compose up starts Kafka) or give --broker URL", file=sys.stderr)
+              "broker runs an embedded one for trials; docker compose up starts Kafka) or give --broker URL", file=sys.stderr)
         return 1
     for name, what in status.items():
         if what not in ("created", "exists"):
