@@ -35,14 +35,25 @@ def _seconds(value: str) -> float:
 
 def cmd_worker(a) -> int:
     from ..core.config import ConfigError
-    from .settings import Settings
+    from .settings import Settings, SettingsError, check_web_port
     from .worker import run
 
     conn = connection.from_args(a, "worker")
-    s = Settings.from_env(broker=connection.broker_url(a.broker, conn), store=a.store, data_dir=a.data_dir,
-                          web_host=a.web_host, web_port=a.web_port, rules=a.rules, lateness=a.lateness, idle=a.idle,
-                          partitions=a.partitions, loglevel=a.loglevel, replication=a.replication,
-                          kafka_config=a.kafka_config)
+    # settings that cannot work end it here, one line each and exit 2, before anything connects
+    try:
+        s = Settings.from_env(broker=connection.broker_url(a.broker, conn), store=a.store, data_dir=a.data_dir,
+                              web_host=a.web_host, web_port=a.web_port, rules=a.rules, lateness=a.lateness,
+                              idle=a.idle, partitions=a.partitions, loglevel=a.loglevel, replication=a.replication,
+                              kafka_config=a.kafka_config)
+        bad = s.problems()
+        if not bad:
+            s.web_port = check_web_port(s.web_host, s.web_port, s.given("web_port"), s.given("web_host"))
+    except SettingsError as e:
+        bad = [str(e)]
+    if bad:
+        for line in bad:
+            print(f"journey worker: {line}", file=sys.stderr)
+        return 2
     try:
         return run(s, conn)
     except ConfigError as e:
@@ -173,6 +184,7 @@ def cmd_topics(a) -> int:
 
 
 def add_commands(sub, time_type) -> None:
+
     env_broker = "kafka://127.0.0.1:9092"
     w = sub.add_parser("worker", help="run the live Faust worker (consumes the source topics, emits triggers)",
                        description="Run the live worker: read journey.clickstream, journey.purchases and "
@@ -186,7 +198,8 @@ def add_commands(sub, time_type) -> None:
                                    "or memory:// (rebuilt from the changelog at every start)")
     w.add_argument("--data-dir", help="where RocksDB state lives (default ./journey-data)")
     w.add_argument("--web-host", help="address of the health and metrics port (default 127.0.0.1)")
-    w.add_argument("--web-port", type=int, help="health and metrics port (default 6066)")
+    w.add_argument("--web-port", type=int, help="health and metrics port (default 6066; 0: a free one, printed "
+                                                "at start)")
     w.add_argument("--rules", help="rule configuration (TOML or YAML)")
     w.add_argument("--lateness", help="allowed lateness, e.g. 10s (default: [engine] allowed_lateness, 10s)")
     w.add_argument("--idle", help="wall time after which a quiet partition's watermark follows the wall "
