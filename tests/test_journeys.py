@@ -210,15 +210,6 @@ def test_a_journey_may_not_take_a_built_in_rules_name():
     assert "built-in rule" in str(e.value)
 
 
-def test_an_unknown_event_type_is_a_warning(tmp_path):
-    f = tmp_path / "j.toml"
-    f.write_text('[journeys.j]\nkind = "recovery"\nentry = "prodcut.viewed"\n')
-    p = subprocess.run([sys.executable, "-m", "journey", "rules", "check", str(f)], capture_output=True, text=True,
-                       timeout=60)
-    assert p.returncode == 0, p.stderr
-    assert "warning" in p.stderr and "did you mean 'product.viewed'" in p.stderr and "1 journey(s): j" in p.stdout
-
-
 def test_rules_check_lists_every_problem_of_every_journey(tmp_path):
     f = tmp_path / "j.toml"
     f.write_text('[journeys.a]\nentry = "app.error"\n[journeys.b]\nkind = "recovery"\nentry = "app.error"\n'

@@ -73,12 +73,12 @@ def test_two_workers_on_different_rule_files_warn_and_a_removed_journey_is_logge
         m = metrics(a.port)
         assert sample(m, "journey_rules_info") == {f'{{fingerprint="{fp_old}"}}': 1.0}, m
         assert sample(m, "journey_rules_mismatch") == {"": 0.0}
-        assert f"fingerprint {fp_old}: 13 rules enabled, 7 journey(s)" in a.log.read_text()
+        assert f"fingerprint {fp_old}: 13 built-in rule(s) enabled, 7 journey(s)" in a.log.read_text()
 
         # a second worker of the group, started with the new file: a rollout half done
         b = Worker(broker, tmp_path, name="b", rules=str(new), extra_env=env)
         b.wait_ready()
-        assert f"fingerprint {fp_new}: 13 rules enabled, 5 journey(s)" in b.log.read_text()
+        assert f"fingerprint {fp_new}: 13 built-in rule(s) enabled, 5 journey(s)" in b.log.read_text()
 
         def warned(w, mine, theirs):
             text = w.log.read_text()

@@ -86,6 +86,35 @@ def test_a_topic_prefix_names_every_topic_for_a_shared_cluster(tmp_path):
     assert bad.returncode == 2 and "JOURNEY_TOPIC_PREFIX" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("args,waited", [((), 5), (("--timeout", "2"), 2)])
+def test_topics_create_on_a_wrong_broker_fails_fast_in_one_line(args, waited):
+    """Nothing listens at the address: one line saying so and what to check, within the wait
+    (5 s by default, --timeout), exit 1; no client noise, no traceback (issue 31, point 5)."""
+    import os
+    import time
+
+    from journey.live.broker import free_port
+
+    url = f"kafka://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if k != "JOURNEY_BROKER_WAIT"}
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "journey", "topics", "create", "--broker", url, *args],
+                       capture_output=True, text=True, timeout=120, env=env)
+    took = time.monotonic() - t0
+    assert p.returncode == 1, p.stderr
+    assert p.stdout == "" and len(p.stderr.splitlines()) == 1, p.stderr
+    assert p.stderr.startswith(f"journey topics: no Kafka broker answered at {url} within {waited} s "
+                               "(connection refused: nothing listens on that port). Check the address"), p.stderr
+    assert "--timeout" in p.stderr and "journey broker" in p.stderr
+    assert took < waited + 15, took  # the interpreter's start and imports are in it too
+
+
+def test_topics_create_timeout_must_be_seconds():
+    p = subprocess.run([sys.executable, "-m", "journey", "topics", "create", "--timeout", "soon"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--timeout: 'soon': give seconds from 0 to 3600" in p.stderr, p.stderr
+
+
 def test_export_writes_every_schema_its_documents_point_at(tmp_path):
     import re
 

@@ -54,10 +54,12 @@ def _key(name: str) -> str:
 
 # Segment track names (and the canonical names themselves) -> canonical type.
 SEGMENT_NAMES: dict[str, str] = {}
+# the Segment event names and the other tracking plans' names, as written -> canonical type
+_OTHER_NAMES: dict[str, str] = {}
 for _canon, (_seg, _touch, _fields) in TYPES.items():
     SEGMENT_NAMES[_key(_canon)] = _canon
     if _seg:
-        SEGMENT_NAMES[_key(_seg)] = _canon
+        SEGMENT_NAMES[_key(_seg)] = _OTHER_NAMES[_seg] = _canon
 # A few names other tracking plans use for the same things.
 ALIASES: dict[str, str] = {
     "Order Canceled": "order.cancelled",
@@ -74,7 +76,7 @@ ALIASES: dict[str, str] = {
     "Push Notification Tapped": "message.opened",
 }
 for _alias, _canon in ALIASES.items():
-    SEGMENT_NAMES[_key(_alias)] = _canon
+    SEGMENT_NAMES[_key(_alias)] = _OTHER_NAMES[_alias] = _canon
 
 
 _EXACT: dict[str, str | None] = {}
@@ -99,3 +101,44 @@ def touch_of(ctype: str) -> str:
 def fields_of(ctype: str) -> dict[str, str]:
     entry = TYPES.get(ctype)
     return entry[2] if entry else {}
+
+
+def type_problem(name: str, custom=()) -> str | None:
+    """Why a rule file may not name ``name`` as an event type (an entry, exit, then, wait_for or
+    goal), or None when it may: a canonical type of the catalogue, or one the file declares in
+    ``[events] custom``. Events arrive with their canonical type (a Segment name such as
+    "Order Completed" is mapped to ``order.completed`` on intake), so any other name would never
+    match an event."""
+    if name in TYPES or name in custom:
+        return None
+    mapped = SEGMENT_NAMES.get(_key(name))
+    if mapped is not None:
+        if name in _OTHER_NAMES:
+            return (f"{name!r} is the Segment event name of the event type {mapped!r}: events arrive with "
+                    f"their canonical type, so write {mapped!r}")
+        if _key(name) == _key(mapped):
+            return f"{name!r} is written differently from the event type {mapped!r} (types are exact): write {mapped!r}"
+        return (f"{name!r} is another name of the event type {mapped!r}: events arrive with their canonical "
+                f"type, so write {mapped!r}")
+    import difflib
+
+    near = difflib.get_close_matches(_key(name), list(SEGMENT_NAMES), n=1, cutoff=0.75)
+    hint = f" (did you mean {SEGMENT_NAMES[near[0]]!r}?)" if near else ""
+    if not hint:
+        near = difflib.get_close_matches(name, list(custom), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return (f"{name!r} is not a known event type{hint}: no event would ever match it (a type of your own, "
+            "which the catalogue does not know, is declared in [events] custom)")
+
+
+def custom_type_problem(name: str) -> str | None:
+    """Why ``[events] custom`` may not declare ``name``, or None: it must be a name intake keeps as it
+    is (an event name the catalogue does not map: trimmed, at most 64 characters)."""
+    if not name.strip() or name != name.strip() or len(name) > 64:
+        return f"{name!r}: an event type is 1 to 64 characters without surrounding spaces"
+    if name in TYPES:
+        return f"{name!r} is a type of the catalogue already"
+    mapped = SEGMENT_NAMES.get(_key(name))
+    if mapped is not None:
+        return f"{name!r}: events named so arrive as the event type {mapped!r}; name that instead"
+    return None

@@ -77,6 +77,10 @@ SECTIONS: dict[str, dict[str, Param]] = {
         "at_risk_below": Param("number", 0.5, "P(alive) below this: at_risk (customers with repeat purchases)"),
         "lapsed_below": Param("number", 0.2, "P(alive) below this: lapsed"),
     },
+    "events": {
+        "custom": Param("strs", [], "event types of your own that journeys and experiment goals may name, as they "
+                                    "arrive (an event name the catalogue does not know is kept as written)"),
+    },
     "stages": {
         "loyal_orders": Param("int", 5, "orders from which a customer counts as loyal", minimum=1),
         "at_risk_after": Param("duration", "90d", "no order for this long: at_risk (without a CLV model)"),
@@ -118,10 +122,17 @@ class Config:
         if not problems:
             for rule in REGISTRY.values():
                 problems.extend(rule.check(self))
+        from .catalog import custom_type_problem
         from .journeys import parse_journeys  # compiles CEL: only where a rule file has journeys
 
+        for t in self.events.custom:
+            why = custom_type_problem(t)
+            if why:
+                problems.append(f"events.custom: {why}")
+        custom = frozenset(self.events.custom)
         self.warnings: list[str] = []
-        self.journeys = parse_journeys(journeys_given, REGISTRY, problems, self.warnings) \
+        clv = bool(self.clv.model)  # customer.p_alive and customer.clv are set only with a model
+        self.journeys = parse_journeys(journeys_given, REGISTRY, problems, self.warnings, custom, clv) \
             if journeys_given is not None else {}
         from . import experiments
 
@@ -136,7 +147,7 @@ class Config:
                     problems.append(f"{sec}.{name}.allow_transactional_holdout: expected true or false")
                     allow = False
                 exp = experiments.parse(name, given, transactional, bool(allow), f"{sec}.{name}.experiment",
-                                        problems, self.warnings)
+                                        problems, self.warnings, custom, clv)
                 if exp is not None:
                     self.experiments[name] = exp
         if self.send_time.prior and (len(self.send_time.prior) != 168 or any(x < 0 for x in self.send_time.prior)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .catalog import TYPES
+from .catalog import type_problem
 from .params import Param, section, suggest
 from .rules.base import PRIORITIES, SEND_TIMES
 
@@ -65,7 +65,7 @@ class Experiment:
     """One rule's experiment, validated."""
 
     def __init__(self, rule: str, given, transactional: bool, allow_rule: bool, where: str,
-                 problems: list, warnings: list):
+                 problems: list, warnings: list, custom=frozenset(), clv: bool = True):
         self.rule = rule
         if isinstance(given, dict) and isinstance(given.get("goal"), str):
             given = {**given, "goal": [given["goal"]]}
@@ -90,19 +90,16 @@ class Experiment:
                 warnings.append(f"{where}.salt: not set; the assignment uses an empty salt (set one, e.g. "
                                 "\"2026-12\", to be able to draw new groups later)")
         for t in p.goal:
-            if t not in TYPES:
-                warnings.append(f"{where}.goal: {t!r} is not a known event type{suggest(t, TYPES)} "
-                                "(unknown types are legal input, so this is only a warning)")
+            why = type_problem(t, custom)
+            if why:
+                problems.append(f"{where}.goal: {why}")
         self.arms = self._arms(p.variants, where, problems)
         self.goal_if = None
         if p.goal_if:
-            from .journeys import Compiled  # CEL is compiled only where a rule file uses it
+            from .journeys import Compiled, Scope  # CEL is compiled only where a rule file uses it
 
-            self.goal_if = Compiled(p.goal_if, f"{where}.goal_if", problems)
-            unknown = set(self.goal_if.needs) - {"event", "customer"}
-            if unknown:
-                problems.append(f"{where}.goal_if: names {', '.join(sorted(unknown))}; a goal condition sees "
-                                "event and customer")
+            self.goal_if = Compiled(p.goal_if, f"{where}.goal_if", problems,
+                                    Scope({"event": sorted(self.goal), "customer": None}, warnings, clv=clv))
 
     def _arms(self, variants: list, where: str, problems: list) -> list[Arm]:
         if not variants:
@@ -178,8 +175,8 @@ class Experiment:
 
 
 def parse(rule: str, given, transactional: bool, allow_rule: bool, where: str, problems: list,
-          warnings: list) -> Experiment | None:
+          warnings: list, custom=frozenset(), clv: bool = True) -> Experiment | None:
     if not isinstance(given, dict):
         problems.append(f"{where}: expected a table")
         return None
-    return Experiment(rule, given, transactional, allow_rule, where, problems, warnings)
+    return Experiment(rule, given, transactional, allow_rule, where, problems, warnings, custom, clv)

@@ -370,6 +370,28 @@ class KafkaConnectFailed(ConnectionError):
     certificates, a protocol that does not match the listener); the message names it."""
 
 
+class BrokerUnreachable(Exception):
+    """No broker answered at the address within the wait (nothing listens there, the host name
+    does not resolve, or nothing answers); the message says which, as far as the client told."""
+
+    explained = True  # its text is the whole message (io.errors.what)
+
+    def __init__(self, broker: str, timeout: float, logged: list[str]):
+        self.broker, self.timeout, self.cause = broker, timeout, unreachable_cause(logged)
+        super().__init__(f"no Kafka broker answered at {broker} within {timeout:g} s ({self.cause})")
+
+
+def unreachable_cause(logged: list[str]) -> str:
+    """Why a broker address did not answer, from what the Kafka client logged, in a few words."""
+    low = " ".join(logged).lower()
+    if "errno 111" in low or "refused" in low or "connect call failed" in low:
+        return "connection refused: nothing listens on that port"
+    if any(s in low for s in ("name or service not known", "errno -2", "errno -3", "errno -5",
+                              "nodename nor servname", "no address associated", "name resolution")):
+        return "the host name does not resolve"
+    return "no answer"
+
+
 @contextmanager
 def client_errors():
     """Collect what the Kafka client logs while it connects (aiokafka raises only "Unable to

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import os
 
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.partitioner import murmur2
 
 from . import topics
 from .connection import (  # noqa: F401 - bootstrap is imported from here by the shells
     PLAINTEXT,
+    BrokerUnreachable,
     KafkaConnectFailed,
     KafkaConnection,
     bootstrap,
@@ -63,7 +65,8 @@ async def ensure_topics(url: str, partitions: int = topics.PARTITIONS, app_id: s
     ``on_wait()`` is called once if the broker does not answer at the first try."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(url), request_timeout_ms=int(timeout * 1000),
+    # the wait bounds reaching the broker (start_client); a request, once there, may take as long as usual
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(url), request_timeout_ms=int(max(timeout, 30) * 1000),
                                 **conn.client_options())
     await start_client(admin.start, timeout, conn, url, on_wait)
     try:
@@ -143,12 +146,12 @@ async def _partition_counts(admin) -> dict[str, int]:
     return out
 
 
-def broker_wait() -> float:
-    """Seconds a command waits for its broker at start (JOURNEY_BROKER_WAIT, default 30)."""
+def broker_wait(default: float = 30.0) -> float:
+    """Seconds a command waits for its broker at start (JOURNEY_BROKER_WAIT, else ``default``)."""
     try:
-        return max(0.0, float(os.environ.get("JOURNEY_BROKER_WAIT", "30")))
+        return max(0.0, float(os.environ.get("JOURNEY_BROKER_WAIT", default)))
     except ValueError:
-        return 30.0
+        return default
 
 
 async def start_client(start, timeout: float, conn: KafkaConnection, url: str, on_wait=None) -> None:
@@ -156,14 +159,16 @@ async def start_client(start, timeout: float, conn: KafkaConnection, url: str, o
     once, at the first failure). A failure that waiting cannot mend (credentials refused, an
     untrusted certificate, TLS against a plaintext listener or the reverse) ends it at once
     with :class:`KafkaConnectFailed` naming the likely cause; so does the end of ``timeout``,
-    with the cause when the client's log shows one."""
+    with the cause when the client's log shows one, else with :class:`BrokerUnreachable`
+    (nothing listens there, the name does not resolve, or nothing answers)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     probed = False
     with client_errors() as logged:
         while True:
             try:
-                await start()
+                # one attempt may not outlast the wait (an address that swallows packets answers nothing)
+                await asyncio.wait_for(start(), max(deadline - loop.time(), 0.0) + 1.0)
                 return
             except Exception as e:
                 why = explain(e, logged, conn, url)
@@ -173,7 +178,9 @@ async def start_client(start, timeout: float, conn: KafkaConnection, url: str, o
                     why = await probe(url, conn)
                 if why is not None:
                     raise KafkaConnectFailed(why) from None
-                if loop.time() > deadline:
+                if loop.time() + 0.5 > deadline:
+                    if isinstance(e, (KafkaConnectionError, OSError, TimeoutError)):
+                        raise BrokerUnreachable(url, timeout, logged) from None
                     raise
                 logged.clear()
                 if on_wait is not None:

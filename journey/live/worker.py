@@ -156,15 +156,39 @@ def build_app(settings: Settings, config: Config | None = None,
     return app, rt
 
 
+def status_printer(settings: Settings):
+    """The worker's status lines on standard error (start, assignment, caught up), unless the log
+    level is error or critical. They name counts, partitions and settings, never a customer or a
+    secret."""
+    if settings.loglevel.lower() in ("error", "critical"):
+        return lambda line: None
+
+    def say(line: str) -> None:
+        print(f"journey worker: {line}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def shown_broker(url: str) -> str:
+    """The broker URL without any user:password@ part (a URL may carry one)."""
+    return ",".join(p.split("://", 1)[0] + "://" + p.split("://", 1)[1].rsplit("@", 1)[-1] if "://" in p
+                    else p.rsplit("@", 1)[-1] for p in url.split(","))
+
+
 def run(settings: Settings, conn: KafkaConnection = PLAINTEXT) -> int:
     """Create missing topics, then run the worker until SIGINT/SIGTERM."""
     logging.basicConfig(level=getattr(logging, settings.loglevel.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(settings.rules) if settings.rules else Config()
+    say = status_printer(settings)
     enabled = sum(1 for p in config.rules.values() if p.enabled)
-    print(f"journey worker: rules {settings.rules or '(the built-in defaults)'}, fingerprint {config.fingerprint()}: "
-          f"{enabled} rules enabled, {len(config.journeys)} journey(s)"
-          f"{': ' + ', '.join(config.journeys) if config.journeys else ''}", file=sys.stderr)
+    fp = config.fingerprint()
+    rules = (f"rules {settings.rules} (fingerprint {fp}: {enabled} built-in rule(s) enabled, "
+             f"{len(config.journeys)} journey(s))"
+             if settings.rules else f"the built-in rules (fingerprint {fp}: {enabled} enabled; --rules FILE for your own)")
+    store = settings.store + (f" in {settings.data_dir}" if settings.store.lower().startswith("rocksdb") else "")
+    say(f"starting: broker {shown_broker(settings.broker)} ({conn.describe()}), group {settings.app_id}, {rules}, "
+        f"store {store}, health and metrics on http://{settings.web_host}:{settings.web_port}")
     try:
         status = asyncio.run(ensure_topics(settings.broker, settings.partitions, settings.app_id,
                                            settings.replication, timeout=broker_wait(), on_wait=lambda: print(
@@ -175,15 +199,17 @@ def run(settings: Settings, conn: KafkaConnection = PLAINTEXT) -> int:
         return 1
     except Exception as e:  # no broker there (ensure_topics retried for 30 s)
         print(f"journey worker: {errors.what(e)}. Is a Kafka broker listening at {settings.broker}? Start one (journey "
-              "demo runs an embedded one; docker compose up starts Kafka) or give --broker URL", file=sys.stderr)
+              "broker runs an embedded one for trials; docker compose up starts Kafka) or give --broker URL", file=sys.stderr)
         return 1
     for name, what in status.items():
         if what not in ("created", "exists"):
             raise SystemExit(f"journey worker: topic {name} {what}")
     asyncio.set_event_loop(asyncio.new_event_loop())
-    app, _rt = build_app(settings, config, conn)
+    app, rt = build_app(settings, config, conn)
+    rt.say = say
     tune_gc(settings.gc_gen0)
     worker = faust.Worker(app, loglevel=settings.loglevel.upper(), quiet=True,
                           override_logging=False)
+    worker.spinner = None  # no terminal spinner and cursor codes: the status lines say how it goes
     worker.execute_from_commandline()
     return 0

@@ -24,18 +24,21 @@ four shapes of section 6), ``steps`` (multi-step journeys, section 8).
 
 from __future__ import annotations
 
-from .conditions import Compiled, customer_snapshot
+from .conditions import Compiled, Scope, customer_snapshot
 from .instances import MAX_KEYS, MAX_OPEN
 from .settings import _NAME, SETTINGS
 from .shapes import Journey
 from .steps import MAX_STEPS, StepJourney
 
-__all__ = ["Compiled", "Journey", "MAX_KEYS", "MAX_OPEN", "MAX_STEPS", "SETTINGS", "StepJourney", "customer_snapshot",
+__all__ = ["Compiled", "Journey", "Scope", "MAX_KEYS", "MAX_OPEN", "MAX_STEPS", "SETTINGS", "StepJourney", "customer_snapshot",
            "parse_journeys"]
 
 
-def parse_journeys(given, rule_names, problems: list, warnings: list) -> dict[str, Journey]:
-    """The ``[journeys]`` section: name -> compiled journey (problems and warnings listed)."""
+def parse_journeys(given, rule_names, problems: list, warnings: list, custom=frozenset(),
+                   clv: bool = True) -> dict[str, Journey]:
+    """The ``[journeys]`` section: name -> compiled journey (problems and warnings listed);
+    ``custom``: the event types the rule file declares (``[events] custom``); ``clv``: a CLV
+    model is configured."""
     if given is None:
         return {}
     if not isinstance(given, dict):
@@ -52,5 +55,5 @@ def parse_journeys(given, rule_names, problems: list, warnings: list) -> dict[st
         if not isinstance(spec, dict):
             problems.append(f"journeys.{name}: expected a table")
             continue
-        out[name] = (StepJourney if "steps" in spec else Journey)(name, spec, problems, warnings)
+        out[name] = (StepJourney if "steps" in spec else Journey)(name, spec, problems, warnings, custom, clv)
     return out

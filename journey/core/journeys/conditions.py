@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import UTC, datetime, timedelta
 
 from .. import health, policy
+from ..catalog import TYPES, fields_of
 from ..celfast import Fallback, compile_fast
 from ..timeutil import format_time
 
@@ -15,13 +17,111 @@ _PROP_REF = re.compile(r"\b(?:event|entry|then)\.props\.([A-Za-z_][A-Za-z0-9_]*)
                        r"\b(?:event|entry|then)\.props\[\s*['\"]([^'\"]+)['\"]\s*\]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+# what an expression may name (domain.md section 6): the event variables' fields, and the customer's
+EVENT_FIELDS = ("type", "time", "props")
+CUSTOMER_FIELDS = ("stage", "health", "orders", "net_spend", "tier", "last_order", "open_tickets", "timezone",
+                   "p_alive", "clv")
+CLV_FIELDS = ("p_alive", "clv")
+_VARS = ("event", "entry", "then", "customer")
+# names a comprehension macro binds: list.all(x, ...), exists, exists_one, map, filter; cel.bind(x, ...)
+_BOUND = re.compile(r"(?:\.\s*(?:all|exists|exists_one|map|filter)|\bcel\s*\.\s*bind)\s*\(\s*([A-Za-z_]\w*)\s*,")
+_LEX = re.compile(r"""(?P<str>[rRbB]{0,2}(?:'{3}[\s\S]*?'{3}|"{3}[\s\S]*?"{3}|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'))
+                  |(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<num>\d[\w.]*)|(?P<ws>\s+)|(?P<p>.)""", re.X)
+
+
+class Scope:
+    """What an expression may name where it is written: ``sees`` maps each variable it sees to the
+    event types that variable can be (``customer``: None), and ``literals`` are the template
+    words beside them (``{wait}``, ``{within}``), for did-you-mean. Near misses of a prop name
+    that the catalogue knows for those types go to ``warnings`` (props are free: any prop an
+    event carries may be named)."""
+
+    __slots__ = ("sees", "warnings", "literals", "clv")
+
+    def __init__(self, sees: dict, warnings: list | None = None, literals: tuple = (), clv: bool = True):
+        """``clv``: a CLV model is configured (without one, customer.p_alive and customer.clv are never set)."""
+        self.sees, self.warnings, self.literals, self.clv = sees, warnings, literals, clv
+
+    def template(self, literals: tuple) -> Scope:
+        return Scope(self.sees, self.warnings, literals, self.clv)
+
+    def check(self, source: str, program, where: str, problems: list) -> None:
+        """Problems for every name the expression uses that it cannot see: an unknown variable,
+        a variable this setting does not see, an unknown field of event/entry/then/customer."""
+        bound = set(_BOUND.findall(source))
+        seen = ", ".join(v for v in _VARS if v in self.sees)
+        for name in program.variables():
+            if name in self.sees or name in bound:
+                continue
+            if name in _VARS:
+                why = (f"names {name}, which is not set here" if name != "then" else
+                       "names then, which only a sequence journey (then/within) sets")
+                problems.append(f"{where}: {why}; here an expression may name {seen}")
+            else:
+                near = difflib.get_close_matches(name, [v for v in _VARS if v in self.sees] + list(self.literals),
+                                                 n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                problems.append(f"{where}: unknown name {name!r}{hint}; here an expression may name {seen}"
+                                + (f" (or {' or '.join('{' + x + '}' for x in self.literals)} alone)"
+                                   if self.literals else ""))
+        toks = [(m.lastgroup, m.group()) for m in _LEX.finditer(source) if m.lastgroup != "ws"]
+        done = set()
+        for i, (kind, text) in enumerate(toks):
+            if kind != "name" or text not in self.sees or text in bound or (i and toks[i - 1][1] == "."):
+                continue
+            field, j = _member(toks, i + 1)
+            if field is None:
+                continue
+            allowed = CUSTOMER_FIELDS if text == "customer" else EVENT_FIELDS
+            if text == "customer" and field in CLV_FIELDS and not self.clv:
+                if (text, field) not in done:
+                    done.add((text, field))
+                    problems.append(f"{where}: customer.{field} is set only with a CLV model ([clv] model, "
+                                    "fitted by journey clv fit); without one the expression always fails")
+                continue
+            if field not in allowed:
+                if (text, field) not in done:
+                    done.add((text, field))
+                    near = difflib.get_close_matches(field, allowed, n=1)
+                    hint = f" (did you mean {text}.{near[0]}?)" if near else ""
+                    problems.append(f"{where}: {text}.{field} is not a field{hint}; {text} has "
+                                    f"{', '.join(allowed)}")
+                continue
+            if field != "props" or self.warnings is None:
+                continue
+            prop, _ = _member(toks, j)
+            types = self.sees.get(text) or ()
+            if prop is None or not types or any(t not in TYPES for t in types):
+                continue
+            known = sorted({f for t in types for f in fields_of(t)})
+            if prop in known or (text, prop) in done:
+                continue
+            done.add((text, prop))
+            near = difflib.get_close_matches(prop, known, n=1, cutoff=0.75)
+            if near:
+                self.warnings.append(f"{where}: {text}.props.{prop}: {' and '.join(types)} events carry no such "
+                                     f"prop in the catalogue (did you mean {text}.props.{near[0]}?); a prop an "
+                                     "event lacks makes a condition false and shows ? in a template")
+
+
+def _member(toks: list, i: int) -> tuple[str | None, int]:
+    """The member named at ``toks[i]`` (``.name`` or ``["name"]``) and the index after it."""
+    if i + 1 < len(toks) and toks[i][1] == "." and toks[i + 1][0] == "name":
+        return toks[i + 1][1], i + 2
+    if i + 2 < len(toks) and toks[i][1] == "[" and toks[i + 1][0] == "str" and toks[i + 2][1] == "]":
+        lit = toks[i + 1][1].lstrip("rRbB")
+        q = 3 if lit[:3] in ('"' * 3, "'" * 3) else 1
+        return lit[q:-q], i + 3
+    return None, i
+
 
 class Compiled:
     """One CEL expression, compiled at load."""
 
     __slots__ = ("source", "program", "fast", "needs", "customer", "fields", "props")
 
-    def __init__(self, source: str, where: str, problems: list):
+    def __init__(self, source: str, where: str, problems: list, scope: Scope | None = None):
+        """``scope``: what the expression may name where it is written (checked at load when given)."""
         import cel
 
         self.source = source
@@ -53,6 +153,8 @@ class Compiled:
             problems.append(f"{where}: CEL does not parse: {_first_lines(str(e))}")
         else:
             self.fast = compile_fast(source)  # simple expressions skip the library where CEL's answer is plain
+            if scope is not None:
+                scope.check(source, self.program, where, problems)
 
     def run(self, ctx: dict):
         return self.program.execute(ctx)
@@ -94,8 +196,12 @@ def _first_lines(msg: str) -> str:
     return " ".join(line.strip() for line in msg.splitlines()[:3] if line.strip())
 
 
-def _template(text: str, where: str, problems: list) -> list | None:
-    """``"viewed {entry.props.product_id}"`` -> parts: str, or ("cel", Compiled), or ("lit", name)."""
+def _template(text: str, where: str, problems: list, scope: Scope | None = None,
+              literals: tuple = ("wait", "within")) -> list | None:
+    """``"viewed {entry.props.product_id}"`` -> parts: str, or ("cel", Compiled), or ("lit", name).
+    ``literals``: the words that stand alone in braces here (``{wait}``, ``{within}``; one the
+    journey does not set would show nothing, so it is a problem); ``scope``: what the expressions
+    may name."""
     parts, i, n = [], 0, len(text)
     buf = []
     while i < n:
@@ -113,9 +219,14 @@ def _template(text: str, where: str, problems: list) -> list | None:
                 parts.append("".join(buf))
                 buf = []
             if expr in ("wait", "within"):
+                if expr not in literals:
+                    problems.append(f"{where} (position {i + 1}): {{{expr}}} shows nothing here: the journey "
+                                    f"sets no {expr}" + (f" (it has {', '.join('{' + x + '}' for x in literals)})"
+                                                         if literals else ""))
                 parts.append(("lit", expr))
             else:
-                parts.append(("cel", Compiled(expr, f"{where} (position {i + 1})", problems)))
+                parts.append(("cel", Compiled(expr, f"{where} (position {i + 1})", problems,
+                                              scope.template(literals) if scope is not None else None)))
             i = j + 1
         elif c == "}":
             problems.append(f"{where}: a closing brace at position {i + 1} without an opening one")

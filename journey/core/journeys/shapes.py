@@ -4,10 +4,10 @@ policy."""
 
 from __future__ import annotations
 
-from ..catalog import TYPES
-from ..params import section, suggest
+from ..catalog import type_problem
+from ..params import section
 from ..rules.base import RECOVERY, Rule
-from .conditions import _PROP_REF, Compiled, _show, _template, customer_snapshot
+from .conditions import _PROP_REF, Compiled, Scope, _show, _template, customer_snapshot
 from .instances import MAX_KEYS, Instances
 from .settings import _STRS, SETTINGS
 
@@ -15,8 +15,12 @@ from .settings import _STRS, SETTINGS
 class Journey(Instances, Rule):
     """One ``[journeys.NAME]`` table, compiled."""
 
-    def __init__(self, name: str, spec: dict, problems: list, warnings: list):
+    def __init__(self, name: str, spec: dict, problems: list, warnings: list, custom=frozenset(), clv: bool = True):
+        """``custom``: the event types of the rule file's own (``[events] custom``); ``clv``: a CLV model
+        is configured (``customer.p_alive`` and ``customer.clv`` are set)."""
         self.name = name
+        self.custom = custom
+        self.clv = clv
         where = f"journeys.{name}"
         given = dict(spec) if isinstance(spec, dict) else spec
         if isinstance(given, dict):
@@ -71,20 +75,33 @@ class Journey(Instances, Rule):
             problems.append(f"{where}.then_if: only for a sequence journey (then/within)")
         for setting in _STRS:
             for t in getattr(p, setting):
-                if t not in TYPES:
-                    warnings.append(f"{where}.{setting}: {t!r} is not a known event type{suggest(t, TYPES)} "
-                                    "(unknown types are legal input, so this is only a warning)")
+                why = type_problem(t, custom)
+                if why:
+                    problems.append(f"{where}.{setting}: {why}")
+        # what each expression sees (domain.md section 6): a condition on an event sees it and the
+        # customer; when and the templates see the entry (as event and entry), a sequence's then,
+        # and the customer
+        def on(types):
+            return Scope({"event": list(types), "customer": None}, warnings, clv=clv)
+
+        fire = {"event": list(p.entry), "entry": list(p.entry), "customer": None}
+        if shape == "sequence":
+            fire["then"] = list(p.then)
+        self.fire_scope = Scope(fire, warnings, clv=clv)
+        given_d = given if isinstance(given, dict) else {}
+        # {wait} and {within} show the journey's own (a step's wait in its sends)
+        self.literals = tuple(x for x in ("wait", "within") if x in given_d or (x == "wait" and steps))
         cond_if = getattr(p, "if")
-        self.cond_if = Compiled(cond_if, f"{where}.if", problems) if cond_if else None
-        self.cond_exit = Compiled(p.exit_if, f"{where}.exit_if", problems) if p.exit_if else None
-        self.cond_then = Compiled(p.then_if, f"{where}.then_if", problems) if p.then_if else None
-        self.cond_when = Compiled(p.when, f"{where}.when", problems) if p.when else None
+        self.cond_if = Compiled(cond_if, f"{where}.if", problems, on(p.entry)) if cond_if else None
+        self.cond_exit = Compiled(p.exit_if, f"{where}.exit_if", problems, on(p.exit)) if p.exit_if else None
+        self.cond_then = Compiled(p.then_if, f"{where}.then_if", problems, on(p.then)) if p.then_if else None
+        self.cond_when = Compiled(p.when, f"{where}.when", problems, self.fire_scope) if p.when else None
         reason = p.reason or self._default_reason()
-        self.reason_t = _template(reason, f"{where}.reason", problems)
+        self.reason_t = _template(reason, f"{where}.reason", problems, self.fire_scope, self.literals)
         self.offer_t = {}
         for k, v in p.offer.items():
             if isinstance(v, str):
-                self.offer_t[k] = _template(v, f"{where}.offer.{k}", problems)
+                self.offer_t[k] = _template(v, f"{where}.offer.{k}", problems, self.fire_scope, self.literals)
         # the props an instance keeps of its entry (and then) event: only those the expressions name
         texts = [cond_if, p.when, reason] + [v for v in p.offer.values() if isinstance(v, str)]
         if steps:

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import re
 
-from ..catalog import TYPES
+from ..catalog import type_problem
 from ..params import Param, section, suggest
 from ..rules.base import PRIORITIES, SEND_TIMES
-from .conditions import Compiled, _template
+from .conditions import Compiled, Scope, _template
 from .shapes import Journey
 
 END = -1
@@ -153,17 +153,18 @@ class StepJourney(Journey):
                 if p.within <= 0:
                     problems.append(f"{at}.within: wait_for needs a window longer than 0s")
                 for t in p.wait_for:
-                    if t not in TYPES:
-                        warnings.append(f"{at}.wait_for: {t!r} is not a known event type{suggest(t, TYPES)} "
-                                        "(unknown types are legal input, so this is only a warning)")
+                    why = type_problem(t, self.custom)
+                    if why:
+                        problems.append(f"{at}.wait_for: {why}")
             s.wait, s.raw_wait = p.wait, spec.get("wait")
             s.wait_for, s.within = frozenset(p.wait_for), p.within
             if p.where:
-                s.where = Compiled(p.where, f"{at}.where", problems)
+                s.where = Compiled(p.where, f"{at}.where", problems,
+                                   Scope({"event": list(p.wait_for), "customer": None}, warnings, clv=self.clv))
                 texts.append(p.where)
             cond = getattr(p, "if")
             if cond:
-                s.cond = Compiled(cond, f"{at}.if", problems)
+                s.cond = Compiled(cond, f"{at}.if", problems, self.fire_scope)
                 texts.append(cond)
             default_next = i + 1 if i + 1 < len(raw) else END
             s.next = target(at, "next", p.next, default_next)
@@ -177,13 +178,16 @@ class StepJourney(Journey):
                 s.offer = sp.offer if "offer" in p.send else None
                 s.send_time = sp.send_time if "send_time" in p.send else None
                 s.send_within = sp.send_within if "send_within" in p.send else None
+                # {wait} in a step's own templates shows the step's wait
+                own = tuple(x for x in ("wait", "within") if (x == "wait" and "wait" in spec) or
+                            (x == "within" and "within" in self.literals))
                 for k, v in (s.offer if s.offer is not None else {}).items():
                     if isinstance(v, str):
-                        s.offer_t[k] = _template(v, f"{at}.send.offer.{k}", problems)
+                        s.offer_t[k] = _template(v, f"{at}.send.offer.{k}", problems, self.fire_scope, own)
                         texts.append(v)
                 if sp.reason:
                     s.reason = sp.reason
-                    s.reason_t = _template(sp.reason, f"{at}.send.reason", problems)
+                    s.reason_t = _template(sp.reason, f"{at}.send.reason", problems, self.fire_scope, own)
                     texts.append(sp.reason)
                 elif self.p.reason:
                     s.reason = self.p.reason
