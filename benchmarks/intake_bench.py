@@ -91,6 +91,15 @@ def _load(url, bodies_path, clients, seconds, rate, gz) -> dict:
     return orjson.loads(out.stdout)
 
 
+def stop(proc, timeout: float = 30) -> None:
+    """Terminate a child process; killed if it does not end within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def bodies_of(msgs: list, gz: bool = False) -> list:
     """Segment batch bodies of 100 messages each, as an SDK sends them (latin-1 text, for the client's argv)."""
     bodies = []
@@ -173,11 +182,7 @@ def main() -> int:
               f"acks=all, in {took:.1f} s)")
         assert n == len(msgs) and all(intake.parse(orjson.dumps(m)) for m in msgs[:100])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         broker.stop()
     return 0
 

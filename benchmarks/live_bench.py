@@ -34,7 +34,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from intake_bench import bodies_of, full_load_rate, start_intake  # noqa: E402  (beside this file)
+from intake_bench import bodies_of, full_load_rate, start_intake, stop  # noqa: E402  (beside this file)
 
 from journey.history.bench import EXAMPLE_RULES  # noqa: E402
 from journey.history.synth import write_log  # noqa: E402
@@ -125,11 +125,7 @@ def progress_rate(cmd, n, workdir, name, timeout=240.0):
                 break
             time.sleep(0.05)
     finally:
-        p.terminate()
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        stop(p, 20)
         log.close()
     if not first or last[1] <= first[1]:
         return float("nan"), 0
@@ -281,11 +277,7 @@ def intake_rate(log: Path, workdir: str, seconds: float = 10.0) -> float:
         try:
             return full_load_rate(port, str(bodies_path), 16, seconds)["rate"]
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
 
 def main():

@@ -1,5 +1,8 @@
+import contextlib
+import fcntl
 import importlib.util
 import itertools
+import os
 from pathlib import Path
 
 import orjson
@@ -147,3 +150,21 @@ def need_tool(name: str) -> str:
             pytest.fail(f"{name} is missing: .ci/run installs it (Debian's prometheus package for promtool)")
         pytest.skip(f"{name} not installed (apt-get install prometheus)")
     return path
+
+
+def cache_dir() -> Path:
+    """Where tests keep what they install once (SDKs, npm packages): JOURNEY_TEST_CACHE, else the
+    user's cache folder."""
+    base = os.environ.get("JOURNEY_TEST_CACHE")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "journey-tests"
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """One installer at a time (parallel test runs share the cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield

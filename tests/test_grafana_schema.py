@@ -19,8 +19,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import re
@@ -30,6 +28,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import cache_dir, locked
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "journey.json"
@@ -95,22 +94,6 @@ def test_grafanas_python_model_keeps_every_key_of_the_dashboard():
 
 # -- @grafana/schema with tsc --strict -----------------------------------------------------------------
 
-def _cache_dir() -> Path:
-    base = os.environ.get("JOURNEY_TEST_CACHE")
-    if base:
-        return Path(base)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "journey-tests"
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """One installer at a time (parallel test runs share the cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
 def _cannot(why: str):
     if ON_CI:
         pytest.fail(f"{why}; on CI (CI=true) the dashboard must be type-checked")
@@ -133,9 +116,9 @@ def schema_dir() -> Path:
     if node is None or npm is None:
         _cannot(f"{'node' if node is None else 'npm'} is not installed: the dashboard's type check needs node "
                 f"and npm (apt-get install nodejs npm)")
-    d = _cache_dir() / f"grafana-schema-{GRAFANA}-typescript-{TYPESCRIPT}"
+    d = cache_dir() / f"grafana-schema-{GRAFANA}-typescript-{TYPESCRIPT}"
     done = d / ".journey-installed"
-    with _locked(d.with_name(d.name + ".lock")):
+    with locked(d.with_name(d.name + ".lock")):
         if not done.exists():
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)

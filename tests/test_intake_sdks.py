@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import fcntl
 import gzip
 import http.client
 import os
@@ -37,6 +35,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import cache_dir, locked
 from live_support import read_topic, stop_process
 
 from journey.core.intake import parse
@@ -51,22 +50,6 @@ WRONG = "wk-not-one-of-ours"
 INSTALL_TIMEOUT = 300        # seconds for a first install (then cached)
 SDK_TIMEOUT = 20             # seconds an SDK script may take, retries of a refused request included
 SOURCES = (topics.CLICKSTREAM, topics.PURCHASES, topics.SUPPORT)
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("JOURNEY_TEST_CACHE")
-    if base:
-        return Path(base)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "journey-tests"
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """One installer at a time (parallel test runs share the cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 def _setup(cmd: list, what: str, **kw) -> None:
@@ -90,7 +73,7 @@ def rudder_python() -> str:
     """The python of a venv with rudder-sdk-python==RUDDER_PIN, made once and cached."""
     venv = cache_dir() / f"rudder-venv-{RUDDER_PIN}-py{sys.version_info[0]}.{sys.version_info[1]}"
     python, done = venv / "bin" / "python", venv / ".journey-installed"
-    with _locked(venv.with_name(venv.name + ".lock")):
+    with locked(venv.with_name(venv.name + ".lock")):
         if not (done.exists() and python.exists()):
             shutil.rmtree(venv, ignore_errors=True)
             _setup([sys.executable, "-m", "venv", str(venv)], f"creating the venv {venv}")
@@ -121,7 +104,7 @@ def node_sdk() -> tuple[str, str]:
     d = cache_dir() / f"analytics-node-{NODE_SDK_PIN}"
     modules, done = d / "node_modules", d / ".journey-installed"
     env = {**os.environ, "NODE_PATH": str(modules), "npm_config_update_notifier": "false"}
-    with _locked(d.with_name(d.name + ".lock")):
+    with locked(d.with_name(d.name + ".lock")):
         if not done.exists():
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)

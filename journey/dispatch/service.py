@@ -50,7 +50,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..core.timeutil import TimeError, parse_time
 from ..io import topics
 from ..io.connection import PLAINTEXT, KafkaConnectFailed, KafkaConnection
-from ..io.kafka import bootstrap
+from ..io.kafka import bootstrap, read_to_end
 from . import policy, signing
 from .ledger import Delivered, Offsets
 from .metrics import INTERNAL, DispatchMetrics, result_of
@@ -284,13 +284,8 @@ class Dispatcher:
                             n += 1
                         except (orjson.JSONDecodeError, KeyError, TypeError):
                             continue
-                if not batch:
-                    done = True
-                    for tp in tps:
-                        hw = c.highwater(tp)
-                        done = done and hw is not None and await c.position(tp) >= hw
-                    if done:
-                        break
+                if not batch and await read_to_end(c, tps):
+                    break
             else:
                 log.warning("reading %s did not reach its end in 60 s; some delivered triggers may be sent "
                             "again (with the same webhook-id)", topics.DELIVERED)

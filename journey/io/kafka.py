@@ -137,6 +137,16 @@ async def read_topic(url: str, topic: str, timeout: float = 60.0, idle_ms: int =
         await c.stop()
 
 
+async def read_to_end(consumer, tps) -> bool:
+    """Has ``consumer`` read each of ``tps`` up to its high watermark (as the last fetch reported it;
+    Tansu's ListOffsets(latest) is not to be trusted, the Fetch's high watermark is)?"""
+    for tp in tps:
+        hw = consumer.highwater(tp)
+        if hw is None or await consumer.position(tp) < hw:
+            return False
+    return True
+
+
 async def _partition_counts(admin) -> dict[str, int]:
     meta = await admin.describe_topics()
     out = {}

@@ -21,7 +21,6 @@ import orjson
 from ..core.timeutil import format_time
 from ..io import connection, topics
 from ..io.errors import what as _what
-from ..io.kafka import bootstrap, start_client
 
 VALUE_MAX = 2000   # characters of a value that is not JSON shown on a line
 
@@ -107,6 +106,8 @@ async def tail(broker: str, topic: str, conn, last: int | None, follow: bool, as
     """Print the records (``last``: the last N; None: from the beginning), then follow if asked."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from ..io.kafka import bootstrap, read_to_end, start_client  # here: the parser imports this module
+
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap(broker), group_id=None, enable_auto_commit=False,
                          auto_offset_reset="earliest", request_timeout_ms=int(timeout * 1000) + 1000,
                          **conn.client_options())
@@ -153,11 +154,7 @@ async def tail(broker: str, topic: str, conn, last: int | None, follow: bool, as
                     held = sorted(held + recs, key=_order)[-last:] if last else []
                 deadline = loop.time() + timeout
                 continue
-            done = True
-            for tp in tps:
-                hw = c.highwater(tp)
-                done = done and hw is not None and await c.position(tp) >= hw
-            if done:
+            if await read_to_end(c, tps):
                 break
             if loop.time() > deadline:
                 print(f"journey tail: {topic} was not read to its end within {timeout:g} s (is the broker "
