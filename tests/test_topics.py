@@ -109,6 +109,21 @@ def test_topics_create_on_a_wrong_broker_fails_fast_in_one_line(args, waited):
     assert took < waited + 15, took  # the interpreter's start and imports are in it too
 
 
+def test_the_intake_on_a_wrong_broker_says_so_in_one_line():
+    """The HTTP intake waits JOURNEY_BROKER_WAIT for Kafka, then ends with the same sentence, no traceback."""
+    import os
+
+    from journey.live.broker import free_port
+
+    url = f"kafka://127.0.0.1:{free_port()}"
+    p = subprocess.run([sys.executable, "-m", "journey", "intake", "--broker", url, "--port", "0"],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "JOURNEY_BROKER_WAIT": "2", "JOURNEY_WRITE_KEYS": "k1"})
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.splitlines() == [f"journey intake: no Kafka broker answered at {url} within 2 s (connection "
+                                     "refused: nothing listens on that port)"], p.stderr
+
+
 def test_topics_create_timeout_must_be_seconds():
     p = subprocess.run([sys.executable, "-m", "journey", "topics", "create", "--timeout", "soon"],
                        capture_output=True, text=True, timeout=60)

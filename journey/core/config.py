@@ -186,8 +186,9 @@ class Config:
 
     def fingerprint(self) -> str:
         """The rules in force in 12 hex digits: SHA-256 of :meth:`describe` (every setting, the
-        defaults included), so two files that differ only in comments, layout, order, TOML or
-        YAML, or in spelling a default out, have the same one. ``journey rules check`` prints
+        defaults included), so two files that differ only in comments, layout, the order of tables,
+        TOML or YAML, or in spelling a default out, have the same one; the order of the journeys
+        counts (the engine runs them in that order). ``journey rules check`` prints
         it; a worker logs it at start and exports it (``journey_rules_info``)."""
         import hashlib
 

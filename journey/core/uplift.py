@@ -161,8 +161,8 @@ def reach_warnings(tally: Tally) -> list[str]:
     none = [(rule, r) for rule, r in sorted(reach.items()) if r["measured"] is False]
     if none:
         names = ", ".join(f"{rule} ({r['treated_known']:,} treated exposures)" for rule, r in none)
-        out.append(f"no message of {names} is known to have reached anyone: no message.delivered, opened or "
-                   "clicked event named its trigger id, nor did journey dispatch record it delivered. Outcomes "
+        out.append(f"no message of {names} is known to have reached anyone: no message.delivered, opened, "
+                   "clicked or complained event named its trigger id, nor did journey dispatch record it delivered. Outcomes "
                    "replayed from past history look like this: nobody received those messages, so the uplift "
                    "measures nothing. Measure live (journey worker and journey dispatch, the messaging system "
                    "reporting message.delivered back), or see the report on reacting customers with journey "

@@ -32,7 +32,7 @@ def cmd_intake(a) -> int:
         return run(intake, a.loglevel or os.environ.get("JOURNEY_LOGLEVEL", "info"))
     except KeyboardInterrupt:
         return 0
-    except (connection.KafkaConnectFailed, MissingTopics) as e:
+    except (connection.KafkaConnectFailed, connection.BrokerUnreachable, MissingTopics) as e:
         print(f"journey intake: {e}", file=sys.stderr)
         return 1
     except OSError as e:
