@@ -290,6 +290,9 @@ def main():
     ap.add_argument("--skip-latency", action="store_true", help="throughput only")
     ap.add_argument("--latency-only", action="store_true", help="no throughput runs")
     ap.add_argument("--skip-intake", action="store_true", help="no HTTP intake run")
+    ap.add_argument("--journey-first", action="store_true",
+                    help="run the journey worker before the baselines (alternate it between runs, so that a broker "
+                         "that slows as its log is read hits both alike)")
     ap.add_argument("--intake-seconds", type=float, default=10.0, help="seconds of the intake's full load")
     ap.add_argument("--lateness", default="0s,10s", help="allowed lateness values of the latency runs")
     a = ap.parse_args()
@@ -315,6 +318,9 @@ def main():
             a.skip_baselines = True
         print("\nthroughput, one process each, same broker and log (from first to last progress report):",
               flush=True)
+        mine = "journey worker, rules + example journeys"
+        if a.journey_first and not a.latency_only:
+            row(mine, journey_throughput(b.url, n, workdir))
         if not a.skip_baselines:
             row("aiokafka getmany + orjson (no state)", asyncio.run(raw_consume(b.url, n)))
             row("Faust agent, no-op per message", faust_baseline(b.url, "noop", n, workdir))
@@ -324,9 +330,10 @@ def main():
                 row("Quix Streams 3, per-customer state + changelog", quix_baseline(b.url, n, workdir))
             except ImportError:
                 print("  (Quix Streams not installed: pip install -e '.[test]')")
-        if not a.latency_only:
-            row("journey worker, rules + example journeys", journey_throughput(b.url, n, workdir))
-        top = rows[-1][1] if rows else 0
+        if not a.journey_first and not a.latency_only:
+            row(mine, journey_throughput(b.url, n, workdir))
+        top = next((v for name, v, _done in rows if name == mine), 0)
+        rows = [r for r in rows if r[0] != mine] + [r for r in rows if r[0] == mine]
         print("\nratios (journey / other, same run):")
         for name, v, _done in rows[:-1]:
             print(f"  journey / {name:<44} {top / v:6.2f}x" if v == v and v else f"  {name}: no figure")
