@@ -13,6 +13,7 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
+import orjson
 from conftest import need_tool
 from live_support import Worker, produce_log, trigger_ids, wait_for
 
@@ -132,3 +133,24 @@ def test_state_of_a_removed_journey_is_found_with_what_is_pending(tmp_path):
     del data["journeys"]["post_purchase"]
     gone = Engine(config_from(data), states=keep[0].states).not_run()
     assert set(gone) == {"post_purchase"} and gone["post_purchase"][0] > 0 and gone["post_purchase"][1] > 0, gone
+
+
+def test_announcements_from_outside_are_bounded():
+    """A rules announcement is read from journey.internal, so from outside this process: what the
+    warning shows is kept only when small, and a flood of made-up workers is refused (dead-lettered
+    by the runtime) once a group's worth is heard from."""
+    import pytest
+
+    from journey.core.config import Config
+    from journey.live.rulesync import MAX_PEERS, RuleSync
+
+    r = RuleSync(Config(), "me")
+    r.heard(orjson.dumps({"worker": "w0", "fingerprint": "abc", "version": "x" * 100, "journeys": ["a" * 1000]}))
+    assert r.peers["w0"][2] == {"version": "?"} and r.mismatch
+    for i in range(1, MAX_PEERS):
+        r.heard(orjson.dumps({"worker": f"w{i}", "fingerprint": r.fingerprint, "rules": ["x"]}))
+    with pytest.raises(ValueError):
+        r.heard(orjson.dumps({"worker": "one-too-many", "fingerprint": r.fingerprint}))
+    assert len(r.peers) == MAX_PEERS and r.workers()[r.fingerprint] == MAX_PEERS
+    with pytest.raises(ValueError):
+        r.heard(b'{"worker": 1, "fingerprint": "abc"}')

@@ -36,6 +36,7 @@ from .. import __version__
 log = logging.getLogger("journey.worker")
 
 RULES_KIND = b"rules"
+MAX_PEERS = 256   # workers of one group heard from at a time (more is not a group: the rest is dead-lettered)
 
 
 def announce_seconds() -> float:
@@ -74,7 +75,17 @@ class RuleSync:
             raise ValueError("not a rules announcement")
         if d["worker"] == self.me:
             return
-        self.peers[d["worker"]] = (d["fingerprint"], time.monotonic(), d)
+        if d["worker"] not in self.peers and len(self.peers) >= MAX_PEERS:
+            raise ValueError("more workers announced than a group has")   # dead-lettered, nothing kept
+        # only what the warning shows is kept, bounded (the record comes from outside this process)
+        v = d.get("version")
+        kept = {"version": v if type(v) is str and len(v) <= 32 else "?"}
+        for what in ("journeys", "rules"):
+            names = d.get(what)
+            if isinstance(names, list) and len(names) <= 500 and all(
+                    type(n) is str and len(n) <= 100 for n in names):
+                kept[what] = names
+        self.peers[d["worker"]] = (d["fingerprint"], time.monotonic(), kept)
         self.check()
 
     def check(self) -> None:
@@ -84,6 +95,8 @@ class RuleSync:
         for w in [w for w, (_f, at, _d) in self.peers.items() if now - at > 3 * self.every]:
             del self.peers[w]
         others = {w: (f, d) for w, (f, _at, d) in self.peers.items() if f != self.fingerprint}
+        if len(self.warned) > 4 * MAX_PEERS:
+            self.warned.clear()   # bounded: a worker still on other rules is named again, once
         for w, (f, d) in sorted(others.items()):
             if (w, f) in self.warned:
                 continue
