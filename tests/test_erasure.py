@@ -229,6 +229,10 @@ def test_replay_erasure_drops_the_customer_and_their_visitor_and_hashes_only_whe
     assert r.summary["after_erasure"] == 2 and r.summary["erasures"] == 1
     # hashed: the two keys erased, then once per event of a key without state after the erasure
     assert sorted(hashed) == sorted(["anon:v1", "c1", "c1", "anon:v1", "c2"])
+    # nor does the memo of trigger ids keep the erased id in memory
+    from journey.core import triggers
+    assert not any(k[0] in ("c1", "anon:v1") for k in triggers._TIDS) and ("c2", "first_purchase", "first") in \
+        triggers._TIDS
 
 
 def test_replay_erased_file_drops_from_the_start_on_any_number_of_workers(tmp_path):

@@ -29,7 +29,7 @@ from .clv import StreamModel, add_order
 from .rules import REGISTRY
 from .state import RECENT_ORDERS, RECENT_TOUCHES, CustomerState, id_hash
 from .timeutil import format_time
-from .triggers import audit_record, cloudevent, transition_record, trigger_id
+from .triggers import audit_record, cloudevent, forget_ids, transition_record, trigger_id
 
 DEFERRED = "_deferred"
 STAGE = "_stage"
@@ -508,6 +508,7 @@ class Engine:
         self.stats.erasures += 1
         self.stats.triggers[privacy.RULE] += 1  # a record on the triggers output, as every trigger
         self.sink.trigger(privacy_record(key, ev, visitors))
+        forget_ids()  # the memo of trigger ids holds the erased ids too
 
     def erase_visitor(self, vkey: str) -> None:
         """Live, on a visitor's partition: its customer was erased elsewhere (an ``erase``

@@ -40,6 +40,11 @@ def trigger_id(customer_id: str, rule: str, occasion: str) -> str:
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
+def forget_ids() -> None:
+    """Drop the memo of trigger ids (an erasure: no customer id stays in this process's memory)."""
+    _TIDS.clear()
+
+
 def cloudevent(tid: str, customer_id: str, rule: str, kind: str, time: int, data: dict) -> dict:
     """A CloudEvents 1.0 event in structured JSON mode."""
     return {
